@@ -1,0 +1,118 @@
+"""Typed failures, after LAVA's lava_common/exceptions.py.
+
+Every failure the harness raises belongs to one *failure class* that tells a
+patch reviewer whose problem it is:
+
+- ``infrastructure``: the lab failed (host did not boot, SSH/console/BMC lost,
+  reservation timed out).  Rerun; do not blame the patch.
+- ``product``: Xen or QEMU behaved wrongly (a check failed).  Blame the patch.
+- ``test-bug``: the framework, a suite or its input is wrong (bad inventory,
+  bad split string).  Fix the test setup.
+
+The class becomes an Allure category and a label on every result.  Each
+exception carries ``help``: one sentence saying what to do about it.
+"""
+from __future__ import annotations
+
+INFRASTRUCTURE = "infrastructure"
+PRODUCT = "product"
+TEST_BUG = "test-bug"
+FAILURE_CLASSES = (INFRASTRUCTURE, PRODUCT, TEST_BUG)
+
+
+class XenhilError(Exception):
+    """Base of all harness failures.  Subclasses set ``failure_class``."""
+
+    failure_class: str = TEST_BUG
+    help: str = "This is a bug in xenhil or in a suite; report it with the traceback."
+
+    def __init__(self, message: str, *, help: str | None = None, evidence: dict | None = None):
+        super().__init__(message)
+        if help is not None:
+            self.help = help
+        # name -> path (or short text) of evidence gathered for this failure
+        self.evidence: dict[str, str] = dict(evidence or {})
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.help:
+            text += f"\n  how to fix: {self.help}"
+        for name, where in self.evidence.items():
+            text += f"\n  evidence {name}: {where}"
+        return text
+
+
+class InfrastructureError(XenhilError):
+    failure_class = INFRASTRUCTURE
+    help = "The lab failed, not the patch: check the host's console transcript and rerun."
+
+
+class ProductError(XenhilError, AssertionError):
+    """A check on Xen/QEMU behaviour failed.  Also an AssertionError, so pytest
+    shows it as a test failure rather than an error."""
+
+    failure_class = PRODUCT
+    help = "Xen or QEMU behaved differently than the check expects: read expected/seen and the evidence."
+
+
+class TestBugError(XenhilError):
+    __test__ = False  # not a test class, despite the name
+    failure_class = TEST_BUG
+
+
+class ConfigError(TestBugError):
+    """Bad input (inventory, split string, Xen build, options): found before any
+    host is touched."""
+
+    help = "Fix the named field in the named file or option."
+
+
+# --- infrastructure ------------------------------------------------------
+
+class ConnectionLost(InfrastructureError):
+    help = "The connection to the host dropped; check that it is up (power status, console)."
+
+
+class SSHError(InfrastructureError):
+    help = "Check the host's address, SSH port, user, key file and pinned host key in the inventory."
+
+
+class HostKeyMismatch(SSHError):
+    help = ("The host presented a key that differs from the pinned one. If the host was "
+            "reinstalled, update its host_key in the inventory (or run `xenhil lab check --learn`); "
+            "otherwise treat it as a possible man-in-the-middle.")
+
+
+class RemoteCommandFailed(InfrastructureError):
+    """A command on a host exited non-zero when it had to succeed."""
+
+    def __init__(self, command: str, exit_status: int, stdout_tail: str, stderr_tail: str,
+                 host: str = "", **kw):
+        self.command, self.exit_status = command, exit_status
+        self.stdout_tail, self.stderr_tail = stdout_tail, stderr_tail
+        where = f" on {host}" if host else ""
+        msg = (f"command{where} exited {exit_status}: {command}\n"
+               f"--- stdout (tail) ---\n{stdout_tail}\n--- stderr (tail) ---\n{stderr_tail}")
+        super().__init__(msg, **kw)
+
+
+class ConsoleTimeout(InfrastructureError):
+    help = "The console did not show what was awaited in time: read the tail and the transcript."
+
+
+class FatalConsoleOutput(InfrastructureError):
+    """A fatal pattern (Xen assertion, panic) appeared on a console."""
+
+    help = "Xen or the kernel crashed on the console; the transcript has the full trace."
+
+
+class PowerError(InfrastructureError):
+    help = "Check the BMC address, user and password reference in the inventory, and that the BMC answers."
+
+
+class ReservationTimeout(InfrastructureError):
+    help = "All matching hosts stayed leased; wait, add hosts, or raise --reserve-timeout."
+
+
+class HostBroken(InfrastructureError):
+    help = "An earlier step broke this host for the rest of the run; see the first failure's reason."

@@ -1,0 +1,121 @@
+"""The lab inventory as typed, validated values.
+
+``harness.lab.inventory`` builds these from ``lab/*.yaml`` (schema + semantic
+checks); everything else in the harness takes these objects, never raw YAML.
+Secrets are held only as references (:class:`CredentialRef`) and resolved at
+the moment of use, so an inventory object can be logged or reported safely.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+# Capabilities a host may declare, with their type.  Unknown names are errors
+# (a typo such as "iomu: true" must not silently make a host unmatchable).
+KNOWN_CAPABILITIES: dict[str, type] = {
+    "cpu_vendor": str,      # "intel" | "amd"
+    "virt": str,            # "vmx" | "svm"
+    "iommu": bool,
+    "ram_mb": int,
+    "cpus": int,
+    # The host is itself emulated (QEMU TCG, nested SVM): guests need the
+    # settings of harness.lab.virtual.quirks (e.g. tsc_mode="native").
+    "emulated": bool,
+}
+
+
+@dataclass(frozen=True)
+class CredentialRef:
+    """Where a secret lives: an environment variable or a file.  Never the value."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    def resolve(self) -> str:
+        if self.env:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"credential environment variable {self.env} is not set",
+                                  help=f"export {self.env}=... before running, or reference a file")
+            return value
+        if self.file:
+            try:
+                return self.file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"credential file {self.file} cannot be read: {exc.strerror}",
+                                  help="create the file (mode 0600) or fix its path") from None
+        raise ConfigError("empty credential reference", help="give env: or file:")
+
+    def __repr__(self) -> str:  # the reference is safe to show, the value never is
+        return f"CredentialRef(env={self.env!r}, file={str(self.file) if self.file else None!r})"
+
+
+@dataclass(frozen=True)
+class SSHConfig:
+    address: str
+    port: int = 22
+    user: str = "root"
+    key_file: Path | None = None
+    # Pinned host key: "ssh-ed25519 AAAA..." (type and base64), or a known_hosts file.
+    host_key: str | None = None
+    known_hosts: Path | None = None
+    passphrase: CredentialRef | None = None
+
+
+@dataclass(frozen=True)
+class SerialConfig:
+    kind: str                       # "tcp" | "telnet" | "ipmi-sol" | "command"
+    host: str | None = None         # tcp/telnet: console server address
+    port: int | None = None
+    command: str | None = None      # kind "command": argv string run locally
+
+
+@dataclass(frozen=True)
+class PowerConfig:
+    kind: str                       # "ipmi" | "ssh-reboot" | "command" | "none"
+    address: str | None = None      # ipmi: BMC address
+    port: int = 623
+    user: str | None = None
+    password: CredentialRef | None = None
+    # kind "command": local command lines per action ({"on": ..., "off": ..., "cycle": ..., "status": ...})
+    commands: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    address: str
+    ssh: SSHConfig
+    serial: SerialConfig | None
+    power: PowerConfig
+    tags: frozenset[str] = frozenset()
+    capabilities: dict[str, object] = field(default_factory=dict)
+
+    def matches(self, tags: frozenset[str] | set[str] = frozenset(),
+                capabilities: dict[str, object] | None = None) -> bool:
+        """True when this host has every tag and every capability value asked for."""
+        if not set(tags) <= self.tags:
+            return False
+        for key, want in (capabilities or {}).items():
+            if self.capabilities.get(key) != want:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    hosts: dict[str, HostSpec]
+    # Optional lease store URL given in the file (sqlite:///path or postgresql://...)
+    lease_db: str | None = None
+
+    def host(self, name: str) -> HostSpec:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise ConfigError(f"{self.path}: no host named {name!r}",
+                              help=f"use one of: {known}") from None
