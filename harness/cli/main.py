@@ -1,5 +1,7 @@
-"""The ``xenhil`` command line: one verb module per concern, each registering
-its own sub-commands (``register(subparsers)``) and returning an exit status."""
+"""xenhil: hardware-in-the-loop tests for Xen's multiple ioreq servers.
+
+The command line has one verb module per concern, each registering its own
+sub-commands (``register(subparsers)``) and returning an exit status."""
 from __future__ import annotations
 
 import argparse

@@ -1,0 +1,71 @@
+"""``xenhil host run HOST -- CMD`` and ``xenhil host console HOST``: the lab at a
+developer's fingertips through the same classes the tests use."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from harness.cli.common import add_lab_options, lab_path
+from harness.errors import ConfigError
+
+
+def _host_spec(args: argparse.Namespace):
+    from harness.lab.inventory import load_inventory
+    return load_inventory(lab_path(args)).host(args.host)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness.access.ssh import SSHConnection
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ConfigError("no command given", help="xenhil host run HOST -- CMD [ARG...]")
+    spec = _host_spec(args)
+    # One word: the user's own shell line ("xenhil host run h -- 'xl list | wc -l'");
+    # several words: quote each, as ssh would not.
+    line = command[0] if len(command) == 1 else shlex.join(command)
+    with SSHConnection(spec.ssh, name=spec.name) as ssh:
+        result = ssh.run(line, timeout=args.timeout)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    return result.exit_status
+
+
+def _console(args: argparse.Namespace) -> int:
+    from harness.access.console import console_for
+    from harness.cli.console_interactive import interactive
+
+    spec = _host_spec(args)
+    transcripts = Path(args.transcripts)
+    transcripts.mkdir(parents=True, exist_ok=True)
+    console = console_for(spec, transcripts)
+    print(f"connected to {spec.name}'s console; Ctrl-] leaves "
+          f"(transcript in {transcripts})", file=sys.stderr)
+    try:
+        interactive(console)
+    finally:
+        console.close()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    host = sub.add_parser("host", help="run a command on, or attach to, a lab host")
+    verbs = host.add_subparsers(dest="host_verb", required=True, metavar="ACTION")
+
+    run = verbs.add_parser("run", help="run a command over SSH; its exit status is passed through")
+    add_lab_options(run)
+    run.add_argument("host")
+    run.add_argument("--timeout", type=float, default=600.0)
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.set_defaults(func=_run)
+
+    console = verbs.add_parser("console", help="interactive serial console (Ctrl-] to leave)")
+    add_lab_options(console)
+    console.add_argument("host")
+    console.add_argument("--transcripts", default="artifacts/console",
+                         help="folder for the transcript (default artifacts/console)")
+    console.set_defaults(func=_console)

@@ -1,0 +1,33 @@
+"""``xenhil power HOST status|on|off|cycle``."""
+from __future__ import annotations
+
+import argparse
+
+from harness.cli.common import add_lab_options, lab_path
+
+
+def _power(args: argparse.Namespace) -> int:
+    from harness.access.power import power_for
+    from harness.lab.inventory import load_inventory
+
+    spec = load_inventory(lab_path(args)).host(args.host)
+
+    def ssh_factory():
+        from harness.access.ssh import SSHConnection
+        return SSHConnection(spec.ssh, name=spec.name)
+
+    driver = power_for(spec, ssh_factory=ssh_factory)
+    if args.action == "status":
+        print(f"{spec.name}: {driver.status()}")
+    else:
+        getattr(driver, args.action)()
+        print(f"{spec.name}: {args.action} done")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    power = sub.add_parser("power", help="power control through the host's BMC or fallback")
+    add_lab_options(power)
+    power.add_argument("host")
+    power.add_argument("action", choices=["status", "on", "off", "cycle"])
+    power.set_defaults(func=_power)
