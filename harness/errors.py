@@ -34,7 +34,9 @@ class XenhilError(Exception):
         self.evidence: dict[str, str] = dict(evidence or {})
 
     def __str__(self) -> str:
-        text = super().__str__()
+        # The "[class]" prefix is what the Allure categories match on
+        # (harness.results.categories), so keep it first.
+        text = f"[{self.failure_class}] {super().__str__()}"
         if self.help:
             text += f"\n  how to fix: {self.help}"
         for name, where in self.evidence.items():

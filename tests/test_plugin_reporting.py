@@ -1,0 +1,138 @@
+"""The plugin's options, markers and failure classes, through pytest itself."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+def _results(alluredir: Path) -> dict[str, dict]:
+    out = {}
+    for path in alluredir.glob("*-result.json"):
+        data = json.loads(path.read_text())
+        out[data["name"]] = data
+    return out
+
+
+def _labels(result: dict, name: str) -> list[str]:
+    return [label["value"] for label in result["labels"] if label["name"] == name]
+
+
+def test_help_shows_xenhil_option_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["xenhil: Xen multiple-ioreq-server lab tests:", "*--lab=LAB*",
+                                 "*--reserve-timeout*", "*--xen-build*", "*--series*"])
+
+
+def test_unknown_capability_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.requires_capability(iomu=True)
+        def test_typo(): pass
+    """)
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*requires_capability(iomu=...): unknown capability; known:*iommu*"])
+
+
+def test_capability_marker_value_type_is_checked(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.requires_capability(ram_mb="lots")
+        def test_bad(): pass
+    """)
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*requires_capability(ram_mb='lots'): expected a int*"])
+
+
+def test_host_fixture_without_lab_names_the_fix(pytester: pytest.Pytester, monkeypatch) -> None:
+    monkeypatch.delenv("XENHIL_LAB", raising=False)
+    pytester.makepyfile("def test_needs_host(host): pass")
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*[[]test-bug[]] this test needs a lab host*",
+                                 "*how to fix: pass --lab lab/NAME.yaml or set XENHIL_LAB*"])
+
+
+CLASSIFIED = """
+    import pytest
+    from harness.errors import InfrastructureError, ProductError
+
+    @pytest.fixture
+    def broken_bringup():
+        raise KeyError("guest never answered")
+
+    def test_lab_lost():
+        raise InfrastructureError("console of h1 closed")
+
+    def test_check_failed():
+        raise ProductError("BDF 00:04.0 owned by qall, expected qnet")
+
+    def test_plain_assert():
+        assert 1 == 2, "rangesets differ"
+
+    def test_setup_crash(broken_bringup):
+        pass
+
+    def test_body_crash():
+        {}["missing"]
+
+    def test_fine():
+        pass
+"""
+
+
+def test_failures_land_in_their_class(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    alluredir = tmp_path / "allure"
+    pytester.makepyfile(test_classes=CLASSIFIED)
+    result = pytester.runpytest(f"--alluredir={alluredir}", "--series=https://example.invalid/s")
+    result.assert_outcomes(passed=1, failed=4, errors=1)
+    results = _results(alluredir)
+    expected = {
+        "test_lab_lost": "infrastructure",
+        "test_check_failed": "product",
+        "test_plain_assert": "product",
+        "test_setup_crash": "infrastructure",   # unclassified during bring-up
+        "test_body_crash": "test-bug",
+    }
+    for name, cls in expected.items():
+        assert _labels(results[name], "failure_class") == [cls], name
+        assert f"[{cls}]" in results[name]["statusDetails"]["message"], name
+    assert _labels(results["test_fine"], "failure_class") == []
+    categories = json.loads((alluredir / "categories.json").read_text())
+    assert [c["name"].split(":")[0] for c in categories] == ["Infrastructure", "Product", "Test bug"]
+    env = (alluredir / "environment.properties").read_text()
+    assert "xenhil.series=https://example.invalid/s" in env
+    assert "xenhil.run_id=" in env
+
+
+def test_category_patterns_match_only_their_class() -> None:
+    import re
+    from harness.results.categories import CATEGORIES
+    messages = {
+        "Infrastructure": "ConsoleTimeout: [infrastructure] no prompt\n  tail...",
+        "Product": "ProductError: [product] expected qnet\nseen qall",
+        "Test bug": "KeyError: 'x'\n[test-bug] failure class (unclassified KeyError during call)",
+    }
+    for category in CATEGORIES:
+        hits = [k for k, m in messages.items() if re.fullmatch(category["messageRegex"], m)]
+        assert hits == [category["name"].split(":")[0]]
+
+
+def test_xdist_workers_share_the_run_id(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.parametrize("i", range(4))
+        def test_x(i): pass
+    """)
+    result = pytester.runpytest("-n", "2", f"--artifacts={artifacts}", "--run-id=R1")
+    result.assert_outcomes(passed=4)
+    runs = sorted(p.name for p in (artifacts / "R1").glob("run-*.json"))
+    assert runs == ["run-gw0.json", "run-gw1.json"]
+    for path in (artifacts / "R1").glob("run-*.json"):
+        assert json.loads(path.read_text())["xenhil.run_id"] == "R1"
