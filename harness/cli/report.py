@@ -1,0 +1,44 @@
+"""``xenhil report RESULTS_DIR -o HTML_DIR``: the HTML report and the triage summary."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.report import render_html, run_id_of, triage_summary
+    from harness.results.store import ResultsStore
+    from harness.results.verdicts import load_known_issues
+
+    results = Path(args.results_dir)
+    index = render_html(results, Path(args.output))
+    print(f"HTML report: {index}")
+    run_id = args.run or run_id_of(results)
+    if run_id is None:
+        raise ConfigError(f"{results}: no xenhil.run_id in environment.properties",
+                          help="pass --run RUN_ID")
+    db = args.results_db or f"sqlite:///{Path(args.artifacts) / 'results.sqlite'}"
+    store = ResultsStore(db)
+    try:
+        summary = triage_summary(store, run_id, load_known_issues(
+            Path(args.known_issues) if args.known_issues else None))
+    finally:
+        store.close()
+    print(summary)
+    (Path(args.output) / "triage.txt").write_text(summary)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser("report", help="render Allure results to HTML and print the triage summary")
+    report.add_argument("results_dir", help="the --alluredir of the run")
+    report.add_argument("-o", "--output", required=True, help="HTML output folder")
+    report.add_argument("--results-db", default=None,
+                        help="results store (default sqlite:///ARTIFACTS/results.sqlite)")
+    report.add_argument("--artifacts", default="artifacts", help="the run's --artifacts folder")
+    report.add_argument("--run", default=None, help="run id (default: from the results)")
+    report.add_argument("--known-issues", default="known-issues.yaml" if Path("known-issues.yaml").exists() else None,
+                        help="YAML list of {test, reason, link}: expected failures")
+    report.set_defaults(func=_report)

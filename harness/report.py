@@ -1,0 +1,112 @@
+"""Render a run's Allure results to HTML and write the triage summary.
+
+The HTML comes from the Allure command line of the npm registry (package
+``allure``, installed into node_modules/ by scripts/setup), with its
+Allure-2-style plugin, which has the Categories page the failure classes
+feed.  The plain-text summary reads like OSSTest's flight mail: blocking
+regressions first, then non-blocking failures, broken hosts and latency
+regressions.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from harness.errors import ConfigError, InfrastructureError
+from harness.results.latency import latency_regressions
+from harness.results.store import ResultsStore
+from harness.results.verdicts import KnownIssue, verdict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+ALLURE_CONFIG = """export default {
+  name: %(name)s,
+  plugins: { allure2: { options: { reportName: %(name)s, singleFile: false } } },
+};
+"""
+
+
+def find_allure() -> str:
+    candidates = [os.environ.get("XENHIL_ALLURE"), str(PROJECT_ROOT / "node_modules/.bin/allure"),
+                  shutil.which("allure")]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ConfigError("the Allure command line is not installed",
+                      help="run scripts/setup (npm install puts it in node_modules/.bin/allure) "
+                           "or set XENHIL_ALLURE to its path")
+
+
+def render_html(results_dir: Path, out_dir: Path, name: str = "xenhil") -> Path:
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    if not results_dir.is_dir() or not any(results_dir.glob("*-result.json")):
+        raise ConfigError(f"{results_dir}: no Allure results here",
+                          help="run pytest with --alluredir=DIR first and pass that DIR")
+    allure = find_allure()
+    with tempfile.TemporaryDirectory(prefix="xenhil-allure-") as tmp:
+        config = Path(tmp) / "allurerc.mjs"
+        quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        config.write_text(ALLURE_CONFIG % {"name": quoted})
+        proc = subprocess.run([allure, "generate", str(results_dir.resolve()), "-o",
+                               str(out_dir.resolve()), "-c", str(config)],
+                              capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 or not (out_dir / "index.html").exists():
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+        raise InfrastructureError(f"allure generate failed (exit {proc.returncode}):\n{tail}",
+                                  help="check node and the allure package (scripts/setup)")
+    return out_dir / "index.html"
+
+
+def run_id_of(results_dir: Path) -> str | None:
+    env = Path(results_dir) / "environment.properties"
+    if env.exists():
+        for line in env.read_text().splitlines():
+            if line.startswith("xenhil.run_id="):
+                return line.split("=", 1)[1].strip()
+    return None
+
+
+def triage_summary(store: ResultsStore, run_id: str, known: list[KnownIssue] = ()) -> str:
+    run = store.run(run_id)
+    blocking, nonblocking, passed, skipped = [], [], 0, 0
+    broken_hosts: dict[str, list[str]] = defaultdict(list)
+    for row in store.outcomes(run_id):
+        if row["outcome"] == "passed":
+            passed += 1
+            continue
+        if row["outcome"] == "skipped":
+            skipped += 1
+            continue
+        v = verdict(row["test"], row["outcome"], run["build"],
+                    store.history(row["test"], run_id), known)
+        cls = row["failure_class"] or "unclassified"
+        line = f"  {row['test']}  [{cls}]  {v.text}" + (f"  {v.link}" if v.link else "")
+        if row["message"]:
+            line += f"\n      {row['message'][:200]}"
+        # A lab failure never blocks a patch: it says nothing about the patch.
+        if v.blocking and cls != "infrastructure":
+            blocking.append(line)
+        else:
+            nonblocking.append(line)
+        if cls == "infrastructure" and row["host"]:
+            broken_hosts[row["host"]].append(row["test"])
+    latency_lines = [f"  {text}" for text in latency_regressions(store, run_id)]
+    out = [f"xenhil run {run_id} (build {run['build'] or '?'}"
+           + (f", series {run['series']}" if run["series"] else "") + ")",
+           f"{passed} passed, {len(blocking) + len(nonblocking)} failed, {skipped} skipped", ""]
+    sections = [
+        ("Tests which did not succeed and are blocking (regressions)", blocking),
+        ("Tests which did not succeed, but are not blocking", nonblocking),
+        ("Broken hosts (infrastructure failures)",
+         [f"  {h}: {len(t)} test(s), first {t[0]}" for h, t in sorted(broken_hosts.items())]),
+        ("Latency regressions", latency_lines),
+    ]
+    for title, lines in sections:
+        out.append(f"{title}:")
+        out.extend(lines or ["  none"])
+        out.append("")
+    return "\n".join(out)

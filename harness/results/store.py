@@ -1,0 +1,157 @@
+"""The results history: runs, outcomes per test, latency summaries.
+
+SQLite by default (``sqlite:///PATH``, the same URL scheme as the lease
+store).  The verdicts (harness.results.verdicts) and the latency regression
+test (harness.results.latency) read their history from here.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- "run N" in verdicts
+    run_id TEXT UNIQUE NOT NULL,
+    started REAL NOT NULL,
+    build TEXT NOT NULL DEFAULT '',          -- Xen build id under test
+    series TEXT NOT NULL DEFAULT '',
+    facts TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    run_id TEXT NOT NULL,
+    test TEXT NOT NULL,                      -- pytest node id
+    outcome TEXT NOT NULL,                   -- passed | failed | broken | skipped
+    failure_class TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '',
+    split TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, test)
+);
+CREATE TABLE IF NOT EXISTS latency (
+    run_id TEXT NOT NULL,
+    host TEXT NOT NULL,
+    split TEXT NOT NULL,
+    build TEXT NOT NULL,
+    server TEXT NOT NULL,                    -- model name, "probe", or "xen" (baseline)
+    port TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    p50_ns REAL, p90_ns REAL, p99_ns REAL, max_ns REAL,
+    samples TEXT NOT NULL DEFAULT '[]',      -- a bounded random subsample, for the statistical test
+    PRIMARY KEY (run_id, host, split, server, port)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_seq: int
+    run_id: str
+    build: str
+    outcome: str
+    failure_class: str
+    message: str
+
+
+def _sqlite_path(url: str) -> Path:
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") - 1:]) if url.startswith("sqlite:////") else Path(url[len("sqlite:///"):])
+    if "://" in url:
+        raise ConfigError(f"results store URL {url!r}: only sqlite:///PATH is supported for results",
+                          help="use sqlite:///path/to/results.sqlite (the default is artifacts/results.sqlite)")
+    return Path(url)
+
+
+class ResultsStore:
+    def __init__(self, url: str):
+        self.path = _sqlite_path(url)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writing ------------------------------------------------------------
+    def record_run(self, run_id: str, build: str = "", series: str = "",
+                   facts: dict | None = None, started: float | None = None) -> int:
+        self.db.execute(
+            "INSERT OR IGNORE INTO runs (run_id, started, build, series, facts) VALUES (?,?,?,?,?)",
+            (run_id, started or time.time(), build, series, json.dumps(facts or {})))
+        return self.run_seq(run_id)
+
+    def run_seq(self, run_id: str) -> int:
+        row = self.db.execute("SELECT seq FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(run_id)
+        return row[0]
+
+    def record_outcome(self, run_id: str, test: str, outcome: str, failure_class: str = "",
+                       host: str = "", split: str = "", message: str = "") -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?)",
+            (run_id, test, outcome, failure_class, host, split, message[:2000]))
+
+    def record_latency(self, run_id: str, host: str, split: str, build: str, server: str,
+                       port: str, summary: dict, samples: list[float]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO latency VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, host, split, build, server, port, summary["n"], summary["p50_ns"],
+             summary["p90_ns"], summary["p99_ns"], summary["max_ns"], json.dumps(samples)))
+
+    # -- reading ------------------------------------------------------------
+    def history(self, test: str, before_run: str) -> list[Outcome]:
+        """Earlier outcomes of one test, newest first."""
+        seq = self.run_seq(before_run)
+        rows = self.db.execute(
+            "SELECT r.seq, r.run_id, r.build, o.outcome, o.failure_class, o.message "
+            "FROM outcomes o JOIN runs r ON r.run_id = o.run_id "
+            "WHERE o.test=? AND r.seq < ? ORDER BY r.seq DESC", (test, seq)).fetchall()
+        return [Outcome(*row) for row in rows]
+
+    def outcomes(self, run_id: str) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM outcomes WHERE run_id=? ORDER BY test", (run_id,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def run(self, run_id: str) -> dict:
+        cur = self.db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise KeyError(run_id)
+        return dict(zip([d[0] for d in cur.description], row))
+
+    def latest_run_id(self) -> str | None:
+        row = self.db.execute("SELECT run_id FROM runs ORDER BY seq DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def latency_rows(self, run_id: str) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM latency WHERE run_id=?", (run_id,))
+        names = [d[0] for d in cur.description]
+        out = []
+        for row in cur.fetchall():
+            item = dict(zip(names, row))
+            item["samples"] = json.loads(item["samples"])
+            out.append(item)
+        return out
+
+    def previous_latency(self, run_id: str, host: str, split: str, server: str,
+                         port: str) -> dict | None:
+        """The newest earlier run's latency for the same host, split, server and port."""
+        seq = self.run_seq(run_id)
+        cur = self.db.execute(
+            "SELECT l.*, r.seq FROM latency l JOIN runs r ON r.run_id = l.run_id "
+            "WHERE l.host=? AND l.split=? AND l.server=? AND l.port=? AND r.seq < ? "
+            "ORDER BY r.seq DESC LIMIT 1", (host, split, server, port, seq))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        item = dict(zip([d[0] for d in cur.description], row))
+        item["samples"] = json.loads(item["samples"])
+        return item

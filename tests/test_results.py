@@ -1,0 +1,134 @@
+"""Results history, verdicts, latency statistics, plots and the report."""
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+import pytest
+
+from harness.results.latency import compare, mann_whitney_greater, subsample, summarize
+from harness.results.plots import latency_distribution_png
+from harness.results.store import Outcome, ResultsStore
+from harness.results.verdicts import KnownIssue, load_known_issues, verdict
+from harness.errors import ConfigError
+
+pytest_plugins = ["pytester"]
+
+
+def _o(seq, build, outcome):
+    return Outcome(seq, f"r{seq}", build, outcome, "", "")
+
+
+@pytest.mark.parametrize("outcome,history,kind,text,blocking", [
+    ("passed", [_o(1, "a", "failed")], "pass", "pass", False),
+    ("failed", [], "baseline untested", "baseline untested", False),
+    ("failed", [_o(2, "a", "passed"), _o(1, "a", "failed")], "regression", "regression vs run 2", True),
+    ("broken", [_o(3, "a", "failed"), _o(2, "a", "passed")], "fails like", "fails like run 3", False),
+    ("failed", [_o(2, "a", "failed"), _o(1, "a", "broken")], "never passed", "never passed", False),
+    ("failed", [_o(4, "b", "failed"), _o(3, "b", "passed")], "flaky", "passed in run 3 (flaky)", False),
+    ("failed", [_o(2, "a", "skipped")], "baseline untested", "baseline untested", False),
+])
+def test_verdicts_follow_osstest(outcome, history, kind, text, blocking) -> None:
+    v = verdict("suites/pci/test_x.py::test_y", outcome, "b", history)
+    assert (v.kind, v.text, v.blocking) == (kind, text, blocking)
+
+
+def test_known_issue_is_not_a_regression(tmp_path: Path) -> None:
+    path = tmp_path / "known.yaml"
+    path.write_text("- {test: 'suites/pci/*', reason: 'hotplug unsupported', link: 'https://x/1'}\n")
+    known = load_known_issues(path)
+    v = verdict("suites/pci/test_x.py::test_y", "failed", "b", [_o(1, "a", "passed")], known)
+    assert (v.kind, v.blocking, v.link) == ("known issue", False, "https://x/1")
+    v2 = verdict("suites/ioroute/test_x.py::t", "failed", "b", [_o(1, "a", "passed")], known)
+    assert v2.kind == "regression"
+
+
+def test_known_issues_file_errors_name_the_entry(tmp_path: Path) -> None:
+    path = tmp_path / "known.yaml"
+    path.write_text("- {test: 'a', reason: 'r'}\n")
+    with pytest.raises(ConfigError, match=r"entry 0: missing link"):
+        load_known_issues(path)
+
+
+def test_summary_percentiles() -> None:
+    s = summarize(list(range(1, 101)))
+    assert (s["n"], s["p50_ns"], s["p90_ns"], s["p99_ns"], s["max_ns"]) == (100, 50, 90, 99, 100)
+
+
+def test_mann_whitney_detects_shift_and_not_noise() -> None:
+    rng = random.Random(7)
+    old = [rng.lognormvariate(8.0, 0.3) for _ in range(2000)]
+    same = [rng.lognormvariate(8.0, 0.3) for _ in range(2000)]
+    slower = [v * 1.2 for v in (rng.lognormvariate(8.0, 0.3) for _ in range(2000))]
+    assert mann_whitney_greater(slower, old) < 1e-9
+    assert mann_whitney_greater(same, old) > 0.01
+    assert mann_whitney_greater(old, slower) > 0.99
+    assert mann_whitney_greater([5.0] * 50, [5.0] * 50) == 1.0
+
+
+def test_latency_regression_needs_threshold_and_significance() -> None:
+    rng = random.Random(3)
+    before = [rng.gauss(10000, 500) for _ in range(2000)]
+    slower = [rng.gauss(12000, 500) for _ in range(2000)]     # +20 % cost
+    tiny = [rng.gauss(10300, 500) for _ in range(2000)]       # +3 %: significant, below threshold
+    prev = {**summarize(before), "samples": before}
+    r = compare({**summarize(slower), "samples": slower}, prev, 1000, 1000)
+    assert r.regression and "REGRESSION" in r.text
+    r2 = compare({**summarize(tiny), "samples": tiny}, prev, 1000, 1000)
+    assert not r2.regression and r2.p_value < 0.01
+    r3 = compare({**summarize(slower), "samples": slower}, None, 1000, None)
+    assert not r3.regression and "no previous run" in r3.text
+
+
+def test_subsample_is_bounded_and_repeatable() -> None:
+    values = list(range(100000))
+    assert len(subsample(values)) == 2000
+    assert subsample(values) == subsample(values)
+
+
+def test_latency_plot_is_a_png(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    path = latency_distribution_png(
+        {"xen (PIT)": [rng.gauss(300, 20) for _ in range(500)],
+         "qemu": [rng.gauss(20000, 3000) for _ in range(500)]},
+        tmp_path / "latency.png", "split=single on vh1")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (800, 450)
+
+
+def test_store_history_and_latency(tmp_path: Path) -> None:
+    store = ResultsStore(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    store.record_run("A", build="b1")
+    store.record_run("B", build="b2")
+    store.record_outcome("A", "t", "passed")
+    store.record_outcome("B", "t", "failed", "product", "h1", "single", "boom")
+    assert [(h.run_id, h.outcome) for h in store.history("t", "B")] == [("A", "passed")]
+    summary = {"n": 3, "p50_ns": 2, "p90_ns": 3, "p99_ns": 3, "max_ns": 3}
+    store.record_latency("A", "h1", "single", "b1", "qemu", "0x10", summary, [1, 2, 3])
+    prev = store.previous_latency("B", "h1", "single", "qemu", "0x10")
+    assert prev["samples"] == [1, 2, 3] and prev["run_id"] == "A"
+    store.close()
+
+
+def test_two_runs_give_a_regression_in_the_triage_summary(pytester: pytest.Pytester, monkeypatch,
+                                                          tmp_path: Path) -> None:
+    from harness.report import triage_summary
+    db = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    pytester.makepyfile(test_flip="""
+        import os
+        def test_flips():
+            assert os.environ.get("BREAK") != "1", "ownership differs"
+        def test_stable(): pass
+    """)
+    pytester.runpytest(f"--results-db={db}", "--run-id=run-good").assert_outcomes(passed=2)
+    monkeypatch.setenv("BREAK", "1")
+    pytester.runpytest(f"--results-db={db}", "--run-id=run-bad").assert_outcomes(passed=1, failed=1)
+    store = ResultsStore(db)
+    text = triage_summary(store, "run-bad")
+    store.close()
+    blocking = text.split("are blocking (regressions):")[1].split("\n\n")[0]
+    assert "test_flip.py::test_flips  [product]  regression vs run 1" in blocking
+    assert "1 passed, 1 failed, 0 skipped" in text
