@@ -123,9 +123,9 @@ def test_two_runs_give_a_regression_in_the_triage_summary(pytester: pytest.Pytes
             assert os.environ.get("BREAK") != "1", "ownership differs"
         def test_stable(): pass
     """)
-    pytester.runpytest(f"--results-db={db}", "--run-id=run-good").assert_outcomes(passed=2)
+    pytester.runpytest(f"--results-db={db}", "--run-id=run-good", "--xen-build=baseline").assert_outcomes(passed=2)
     monkeypatch.setenv("BREAK", "1")
-    pytester.runpytest(f"--results-db={db}", "--run-id=run-bad").assert_outcomes(passed=1, failed=1)
+    pytester.runpytest(f"--results-db={db}", "--run-id=run-bad", "--xen-build=patched").assert_outcomes(passed=1, failed=1)
     store = ResultsStore(db)
     text = triage_summary(store, "run-bad")
     store.close()

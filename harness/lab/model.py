@@ -68,9 +68,12 @@ class SSHConfig:
 @dataclass(frozen=True)
 class SerialConfig:
     kind: str                       # "tcp" | "telnet" | "ipmi-sol" | "command"
-    host: str | None = None         # tcp/telnet: console server address
-    port: int | None = None
+    host: str | None = None         # tcp/telnet: console server address; ipmi-sol: BMC address
+    port: int | None = None         # ipmi-sol: BMC port (623)
     command: str | None = None      # kind "command": argv string run locally
+    # ipmi-sol: BMC login (taken from power when power is also ipmi and these are not given)
+    user: str | None = None
+    password: CredentialRef | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class PowerConfig:
 class HostSpec:
     name: str
     address: str
-    ssh: SSHConfig
+    ssh: SSHConfig | None           # None: the inventory says "ssh: none" (no SSH access)
     serial: SerialConfig | None
     power: PowerConfig
     tags: frozenset[str] = frozenset()
