@@ -1,0 +1,166 @@
+"""An HVM guest on a host: create, console, SSH, save/restore, destroy, and
+the leak check after it.
+
+The guest's console is ``xl console`` run on the host through its SSH
+connection, with its own transcript.  Readiness is detected by sending a
+command and waiting for its answer, never by waiting for a boot message:
+the pty serial drops output while nobody is attached (facts doc, section 7).
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import shlex
+from pathlib import Path
+
+from harness.errors import InfrastructureError, ProductError, XenhilError
+from harness.step import step
+from harness.xen import evidence
+from harness.xen.toolstack import Toolstack
+
+log = logging.getLogger("xenhil.guest")
+
+GUEST_DIR = "/var/lib/xenhil/guests"
+
+
+class GuestState(enum.Enum):
+    DEFINED = "defined"
+    PAUSED = "paused"
+    RUNNING = "running"
+    SAVED = "saved"
+    DESTROYED = "destroyed"
+    BROKEN = "broken"
+
+
+class GuestLeak(ProductError):
+    help = ("The toolstack left pieces of a destroyed domain behind; read the listed leftovers "
+            "and the evidence (xl list -l, processes).")
+
+
+class Guest:
+    def __init__(self, host, config, artifacts_dir: Path):
+        self.host = host
+        self.config = config
+        self.name = config.name
+        self.artifacts_dir = Path(artifacts_dir)
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        self.xl = Toolstack(host.ssh, host.name)
+        self.state = GuestState.DEFINED
+        self.domid: int | None = None
+        self.broken_reason: str | None = None
+        self._console = None
+        self.cfg_path = f"{GUEST_DIR}/{self.name}.cfg"
+        self.save_path = f"{GUEST_DIR}/{self.name}.save"
+        self.domids_seen: list[int] = []
+
+    # -- console -------------------------------------------------------------
+    @property
+    def console(self):
+        if self._console is None or not self._console.is_open:
+            from harness.access.console import Console
+            channel = self.host.ssh.open_interactive(f"xl console {shlex.quote(self.name)}")
+            self._console = Console.channel(f"{self.host.name}/{self.name}", channel,
+                                            self.artifacts_dir / f"{self.name}.console.log")
+            self._console.open()
+        return self._console
+
+    def _close_console(self) -> None:
+        if self._console is not None:
+            try:
+                self._console.close()
+            except Exception:  # the domain is gone: xl console already exited
+                log.debug("closing console of %s", self.name, exc_info=True)
+            self._console = None
+
+    # -- lifecycle -----------------------------------------------------------
+    def _refresh_domid(self) -> int:
+        result = self.host.ssh.run(["xl", "domid", self.name], timeout=30, check=True)
+        self.domid = int(result.stdout.strip())
+        self.domids_seen.append(self.domid)
+        return self.domid
+
+    @step("create guest {self.name} on {self.host.name}")
+    def create(self, paused: bool = False) -> int:
+        self.host.ssh.run(["mkdir", "-p", GUEST_DIR], check=True)
+        text = self.config.render()
+        self.host.ssh.put_bytes(text, self.cfg_path)
+        (self.artifacts_dir / f"{self.name}.cfg").write_text(text)
+        self.xl.xl("create", *(["-p"] if paused else []), self.cfg_path, timeout=300)
+        self.state = GuestState.PAUSED if paused else GuestState.RUNNING
+        return self._refresh_domid()
+
+    @step("unpause guest {self.name}")
+    def unpause(self) -> None:
+        self.xl.xl("unpause", self.name)
+        self.state = GuestState.RUNNING
+
+    @step("wait for guest {self.name}'s shell")
+    def wait_ready(self, timeout: float = 420.0) -> None:
+        self.console.wait_for_shell(timeout=timeout, poll_interval=10.0)
+
+    def run(self, command: str, timeout: float = 120.0, check: bool = True) -> str:
+        """Run a shell command in the guest over its console; its output."""
+        status, output = self.console.run(command, timeout=timeout)
+        if check and status != 0:
+            raise InfrastructureError(
+                f"guest {self.name}: `{command}` exited {status}:\n{output[-2000:]}",
+                help="read the guest console transcript",
+                evidence={"guest console": str(self.artifacts_dir / f"{self.name}.console.log")})
+        return output
+
+    def ssh(self, ssh_config):
+        """An SSH connection into the guest through the host (direct-tcpip)."""
+        return self.host.ssh.guest(ssh_config, name=f"{self.host.name}/{self.name}")
+
+    @step("save guest {self.name} to {path}")
+    def save(self, path: str | None = None, timeout: float = 200.0) -> str:
+        path = path or self.save_path
+        self._close_console()
+        self.xl.xl("save", self.name, path, timeout=timeout)
+        if self.xl.domain(self.name) is not None:
+            raise ProductError(f"guest {self.name} still listed by xl after `xl save`",
+                               help="xl save must destroy the domain once its state is saved")
+        self.state = GuestState.SAVED
+        return path
+
+    @step("restore guest {self.name} from {path}")
+    def restore(self, path: str | None = None, paused: bool = False, timeout: float = 300.0) -> int:
+        path = path or self.save_path
+        self.xl.xl("restore", *(["-p"] if paused else []), path, timeout=timeout)
+        self.state = GuestState.PAUSED if paused else GuestState.RUNNING
+        return self._refresh_domid()
+
+    @step("destroy guest {self.name}")
+    def destroy(self) -> None:
+        self._close_console()
+        if self.xl.domain(self.name) is not None:
+            self.xl.xl("destroy", self.name, timeout=120)
+        self.state = GuestState.DESTROYED
+
+    @step("leak check after guest {self.name}")
+    def leak_check(self) -> None:
+        """Nothing of any domain this guest had may survive it: no domain, no
+        device-model process, no xenstore subtree."""
+        leftovers = []
+        if self.xl.domain(self.name) is not None:
+            leftovers.append(f"domain {self.name} still in `xl list`")
+        for domid in sorted(set(self.domids_seen)):
+            pids = self.xl.qemu_pids(domid)
+            if pids:
+                leftovers.append(f"device-model process(es) {pids} for domid {domid}")
+            for path in (f"/local/domain/{domid}", f"/local/domain/0/device-model/{domid}"):
+                if self.xl.xenstore_exists(path):
+                    leftovers.append(f"xenstore {path}")
+        if leftovers:
+            raise GuestLeak(f"guest {self.name} left behind: " + "; ".join(leftovers),
+                            evidence=self.collect_evidence("leak"))
+
+    def collect_evidence(self, why: str) -> dict[str, str]:
+        dest = self.artifacts_dir / f"evidence-{why}"
+        extra = {"guest console": self.artifacts_dir / f"{self.name}.console.log",
+                 "guest config": self.artifacts_dir / f"{self.name}.cfg"}
+        try:
+            return evidence.collect(self.host, dest, extra)
+        except XenhilError as exc:  # evidence is best effort; the failure is already raised
+            log.warning("evidence for %s incomplete: %s", self.name, exc)
+            return {}

@@ -1,0 +1,153 @@
+"""The Xen build under test, validated before any host is touched.
+
+Accepted forms of ``--xen-build PATH``:
+- a ``make dist`` tree (``dist/``): ``install/boot/xen*.gz`` (or
+  ``boot/xen*.gz``) plus the tools install tree (``install/usr/...`` with
+  ``sbin/xl``);
+- a tarball of such a tree (``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.xz``);
+- a folder (or list) of Debian ``.deb`` files containing a
+  ``xen-hypervisor-*`` and a ``xen-utils-*`` package;
+- nothing: the host's own Debian Xen packages (``debian-default``), so the
+  whole flow runs for real on the virtual lab.
+
+Its identity is a hash of everything that gets installed plus the Xen and
+dom0 command lines: the same bytes booted the same way are the same build.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+DEFAULT_XEN_CMDLINE = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all noreboot"
+DEFAULT_DOM0_CMDLINE = "ro console=hvc0 earlyprintk=xen"
+
+_TARBALL = re.compile(r"\.(tar|tar\.gz|tgz|tar\.xz|txz|tar\.bz2)$")
+
+
+class XenBuildError(ConfigError):
+    help = "pass --xen-build a `make dist` tree, a tarball of it, or a folder of Xen .deb files"
+
+
+@dataclass(frozen=True)
+class XenBuild:
+    kind: str                          # "dist" | "tarball" | "debs" | "debian-default"
+    source: Path | None
+    hypervisor: str                    # path inside the tree/tarball, deb name, or "" for default
+    files: tuple[tuple[str, str], ...] = ()   # (relative path, sha256) of what gets installed
+    xen_cmdline: str = DEFAULT_XEN_CMDLINE
+    dom0_cmdline: str = DEFAULT_DOM0_CMDLINE
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def build_id(self) -> str:
+        digest = hashlib.sha256()
+        digest.update(self.kind.encode())
+        for rel, sha in self.files:
+            digest.update(f"{rel}\0{sha}\n".encode())
+        digest.update(f"xen:{self.xen_cmdline}\ndom0:{self.dom0_cmdline}\n".encode())
+        return digest.hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}-{self.build_id}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _validate_cmdline(name: str, value: str) -> None:
+    # Command lines end up in a GRUB menu entry: refuse what GRUB would parse
+    # as something else, rather than quote it and hope.
+    bad = set(value) & set("\n\r;'\"`$\\{}")
+    if bad:
+        raise XenBuildError(f"{name} {value!r} contains {''.join(sorted(bad))!r}",
+                            help=f"remove those characters from {name}; GRUB parses them")
+
+
+def load_build(path: str | Path | None, xen_cmdline: str = DEFAULT_XEN_CMDLINE,
+               dom0_cmdline: str = DEFAULT_DOM0_CMDLINE) -> XenBuild:
+    _validate_cmdline("the Xen command line", xen_cmdline)
+    _validate_cmdline("the dom0 command line", dom0_cmdline)
+    if path is None or str(path) in ("", "debian-default"):
+        return XenBuild("debian-default", None, "", (), xen_cmdline, dom0_cmdline)
+    source = Path(path)
+    if not source.exists():
+        raise XenBuildError(f"--xen-build {source}: no such file or folder")
+    if source.is_file() and _TARBALL.search(source.name):
+        return _from_tarball(source, xen_cmdline, dom0_cmdline)
+    if source.is_dir() and list(source.glob("*.deb")):
+        return _from_debs(source, xen_cmdline, dom0_cmdline)
+    if source.is_dir():
+        return _from_dist(source, xen_cmdline, dom0_cmdline)
+    raise XenBuildError(f"--xen-build {source}: neither a folder nor a tarball (.tar, .tar.gz, .tar.xz)")
+
+
+def _dist_root(tree: Path) -> Path:
+    return tree / "install" if (tree / "install").is_dir() else tree
+
+
+def _from_dist(tree: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
+    root = _dist_root(tree)
+    hypervisors = sorted(p for p in (root / "boot").glob("xen*.gz") if not p.is_symlink())
+    if not hypervisors:
+        raise XenBuildError(f"--xen-build {tree}: no hypervisor: expected boot/xen-*.gz "
+                            f"under {root}", help="run `make dist` (or `make dist-xen`) first")
+    tools = [p for p in (root / "usr/sbin/xl", root / "usr/local/sbin/xl") if p.exists()]
+    if not tools:
+        raise XenBuildError(f"--xen-build {tree}: no tools: expected usr/sbin/xl or "
+                            f"usr/local/sbin/xl under {root}", help="run `make dist-tools` too")
+    files = tuple(sorted((str(p.relative_to(root)), _sha256(p))
+                         for p in root.rglob("*") if p.is_file() and not p.is_symlink()))
+    return XenBuild("dist", tree, str(hypervisors[-1].relative_to(root)), files,
+                    xen_cmdline, dom0_cmdline)
+
+
+def _from_tarball(tarball: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
+    try:
+        with tarfile.open(tarball) as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            names = [m.name for m in members]
+            for m in members:
+                if m.name.startswith("/") or ".." in Path(m.name).parts:
+                    raise XenBuildError(f"--xen-build {tarball}: unsafe member path {m.name!r}",
+                                        help="make the tarball from inside the dist tree")
+            files = []
+            for m in members:
+                fh = tar.extractfile(m)
+                files.append((m.name, hashlib.sha256(fh.read()).hexdigest()))
+    except tarfile.TarError as exc:
+        raise XenBuildError(f"--xen-build {tarball}: not a readable tarball: {exc}") from None
+    hypervisors = [n for n in names if re.search(r"(^|/)boot/xen[^/]*\.gz$", n)]
+    if not hypervisors:
+        raise XenBuildError(f"--xen-build {tarball}: no boot/xen*.gz inside",
+                            help="tar the `make dist` output (dist/install) including boot/")
+    if not any(re.search(r"(^|/)usr/(local/)?sbin/xl$", n) for n in names):
+        raise XenBuildError(f"--xen-build {tarball}: no usr/sbin/xl inside",
+                            help="include the tools install tree (make dist-tools)")
+    return XenBuild("tarball", tarball, sorted(hypervisors)[-1], tuple(sorted(files)),
+                    xen_cmdline, dom0_cmdline)
+
+
+def _from_debs(folder: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
+    debs = sorted(folder.glob("*.deb"))
+    hypervisor = [d for d in debs if d.name.startswith("xen-hypervisor-")]
+    utils = [d for d in debs if d.name.startswith("xen-utils-") and "common" not in d.name]
+    if not hypervisor:
+        raise XenBuildError(f"--xen-build {folder}: no xen-hypervisor-*.deb among {len(debs)} .deb files")
+    if not utils:
+        raise XenBuildError(f"--xen-build {folder}: no xen-utils-<version>*.deb (the tools)")
+    for deb in debs:
+        if deb.read_bytes()[:8] != b"!<arch>\n":
+            raise XenBuildError(f"--xen-build {deb}: not a Debian package (no ar header)")
+    files = tuple((d.name, _sha256(d)) for d in debs)
+    return XenBuild("debs", folder, hypervisor[0].name, files, xen_cmdline, dom0_cmdline)

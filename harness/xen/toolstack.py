@@ -1,0 +1,83 @@
+"""``xl`` on a host, over its SSH connection: every call quoted, every
+output parsed by harness.xen.parsers."""
+from __future__ import annotations
+
+import json
+import shlex
+
+from harness.errors import ProductError
+from harness.step import step
+from harness.xen.parsers.rangesets import parse_ioreq_rangesets
+from harness.xen.parsers.xl_info import XlInfo, parse_xl_info
+from harness.xen.parsers.xl_list import DomainEntry, parse_xl_list
+
+# A guest config xl must accept when it knows the series' option: dry-run
+# parse only (`xl -N` creates nothing).
+_PROBE_CONFIG = """name = "xenhil-capability-probe"
+type = "hvm"
+memory = 64
+device_models = [ 'name=qa,ui,ide', 'name=qb,serial' ]
+"""
+
+
+class Toolstack:
+    def __init__(self, ssh, host_name: str):
+        self.ssh = ssh
+        self.host_name = host_name
+
+    def xl(self, *args: str, timeout: float = 120.0, check: bool = True):
+        return self.ssh.run(["xl", *args], timeout=timeout, check=check)
+
+    @step("xl info on {self.host_name}")
+    def info(self) -> XlInfo:
+        return parse_xl_info(self.xl("info").stdout)
+
+    def domains(self) -> list[DomainEntry]:
+        return parse_xl_list(self.xl("list").stdout)
+
+    def domain(self, name: str) -> DomainEntry | None:
+        return next((d for d in self.domains() if d.name == name), None)
+
+    def dmesg(self, clear: bool = False) -> str:
+        return self.xl("dmesg", *(["-c"] if clear else [])).stdout
+
+    @step("ioreq server rangesets on {self.host_name}")
+    def rangesets_text(self) -> str:
+        """`xl debug-keys q` dumps every domain's rangesets into the Xen console
+        ring; clear the ring first so the parse sees exactly one dump."""
+        self.dmesg(clear=True)
+        self.xl("debug-keys", "q")
+        return self.dmesg()
+
+    def rangesets(self):
+        return parse_ioreq_rangesets(self.rangesets_text())
+
+    def list_long(self) -> list[dict]:
+        out = self.xl("list", "-l").stdout.strip()
+        return json.loads(out) if out else []
+
+    @step("probe {self.host_name}'s xl for device_models")
+    def supports_device_models(self) -> bool:
+        """True when xl's parser knows the series' ``device_models`` option: the
+        dry-run JSON of a config carrying it then mentions it."""
+        path = "/tmp/xenhil-capability-probe.cfg"
+        self.ssh.put_bytes(_PROBE_CONFIG, path)
+        result = self.ssh.run(f"xl -N create {shlex.quote(path)} 2>&1", timeout=60)
+        return result.exit_status == 0 and "device_models" in result.stdout
+
+    def qemu_pids(self, domid: int) -> list[int]:
+        """Device-model processes serving a domain (qemu-xen started by libxl
+        carries ``-xen-domid N``)."""
+        result = self.ssh.run(f"pgrep -f -- {shlex.quote(f'-xen-domid {domid}( |$)')} || true",
+                              timeout=30)
+        return [int(p) for p in result.stdout.split()]
+
+    def xenstore_exists(self, path: str) -> bool:
+        return self.ssh.run(["xenstore-exists", path], timeout=30).exit_status == 0
+
+
+def require_hvm(info: XlInfo, host_name: str) -> None:
+    if not info.hvm_capable:
+        raise ProductError(f"{host_name}: xl info virt_caps {sorted(info.virt_caps)} has no 'hvm'",
+                           help="Xen did not enable VT-x/AMD-V: check the BIOS/firmware and "
+                                "`xl dmesg` for HVM/SVM/VMX messages")
