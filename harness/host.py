@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import HostBroken, InfrastructureError, XenhilError
+from harness.errors import ConfigError, HostBroken, InfrastructureError, XenhilError
 from harness.lab.model import HostSpec
 from harness.step import step
 
@@ -88,6 +88,9 @@ class Host:
     # -- channels ---------------------------------------------------------
     def _default_ssh(self):
         from harness.access.ssh import connection_for
+        if self.spec.ssh is None:
+            raise ConfigError(f"host {self.name} has `ssh: none` in the inventory but this step needs SSH",
+                              help="give the host an ssh: section, or do not run SSH tests on it")
         return connection_for(self.name, self.spec.ssh)
 
     def _default_console(self):

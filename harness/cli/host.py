@@ -17,7 +17,7 @@ def _host_spec(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness.access.ssh import SSHConnection
+    from harness.host import Host
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -28,8 +28,11 @@ def _run(args: argparse.Namespace) -> int:
     # One word: the user's own shell line ("xenhil host run h -- 'xl list | wc -l'");
     # several words: quote each, as ssh would not.
     line = command[0] if len(command) == 1 else shlex.join(command)
-    with SSHConnection(spec.ssh, name=spec.name) as ssh:
-        result = ssh.run(line, timeout=args.timeout)
+    host = Host(spec, Path(args.artifacts))
+    try:
+        result = host.ssh.run(line, timeout=args.timeout)
+    finally:
+        host.close()
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     return result.exit_status
@@ -60,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_lab_options(run)
     run.add_argument("host")
     run.add_argument("--timeout", type=float, default=600.0)
+    run.add_argument("--artifacts", default="artifacts/cli", help=argparse.SUPPRESS)
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)
 

@@ -2,21 +2,17 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from harness.cli.common import add_lab_options, lab_path
 
 
 def _power(args: argparse.Namespace) -> int:
-    from harness.access.power import power_for
+    from harness.host import Host
     from harness.lab.inventory import load_inventory
 
     spec = load_inventory(lab_path(args)).host(args.host)
-
-    def ssh_factory():
-        from harness.access.ssh import SSHConnection
-        return SSHConnection(spec.ssh, name=spec.name)
-
-    driver = power_for(spec, ssh_factory=ssh_factory)
+    driver = Host(spec, Path("artifacts/cli")).power
     if args.action == "status":
         print(f"{spec.name}: {driver.status()}")
     else:
