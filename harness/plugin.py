@@ -21,7 +21,7 @@ import pytest
 
 from harness.lab.model import KNOWN_CAPABILITIES
 
-pytest_plugins = ["fixtures.lab", "fixtures.reporting"]
+pytest_plugins = ["fixtures.lab", "fixtures.guest", "fixtures.reporting"]
 
 
 @dataclass
