@@ -1,0 +1,168 @@
+"""The split catalog (``fixtures/splits.yaml``): the splits the suites run and
+the owner each device class must have.  A pure loader: no pytest.
+
+Every entry is parsed with :mod:`harness.xen.splits` and its hand-written
+owner table is compared with the ownership computed from its
+``device_models``: a disagreement is a ConfigError naming the file, the entry
+and the field, so the oracle cannot silently drift from the split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import yaml
+
+from harness.errors import ConfigError
+from harness.xen.splits import DEVICE_MODELS_CAPABILITY, SPLIT_ID_JOINER, Split, parse_split
+
+#: Capabilities a catalog entry may require (host capability detection
+#: provides them).  ``probe``: the framework's own ioreq server (reserved).
+KNOWN_REQUIREMENTS = (DEVICE_MODELS_CAPABILITY, "probe")
+PROBE_SUFFIX = SPLIT_ID_JOINER + "probe"
+CATALOG_VERSION = 1
+
+_ENTRY_KEYS = {"id", "about", "device_models", "guest_vifs", "requires", "probe", "owners"}
+_REQUIRED_KEYS = {"id", "device_models", "guest_vifs", "requires", "owners"}
+
+
+def default_catalog_path() -> Path:
+    # fixtures/ sits next to harness/ (the package is installed editable);
+    # located by path so that this layer never imports the pytest glue.
+    return Path(__file__).resolve().parents[2] / "fixtures" / "splits.yaml"
+
+
+@dataclass(frozen=True)
+class CatalogSplit:
+    id: str
+    split: Split
+    guest_vifs: tuple[str, ...]
+    requires: tuple[str, ...]
+    owners: dict[str, str | None]
+    probe: bool = False
+    about: str = ""
+
+    def runnable_on(self, capabilities: Iterable[str]) -> bool:
+        return set(self.requires) <= set(capabilities)
+
+    def missing(self, capabilities: Iterable[str]) -> list[str]:
+        have = set(capabilities)
+        return [r for r in self.requires if r not in have]
+
+
+class Catalog:
+    def __init__(self, entries: list[CatalogSplit], path: Path):
+        self.path = path
+        self._entries = {e.id: e for e in entries}
+
+    def __iter__(self) -> Iterator[CatalogSplit]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def ids(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, split_id: str) -> CatalogSplit:
+        try:
+            return self._entries[split_id]
+        except KeyError:
+            raise ConfigError(f"split {split_id!r} is not in the catalog {self.path}",
+                              help=f"use one of: {', '.join(self._entries)}") from None
+
+    def runnable_on(self, capabilities: Iterable[str]) -> list[CatalogSplit]:
+        caps = set(capabilities)
+        return [e for e in self if e.runnable_on(caps)]
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    path = Path(path) if path is not None else default_catalog_path()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read split catalog {path}: {exc.strerror}",
+                          help="pass the path of fixtures/splits.yaml") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"split catalog {path} is not valid YAML: {exc}",
+                          help="fix the YAML syntax at the line shown") from None
+    if not isinstance(data, dict) or data.get("version") != CATALOG_VERSION \
+            or not isinstance(data.get("splits"), list):
+        raise ConfigError(f"split catalog {path}: expected a mapping with version: {CATALOG_VERSION} "
+                          "and a list under splits:",
+                          help="see the comment at the top of fixtures/splits.yaml")
+    entries: list[CatalogSplit] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(data["splits"]):
+        entry = _load_entry(path, index, raw)
+        if entry.id in seen:
+            raise ConfigError(f"{path}: splits[{index}]: id {entry.id!r} appears twice",
+                              help="give every catalog entry its own id")
+        seen.add(entry.id)
+        entries.append(entry)
+    return Catalog(entries, path)
+
+
+def _load_entry(path: Path, index: int, raw: object) -> CatalogSplit:
+    where = f"{path}: splits[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} is not a mapping", help="write each split as a mapping (id:, ...)")
+    if isinstance(raw.get("id"), str):
+        where += f" ({raw['id']})"
+
+    def fail(message: str, fix: str):
+        raise ConfigError(f"{where}: {message}", help=fix)
+
+    unknown = sorted(set(raw) - _ENTRY_KEYS)
+    if unknown:
+        fail(f"unknown key(s) {', '.join(map(str, unknown))}", f"known keys: {', '.join(sorted(_ENTRY_KEYS))}")
+    missing = sorted(_REQUIRED_KEYS - set(raw))
+    if missing:
+        fail(f"missing key(s) {', '.join(missing)}", "add them (see the comment at the top of the file)")
+    split_id = raw["id"]
+    if not isinstance(split_id, str) or not split_id:
+        fail("id is not a string", "give the split id, e.g. qnet+qall")
+    guest_vifs = raw["guest_vifs"]
+    if not isinstance(guest_vifs, list) or not all(isinstance(v, str) for v in guest_vifs):
+        fail("guest_vifs is not a list of vif ids", "write e.g. guest_vifs: [nic1]")
+    requires = raw["requires"]
+    if not isinstance(requires, list) or not all(r in KNOWN_REQUIREMENTS for r in requires):
+        fail(f"requires {requires!r} is not a list of known capabilities",
+             f"use a list of: {', '.join(KNOWN_REQUIREMENTS)}")
+    probe = raw.get("probe", False)
+    if not isinstance(probe, bool):
+        fail("probe is not true/false", "write probe: true or leave it out")
+    specs = raw["device_models"]
+    if specs is not None and (not isinstance(specs, list) or not all(isinstance(s, str) for s in specs)):
+        fail("device_models is neither null nor a list of strings",
+             "write the model strings as a YAML list, or null for the single split")
+    # a SplitError names this entry (source=) and every problem in it
+    split = parse_split(specs, guest_vifs=guest_vifs, source=where)
+    expected_id = split.id + (PROBE_SUFFIX if probe else "")
+    if split_id != expected_id:
+        fail(f"id {split_id!r} does not match its device_models, which give {expected_id!r}",
+             f"set id: {expected_id}")
+    needs = list(split.requires) + (["probe"] if probe else [])
+    lacking = [n for n in needs if n not in requires]
+    if lacking:
+        fail(f"requires lacks {', '.join(lacking)}", f"add {', '.join(lacking)} to requires")
+    owners = raw["owners"]
+    if not isinstance(owners, dict):
+        fail("owners is not a mapping", "write owners: {ui: MODEL, ...}")
+    computed = split.ownership(guest_vifs)
+    for cls in computed:
+        if cls not in owners:
+            fail(f"owners has no entry for {cls}", f"add {cls}: {computed[cls] or 'null'}")
+    for cls, owner in owners.items():
+        if cls not in computed:
+            fail(f"owners names {cls!r}, which is not a device class of this split",
+                 f"remove it; the classes are {', '.join(computed)}")
+        if owner is not None and not isinstance(owner, str):
+            fail(f"owners.{cls} is not a model name", "quote numeric names, e.g. \"0\"")
+        if owner != computed[cls]:
+            fail(f"owners.{cls} says {owner!r} but the device_models give {computed[cls]!r}",
+                 "correct owners (or device_models, if the owner is what the test means)")
+    return CatalogSplit(id=split_id, split=split, guest_vifs=tuple(guest_vifs),
+                        requires=tuple(requires), owners=dict(owners), probe=probe,
+                        about=str(raw.get("about", "")))

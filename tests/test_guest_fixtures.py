@@ -1,0 +1,54 @@
+"""Split parametrisation, ordering and capability-skip counting, through pytest."""
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+def test_split_ids_come_from_the_catalog(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(split): pass")
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*test_x[[]split=single[]]*", "*test_x[[]split=qnet+qall[]]*",
+                                 "*test_x[[]split=qserial+qnet+qall[]]*"])
+
+
+def test_split_option_selects_and_rejects_unknown(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(split): pass")
+    result = pytester.runpytest("--collect-only", "-q", "--split", "single")
+    result.stdout.fnmatch_lines(["*test_x[[]split=single[]]*", "1 test collected*"])
+    bad = pytester.runpytest("--collect-only", "-q", "--split", "qnett+qall")
+    assert bad.ret != 0
+    bad.stdout.fnmatch_lines(["*split 'qnett+qall' is not in the catalog*"])
+
+
+def test_disruptive_tests_run_last(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.disruptive
+        def test_a_saverestore(): pass
+        def test_b_pci(): pass
+        def test_c_routing(): pass
+    """)
+    result = pytester.runpytest("-v")
+    names = [l.split("::")[1].split()[0] for l in result.outlines if "PASSED" in l]
+    assert names == ["test_b_pci", "test_c_routing", "test_a_saverestore"]
+
+
+def test_bad_xen_build_is_a_usage_error_before_any_host(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--xen-build", "/nonexistent/dist")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--xen-build /nonexistent/dist: no such file or folder*"])
+
+
+def test_capability_skips_are_counted(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.parametrize("s", ["qnet+qall", "qide+qall"])
+        def test_x(s):
+            pytest.skip(f"capability: split {s} needs device_models, which vh1's Xen (x) does not have")
+    """)
+    result = pytester.runpytest("-rs")
+    result.stdout.fnmatch_lines(["*xenhil capability skips*",
+                                 "2 test(s) skipped: split needs device_models"])
