@@ -1,0 +1,45 @@
+"""``xenhil lab status``: every host of the inventory, who holds it and until
+when, and who is waiting in line."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.cli.reserve import open_pool
+    from harness.lab.leases import format_duration, format_time
+
+    pool = open_pool(args)
+    now = pool.store.now()
+    rows = pool.status(include_expired=True)
+    waiters = pool.store.waiters()
+
+    table = Table(title=f"{pool.inventory.path}  (leases: {pool.store.url})", title_justify="left")
+    for column in ("HOST", "STATE", "HOLDER", "WORKER", "RUN", "SINCE", "EXPIRES", "LEASE", "TAGS"):
+        table.add_column(column, no_wrap=column in ("HOST", "STATE", "LEASE"))
+    for spec, lease in rows:
+        tags = ",".join(sorted(spec.tags)) or "-"
+        if lease is None:
+            table.add_row(spec.name, "free", "-", "-", "-", "-", "-", "-", tags)
+            continue
+        state = "expired (free)" if lease.expired(now) else "leased"
+        table.add_row(spec.name, state, f"{lease.holder.person} pid {lease.holder.pid}",
+                      lease.holder.worker, lease.holder.run_id,
+                      format_duration(now - lease.acquired_at) + " ago",
+                      format_time(lease.expires_at, now), lease.id, tags)
+
+    # Not a terminal (CI logs, pipes): wide enough that nothing is cut.
+    width = None if sys.stdout.isatty() else max(200, shutil.get_terminal_size().columns)
+    console = Console(width=width, highlight=False)
+    console.print(table)
+    leased = sum(1 for _, lease in rows if lease is not None and not lease.expired(now))
+    console.print(f"{leased} of {len(rows)} hosts leased, {len(waiters)} waiting")
+    for waiter in waiters:
+        console.print(f"  waiting #{waiter.ticket}: {waiter.holder} since "
+                      f"{format_time(waiter.enqueued_at, now)} for {', '.join(waiter.candidates)}")
+    return 0
