@@ -19,9 +19,7 @@ def _host_spec(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from harness.host import Host
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command = list(args.command) + list(getattr(args, "passthrough", []))
     if not command:
         raise ConfigError("no command given", help="xenhil host run HOST -- CMD [ARG...]")
     spec = _host_spec(args)
@@ -64,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("host")
     run.add_argument("--timeout", type=float, default=600.0)
     run.add_argument("--artifacts", default="artifacts/cli", help=argparse.SUPPRESS)
-    run.add_argument("command", nargs=argparse.REMAINDER)
+    # The command comes after "--" (main() passes it through untouched), so
+    # options may also follow HOST.
+    run.add_argument("command", nargs="*", help="-- CMD [ARG...]: the command")
     run.set_defaults(func=_run)
 
     console = verbs.add_parser("console", help="interactive serial console (Ctrl-] to leave)")

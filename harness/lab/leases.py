@@ -478,22 +478,12 @@ def resolve_store_url(explicit: str | None, inventory: Inventory) -> str:
 
 def open_store(url: str | Path) -> LeaseStore:
     """``sqlite:///abs/path``, a plain file path, or ``postgresql://...``."""
-    text = str(url)
-    if text.startswith(("postgresql://", "postgres://")):
+    from harness.dburl import is_postgres, sqlite_path
+    if is_postgres(str(url)):
         from harness.lab.lease_postgres import PostgresLeaseStore
-        return PostgresLeaseStore(text)
-    if text.startswith("sqlite://"):
-        path = text[len("sqlite://"):]
-        if not path:
-            raise ConfigError(f"lease store URL {text!r} names no file",
-                              help="write sqlite:///ABSOLUTE/PATH (three slashes)")
-    elif "://" in text:
-        raise ConfigError(f"lease store URL {text!r}: unknown scheme",
-                          help="use sqlite:///ABSOLUTE/PATH, a file path, or postgresql://USER@HOST/DB")
-    else:
-        path = text
+        return PostgresLeaseStore(str(url))
     from harness.lab.lease_sqlite import SQLiteLeaseStore
-    return SQLiteLeaseStore(path)
+    return SQLiteLeaseStore(sqlite_path(url, "lease store"))
 
 
 # --- formatting -----------------------------------------------------------

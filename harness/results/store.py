@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import ConfigError
+from harness.dburl import sqlite_path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -58,18 +58,9 @@ class Outcome:
     message: str
 
 
-def _sqlite_path(url: str) -> Path:
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///") - 1:]) if url.startswith("sqlite:////") else Path(url[len("sqlite:///"):])
-    if "://" in url:
-        raise ConfigError(f"results store URL {url!r}: only sqlite:///PATH is supported for results",
-                          help="use sqlite:///path/to/results.sqlite (the default is artifacts/results.sqlite)")
-    return Path(url)
-
-
 class ResultsStore:
     def __init__(self, url: str):
-        self.path = _sqlite_path(url)
+        self.path = sqlite_path(url, "results store")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
