@@ -130,9 +130,18 @@ def provenance(config: pytest.Config) -> dict[str, str]:
         "xenhil.user": getpass.getuser(),
         "xenhil.machine": socket.gethostname(),
         "xenhil.lab": str(state.options["--lab"] or ""),
-        "xenhil.xen_build": str(state.options["--xen-build"] or "debian-default"),
+        "xenhil.xen_build": _build_label(config),
         "xenhil.series": str(state.options["--series"] or ""),
     }
+
+
+def _build_label(config: pytest.Config) -> str:
+    """The build's content identity (kind-hash), or the raw option if it was not loaded."""
+    from fixtures.guest import BUILD
+    build = config.stash.get(BUILD, None)
+    if build is not None:
+        return build.label
+    return str(config.getoption("--xen-build") or "debian-default")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -123,9 +123,16 @@ def test_two_runs_give_a_regression_in_the_triage_summary(pytester: pytest.Pytes
             assert os.environ.get("BREAK") != "1", "ownership differs"
         def test_stable(): pass
     """)
-    pytester.runpytest(f"--results-db={db}", "--run-id=run-good", "--xen-build=baseline").assert_outcomes(passed=2)
+    for name in ("baseline", "patched"):   # two Xen builds that differ in content
+        (tmp_path / name / "boot").mkdir(parents=True)
+        (tmp_path / name / "boot/xen-4.19.gz").write_text(name)
+        (tmp_path / name / "usr/sbin").mkdir(parents=True)
+        (tmp_path / name / "usr/sbin/xl").write_text("xl")
+    pytester.runpytest(f"--results-db={db}", "--run-id=run-good",
+                       f"--xen-build={tmp_path / 'baseline'}").assert_outcomes(passed=2)
     monkeypatch.setenv("BREAK", "1")
-    pytester.runpytest(f"--results-db={db}", "--run-id=run-bad", "--xen-build=patched").assert_outcomes(passed=1, failed=1)
+    pytester.runpytest(f"--results-db={db}", "--run-id=run-bad",
+                       f"--xen-build={tmp_path / 'patched'}").assert_outcomes(passed=1, failed=1)
     store = ResultsStore(db)
     text = triage_summary(store, "run-bad")
     store.close()
