@@ -56,6 +56,7 @@ from harness.errors import (
     TestBugError,
 )
 from harness.lab.model import SSHConfig
+from harness.secrets import register_private_key
 from harness.step import step, step_context
 
 log = logging.getLogger("xenhil.ssh")
@@ -253,6 +254,8 @@ class SSHConnection:
         passphrase = self.config.passphrase.resolve().encode() if self.config.passphrase else None
         try:
             self._pkey = paramiko.PKey.from_path(Path(key_file), passphrase)
+            # Its content must never reach a report, even as one line of a log.
+            register_private_key(Path(key_file).read_text(errors="replace"))
         except FileNotFoundError:
             raise ConfigError(f"{self.name}: ssh.key_file {key_file} does not exist",
                               help="fix the path or create the key (ssh-keygen -t ed25519)") from None

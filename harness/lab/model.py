@@ -35,15 +35,20 @@ class CredentialRef:
     file: Path | None = None
 
     def resolve(self) -> str:
+        """The secret's value, registered with harness.attach so that it is
+        scrubbed from every attachment, Allure result and log record."""
+        # Imported here: the lab layer must not pull in allure at import time.
+        from harness.secrets import register_secret
+
         if self.env:
             value = os.environ.get(self.env)
             if value is None:
                 raise ConfigError(f"credential environment variable {self.env} is not set",
                                   help=f"export {self.env}=... before running, or reference a file")
-            return value
+            return register_secret(value)
         if self.file:
             try:
-                return self.file.read_text().strip()
+                return register_secret(self.file.read_text().strip())
             except OSError as exc:
                 raise ConfigError(f"credential file {self.file} cannot be read: {exc.strerror}",
                                   help="create the file (mode 0600) or fix its path") from None

@@ -1,0 +1,246 @@
+"""Secrets never reach the Allure results, the artifacts or the logs.
+
+The planted secrets are an IPMI password resolved from a real inventory's
+``{env: ...}`` reference and the content of a real private key file
+(ssh-keygen).  The tests of the inner runs leak them on purpose in every way a
+suite could: a log line, stdout, an assertion message, a harness error, an
+exception raised in a fixture and inside a @step, locals shown with -l,
+attachments made with harness.attach and with allure.attach directly.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.attach import (
+    MASK,
+    ScrubbingLogFilter,
+    register_private_key,
+    register_secret,
+    registered_secrets,
+    scrub,
+    scrub_bytes,
+)
+
+pytest_plugins = ["pytester"]
+
+PASSWORD_VAR = "XENHIL_TEST_SECRET_IPMI_PASSWORD"
+
+INVENTORY = """\
+hosts:
+  - name: h1
+    address: 127.0.0.1
+    ssh: none
+    power: {kind: ipmi, address: 127.0.0.1, user: ADMIN, password: {env: %s}}
+""" % PASSWORD_VAR
+
+LEAKY_TESTS = """
+    import logging
+    import os
+    from pathlib import Path
+
+    import allure
+    import pytest
+
+    from harness.attach import attach_file, attach_text
+    from harness.errors import InfrastructureError
+    from harness.lab.inventory import load_inventory
+    from harness.step import step
+
+    log = logging.getLogger("suite.leaky")
+    KEY_FILE = Path(os.environ["LEAKY_KEY_FILE"])
+
+    def bmc_password():
+        inventory = load_inventory(Path(os.environ["LEAKY_LAB"]))
+        return inventory.host("h1").power.password.resolve()
+
+    def test_logs_password_then_fails():
+        password = bmc_password()
+        log.warning("BMC login ADMIN/%s refused", password)
+        print("stdout: trying password", password)
+        attach_text(f"ipmitool -I lanplus -U ADMIN -P {password} power status", "bmc command")
+        allure.attach(f"raw allure attachment with {password}", name="raw",
+                      attachment_type=allure.attachment_type.TEXT)
+        assert password == "the-expected-one", f"BMC refused password {password!r}"
+
+    def test_private_key_in_harness_error():
+        key = KEY_FILE.read_text()
+        log.info("loaded key:\\n%s", key)
+        attach_file(KEY_FILE, "ssh key", "text/plain")
+        raise InfrastructureError(f"ssh refused key\\n{key}",
+                                  evidence={"key file": str(KEY_FILE)})
+
+    @pytest.fixture
+    def bmc_session():
+        raise RuntimeError(f"cannot open BMC session with {bmc_password()}")
+
+    def test_secret_in_setup(bmc_session):
+        pass
+
+    @step("power cycle with {user}")
+    def power_cycle(user, password):
+        raise ConnectionError(f"BMC dropped the session of {user}:{password}")
+
+    def test_secret_in_step():
+        power_cycle("ADMIN", bmc_password())
+
+    def test_secret_in_locals_and_teardown(request):
+        password = bmc_password()
+        key = KEY_FILE.read_text()
+        request.addfinalizer(lambda: log.error("teardown saw %s", password))
+        assert len(password) + len(key) == 0
+"""
+
+
+@pytest.fixture
+def private_key(tmp_path: Path) -> Path:
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen (openssh-client) is not installed")
+    path = tmp_path / "keys" / "lab_ed25519"
+    path.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "xenhil-test",
+                    "-f", str(path)], check=True, timeout=60)
+    return path
+
+
+def _files_under(*roots: Path) -> list[Path]:
+    return [p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()]
+
+
+def _leaks(data: bytes, needles: dict[str, bytes]) -> list[str]:
+    return [name for name, needle in needles.items() if needle in data]
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "xdist-2"])
+def test_planted_secrets_never_reach_results_artifacts_or_logs(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        private_key: Path, workers: int) -> None:
+    # A fresh password per run: the secret must be registered by this run's
+    # CredentialRef.resolve(), not by an earlier test in this process.
+    password = "ipmi-" + secrets.token_urlsafe(12)
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(INVENTORY)
+    monkeypatch.setenv(PASSWORD_VAR, password)
+    monkeypatch.setenv("LEAKY_LAB", str(lab))
+    monkeypatch.setenv("LEAKY_KEY_FILE", str(private_key))
+    key_text = private_key.read_text()
+    key_body = [line for line in key_text.splitlines() if not line.startswith("-----")]
+    needles = {"password": password.encode(), "BEGIN PRIVATE KEY": b"BEGIN OPENSSH PRIVATE KEY"}
+    needles.update({f"key line {i}": line.encode() for i, line in enumerate(key_body)})
+
+    alluredir, artifacts = tmp_path / "allure", tmp_path / "artifacts"
+    log_file = artifacts / "pytest.log"
+    pytester.makepyfile(test_leaky=LEAKY_TESTS)
+    args = [f"--alluredir={alluredir}", f"--artifacts={artifacts}", "--run-id=leaky",
+            f"--log-file={log_file}", "--log-file-level=DEBUG", "-l", "-rA"]
+    if workers:
+        args += ["-n", str(workers)]
+        result = pytester.runpytest_subprocess(*args, timeout=300)
+    else:
+        result = pytester.runpytest(*args)
+    result.assert_outcomes(failed=4, errors=1)
+
+    leaks = {}
+    for path in _files_under(alluredir, artifacts):
+        found = _leaks(path.read_bytes(), needles)
+        if found:
+            leaks[str(path.relative_to(tmp_path))] = found
+    for name, text in (("terminal stdout", result.stdout.str()), ("terminal stderr", result.stderr.str())):
+        found = _leaks(text.encode(), needles)
+        if found:
+            leaks[name] = found
+    assert leaks == {}, f"secrets leaked: {leaks}"
+
+    # The evidence is still there, masked, not dropped: the reviewer sees what happened.
+    results = {}
+    for path in alluredir.glob("*-result.json"):
+        data = json.loads(path.read_text())
+        results[data["name"]] = data
+    logs_failed = results["test_logs_password_then_fails"]
+    assert "BMC refused password '***'" in logs_failed["statusDetails"]["message"]
+    assert "[product]" in logs_failed["statusDetails"]["message"]
+    attached = {a["name"]: (alluredir / a["source"]).read_text() for a in logs_failed["attachments"]}
+    assert attached["bmc command"] == "ipmitool -I lanplus -U ADMIN -P *** power status"
+    assert attached["raw"] == "raw allure attachment with ***"
+    assert "BMC login ADMIN/*** refused" in attached["log"]
+    assert "stdout: trying password ***" in attached["stdout"]
+
+    key_failed = results["test_private_key_in_harness_error"]
+    assert key_failed["statusDetails"]["message"].startswith(
+        "harness.errors.InfrastructureError: [infrastructure] ssh refused key\n***")
+    key_attachment = {a["name"]: a for a in key_failed["attachments"]}["ssh key"]
+    assert (alluredir / key_attachment["source"]).read_text().strip() == MASK
+
+    step = results["test_secret_in_step"]["steps"][0]
+    assert step["name"] == "power cycle with ADMIN"
+    assert "session of ADMIN:***" in step["statusDetails"]["message"]
+    assert "cannot open BMC session with ***" in results["test_secret_in_setup"]["statusDetails"]["message"]
+
+    copy = artifacts / "leaky" / "tests" / "test_leaky.py--test_logs_password_then_fails" / "bmc-command.txt"
+    assert copy.read_text() == "ipmitool -I lanplus -U ADMIN -P *** power status"
+    if not workers:  # xdist workers all write (and truncate) the same --log-file
+        assert "BMC login ADMIN/*** refused" in log_file.read_text()
+    # The results store keeps the last line of each failure, scrubbed too.
+    assert (artifacts / "results.sqlite").exists()
+
+
+def test_scrub_masks_registered_values_in_plain_repr_and_json_forms() -> None:
+    secret = "pa'ss\\wörd-" + secrets.token_hex(4)
+    register_secret(secret)
+    assert scrub(f"login {secret} failed") == "login *** failed"
+    # repr() escapes the backslash (and picks double quotes for the quote inside)
+    assert scrub(f"assert {secret!r} == 'x'") == """assert "***" == 'x'"""
+    assert scrub(json.dumps({"pw": secret})) == '{"pw": "***"}'
+    assert scrub_bytes(f"raw {secret}".encode()) == b"raw ***"
+    # An explicit list overrides the registry.
+    assert scrub("alpha beta", ["beta"]) == "alpha ***"
+
+
+def test_scrub_masks_longest_secret_first_and_ignores_too_short_values() -> None:
+    inner = "tok-" + secrets.token_hex(4)
+    outer = inner + "-suffix"
+    assert scrub(f"a {outer} b {inner}", [inner, outer]) == "a *** b ***"
+    register_secret("ab")  # too short to scrub without wrecking reports: warned, not kept
+    assert "ab" not in registered_secrets()
+    assert scrub("about a tab") == "about a tab"
+
+
+def test_private_key_blocks_are_masked_whole_and_when_cut_off(private_key: Path) -> None:
+    key = private_key.read_text()
+    text = f"before\n{key}after"
+    assert scrub(text, []) == "before\n***\nafter"
+    cut = "tail of a log:\n" + key[: len(key) // 2]
+    assert scrub(cut, []) == "tail of a log:\n***"
+    for kind in ("RSA", "EC", "ENCRYPTED", "DSA"):
+        block = f"-----BEGIN {kind} PRIVATE KEY-----\nMIIB\n-----END {kind} PRIVATE KEY-----"
+        assert scrub(f"x {block} y", []) == "x *** y"
+    # Public keys and certificates are not secrets.
+    public = private_key.with_suffix(".pub").read_text()
+    assert scrub(public, []) == public
+
+
+def test_one_line_of_a_registered_private_key_is_masked(private_key: Path) -> None:
+    key = private_key.read_text()
+    register_private_key(key)
+    body_line = key.splitlines()[2]
+    assert scrub(f"debug: {body_line}") == "debug: ***"
+
+
+def test_log_filter_scrubs_message_arguments_and_exception_text() -> None:
+    import logging
+    secret = "filter-" + secrets.token_hex(6)
+    register_secret(secret)
+    try:
+        raise ValueError(f"bad {secret}")
+    except ValueError:
+        import sys
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "using %s", (secret,), sys.exc_info())
+    assert ScrubbingLogFilter().filter(record) is True
+    text = logging.Formatter().format(record)
+    assert secret not in text
+    assert "using ***" in text and "ValueError: bad ***" in text
