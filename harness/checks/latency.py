@@ -1,0 +1,119 @@
+"""Per-server ioreq round-trip latency from the probe's ``time-in`` results:
+one row per server port plus the Xen-internal baseline (PIT port 0x40,
+handled inside Xen, facts doc section 2).  Summaries and the regression test
+are harness.results.latency's; rows go to ResultsStore.record_latency.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from harness.checks.failure import Evidence, Mismatch, fail_if, save_evidence
+from harness.results.latency import BASELINE_SERVER, subsample, summarize
+from harness.step import step
+from harness.xen.parsers.probe_output import TimeIn, parse_single
+
+BASELINE_PORT = 0x40          # PIT counter 0: Xen-internal, never reaches a model
+DEFAULT_COUNT = 2000
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    server: str               # model name, or "xen" for the baseline
+    port: str                 # "0x3f8"
+    summary: dict             # n, p50_ns, p90_ns, p99_ns, max_ns (harness.results.latency.summarize)
+    samples: list[float]      # ns, subsampled for the store
+    cost_ns: float | None     # p50 above the baseline's p50; None for the baseline itself
+    last_value: int
+    width: int = 1
+
+    def to_dict(self) -> dict:
+        return {"server": self.server, "port": self.port, **self.summary, "cost_ns": self.cost_ns,
+                "last_value": f"{self.last_value:#x}"}
+
+
+def port_label(port: int) -> str:
+    return f"{port:#x}"
+
+
+def _summary(t: TimeIn) -> tuple[dict, list[float]]:
+    if t.samples:
+        ns = [t.ns(c) for c in t.samples]
+        return summarize(ns), subsample(ns)
+    # No raw samples (time-in without --raw): the probe's own percentiles.
+    return ({"n": t.n, "p50_ns": t.ns(t.p50_cycles), "p90_ns": t.ns(t.p90_cycles),
+             "p99_ns": t.ns(t.p99_cycles), "max_ns": t.ns(t.max_cycles)}, [])
+
+
+def latency_rows(measurements: Mapping[str, TimeIn], baseline: TimeIn) -> list[LatencyRow]:
+    """Rows for every server (model -> time-in of a port it owns) and the
+    baseline, first.  ``cost_ns`` = p50 - baseline p50."""
+    base_summary, base_samples = _summary(baseline)
+    rows = [LatencyRow(BASELINE_SERVER, port_label(baseline.port), base_summary, base_samples, None,
+                       baseline.last_value, baseline.width)]
+    for server, t in measurements.items():
+        summary, samples = _summary(t)
+        rows.append(LatencyRow(server, port_label(t.port), summary, samples,
+                               summary["p50_ns"] - base_summary["p50_ns"], t.last_value, t.width))
+    return rows
+
+
+def check_latency_rows(rows: Sequence[LatencyRow], evidence: Evidence, *,
+                       check_values: bool = True) -> None:
+    """Sanity of a measurement: every server's median costs more than the
+    Xen-internal baseline (a round trip to a device model leaves Xen; an
+    equal or lower cost means the access never reached a model) and, with
+    ``check_values``, its port did not read all ones (what Xen answers when
+    nobody claims the port: pick ports whose registers read otherwise)."""
+    problems: list[Mismatch] = []
+    for r in rows:
+        if r.server == BASELINE_SERVER:
+            continue
+        if r.cost_ns is not None and r.cost_ns <= 0:
+            problems.append(Mismatch(f"server {r.server} port {r.port}",
+                                     "p50 above the Xen-internal baseline (the access leaves Xen)",
+                                     f"p50 {r.summary['p50_ns']:.0f} ns, cost {r.cost_ns:.0f} ns"))
+        if check_values and r.last_value == (1 << (8 * r.width)) - 1:
+            problems.append(Mismatch(f"server {r.server} port {r.port}", "a value from the model",
+                                     f"{r.last_value:#x} (all ones: nobody claims the port)"))
+    fail_if(problems, "latency measurement reached the servers",
+            expected="each server's port answered by its model, above the Xen-internal baseline",
+            evidence=evidence)
+
+
+def record_rows(store, run_id: str, host: str, split: str, build: str, rows: Sequence[LatencyRow]) -> None:
+    """Write the rows with ResultsStore.record_latency."""
+    for r in rows:
+        store.record_latency(run_id, host, split, build, r.server, r.port, r.summary, r.samples)
+
+
+def time_in_command(port: int, count: int = DEFAULT_COUNT, width: int = 1, raw: bool = True,
+                    probe: str = "xhprobe") -> str:
+    args = [probe, "time-in", f"{port:#x}", str(count), "--width", str(width)]
+    if raw:
+        args.append("--raw")
+    return shlex.join(args)
+
+
+@step("measure ioreq latency in guest {guest.name}")
+def measure_latency(guest, ports: Mapping[str, int], *, baseline_port: int = BASELINE_PORT,
+                    count: int = DEFAULT_COUNT, probe: str = "xhprobe", raw: bool = True,
+                    check: bool = True, check_values: bool = True) -> list[LatencyRow]:
+    """Run ``xhprobe time-in`` on the baseline port and on one port per
+    server (``ports``: model -> port it owns), return the rows (and check
+    them when ``check``)."""
+    out_dir = guest.artifacts_dir / "latency"
+    evidence: dict[str, str] = {}
+
+    def one(label: str, port: int) -> TimeIn:
+        text = guest.run(time_in_command(port, count, raw=raw, probe=probe), timeout=600)
+        evidence[f"time-in {label} {port:#x}"] = save_evidence(out_dir, f"time-in-{label}-{port:x}.jsonl", text)
+        return parse_single(text, TimeIn)
+
+    baseline = one(BASELINE_SERVER, baseline_port)
+    measured = {server: one(server, port) for server, port in ports.items()}
+    rows = latency_rows(measured, baseline)
+    if check:
+        check_latency_rows(rows, evidence, check_values=check_values)
+    return rows

@@ -1,0 +1,81 @@
+"""Latency rows from xhprobe time-in results: the real probe (built, run in
+--dry-run) for the output shape, and hand-made results of known values."""
+import shutil
+import subprocess
+
+import pytest
+
+from harness.checks.failure import CheckFailed
+from harness.checks.latency import (check_latency_rows, latency_rows, record_rows, time_in_command)
+from harness.errors import ConfigError
+from harness.probes import build_xhprobe
+from harness.results.latency import BASELINE_SERVER, percentile
+from harness.results.store import ResultsStore
+from harness.xen.parsers.probe_output import TimeIn, parse_single
+
+from tests.support.checks import assert_failure_message
+
+HZ = 1e9   # 1 cycle = 1 ns: easy numbers
+
+
+def timein(port, samples, last=0x60, width=1):
+    s = sorted(samples)
+    return TimeIn(port, width, len(s), HZ, s[0], int(percentile(s, 50)), int(percentile(s, 90)),
+                  int(percentile(s, 99)), s[-1], sum(s) / len(s), last, "test", False, tuple(samples))
+
+
+BASE = timein(0x40, [100] * 90 + [150] * 10, last=0x12)
+COM1 = timein(0x3FD, [3000] * 50 + [4000] * 49 + [90000])
+NIC = timein(0xC008, [5000] * 100, last=0x80, width=4)
+
+
+def test_rows_have_percentiles_and_cost_above_the_baseline():
+    rows = latency_rows({"qall": COM1, "qnet": NIC}, BASE)
+    assert [r.server for r in rows] == [BASELINE_SERVER, "qall", "qnet"]
+    base, qall, qnet = rows
+    assert base.cost_ns is None and base.port == "0x40"
+    assert qall.summary == {"n": 100, "p50_ns": 3000.0, "p90_ns": 4000.0, "p99_ns": 4000.0, "max_ns": 90000.0}
+    assert qall.cost_ns == 2900.0 and qnet.cost_ns == 4900.0 and qall.port == "0x3fd"
+    assert len(qall.samples) == 100
+    check_latency_rows(rows, {"time-in": "x"})
+
+
+def test_cost_at_or_below_baseline_or_all_ones_fails():
+    unclaimed = timein(0x2F8, [100] * 100, last=0xFF)       # Xen answers: fast, all ones
+    rows = latency_rows({"qserial": unclaimed}, BASE)
+    with pytest.raises(CheckFailed) as info:
+        check_latency_rows(rows, {"time-in qserial 0x2f8": "t.jsonl"})
+    assert_failure_message(info.value,
+                           "server qserial port 0x2f8: expected p50 above the Xen-internal baseline (the access leaves Xen); seen p50 100 ns, cost 0 ns",
+                           "server qserial port 0x2f8: expected a value from the model; seen 0xff (all ones",
+                           "evidence time-in qserial 0x2f8: t.jsonl")
+    check_latency_rows(latency_rows({"q": timein(0x1F7, [900] * 10, last=0xFF)}, BASE), {"e": "x"},
+                       check_values=False)
+
+
+def test_rows_go_to_the_results_store(tmp_path):
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    store.record_run("run1")
+    record_rows(store, "run1", "vhost1", "qnet+qall", "xen-4.17", latency_rows({"qall": COM1}, BASE))
+    got = {r["server"]: r for r in store.latency_rows("run1")}
+    assert got["qall"]["p50_ns"] == 3000.0 and got["qall"]["port"] == "0x3fd"
+    assert got[BASELINE_SERVER]["p50_ns"] == 100.0 and len(got["qall"]["samples"]) == 100
+    store.close()
+
+
+def test_summary_from_the_real_probe_without_raw_samples(tmp_path):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed: cannot build xhprobe")
+    try:
+        probe = build_xhprobe(tmp_path / "xhprobe")
+    except ConfigError as exc:
+        pytest.skip(f"xhprobe cannot be built here: {exc}")
+    cmd = time_in_command(0x40, 50, raw=False, probe=str(probe))
+    assert cmd == f"{probe} time-in 0x40 50 --width 1"
+    out = subprocess.run(["sh", "-c", cmd.replace(" time-in", " --dry-run time-in")], check=True,
+                         capture_output=True, text=True).stdout
+    t = parse_single(out, TimeIn)
+    rows = latency_rows({"qall": t}, t)
+    assert rows[1].summary["n"] == 50 and rows[1].samples == []
+    assert rows[1].summary["p50_ns"] == pytest.approx(t.p50_cycles * 1e9 / t.tsc_hz)
+    assert rows[1].cost_ns == 0.0

@@ -1,0 +1,76 @@
+"""Map-cache invalidate counting, xl dmesg failures, and the data pattern
+(its shell commands run for real in busybox sh)."""
+import hashlib
+import shutil
+import subprocess
+
+import pytest
+
+from harness.checks.failure import CheckFailed
+from harness.checks.mapcache import (DataPattern, check_invalidates, check_no_invalidate_failure,
+                                     check_pattern_intact, count_invalidates, parse_sha256sum)
+from harness.xen.parsers.qemu_trace import parse_trace_log
+
+from tests.support.checks import DATA, assert_failure_message, data
+
+BUSYBOX = shutil.which("busybox")
+
+
+def test_invalidates_are_counted_per_model_from_handle_ioreq_type_8():
+    counts = {"qall": count_invalidates(parse_trace_log(data("qemu-dm-qall.log"))),
+              "qnet": count_invalidates(parse_trace_log(data("qemu-dm-qnet.log")))}
+    assert counts == {"qall": 2, "qnet": 2}
+    check_invalidates(counts, 2, {"traces": str(DATA)})
+    # the real single-model log of the parsers: one invalidate (with a timestamp prefix)
+    assert count_invalidates(parse_trace_log((DATA.parent / "parsers" / "qemu-dm-xhguest.log").read_text())) == 1
+
+
+def test_a_model_missing_invalidates_fails():
+    with pytest.raises(CheckFailed) as info:
+        check_invalidates({"qall": 2, "qnet": 0}, 2, {"trace of model qnet": "qnet.log"})
+    assert_failure_message(info.value, "model qnet: expected >= 2 invalidate(s) (one per event at least); seen 0",
+                           "all models: expected the same number of invalidates (each is broadcast); seen qall=2, qnet=0",
+                           "evidence trace of model qnet: qnet.log")
+    with pytest.raises(CheckFailed, match="at least one memory-removal event"):
+        check_invalidates({"qall": 1}, 0, {"e": "x"})
+
+
+def test_unsuccessful_invalidate_in_dmesg_fails():
+    check_no_invalidate_failure(data("xl_dmesg_clean.txt"), {"xl dmesg": "clean"})
+    with pytest.raises(CheckFailed) as info:
+        check_no_invalidate_failure(data("xl_dmesg_invalidate_failure.txt"), {"xl dmesg": "dmesg.txt"})
+    assert_failure_message(info.value, "expected: no 'Unsuccessful map-cache invalidate' in xl dmesg",
+                           "seen: 1 line(s), first: (XEN) [  812.345678] d7v0 Unsuccessful", "evidence xl dmesg: dmesg.txt")
+
+
+def test_pattern_checksum_is_known_in_advance():
+    p = DataPattern("seed1", lines=3)
+    assert p.content() == b"xenhil seed1 1\nxenhil seed1 2\nxenhil seed1 3\n"
+    assert p.sha256 == hashlib.sha256(p.content()).hexdigest() and p.size == 45
+    with pytest.raises(ValueError):
+        DataPattern("bad seed")
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="busybox (the guest's shell) is not installed")
+def test_pattern_commands_work_in_busybox_sh(tmp_path):
+    p = DataPattern("mc42", lines=3000)
+    target = str(tmp_path / "pattern file")          # a blank, to prove the quoting
+    subprocess.run([BUSYBOX, "sh", "-c", p.write_command(target)], check=True)
+    assert (tmp_path / "pattern file").read_bytes() == p.content()
+    out = subprocess.run([BUSYBOX, "sh", "-c", p.readback_command(target)], check=True,
+                         capture_output=True, text=True).stdout
+    check_pattern_intact(p, out, target, {"readback": out})
+    with open(target, "r+b") as f:                   # one flipped byte
+        f.seek(1000)
+        f.write(b"X")
+    out = subprocess.run([BUSYBOX, "sh", "-c", p.readback_command(target)], check=True,
+                         capture_output=True, text=True).stdout
+    with pytest.raises(CheckFailed) as info:
+        check_pattern_intact(p, out, target, {"readback": "readback.txt"})
+    assert_failure_message(info.value, f"expected: sha256 {p.sha256} of {p.size} bytes (pattern seed mc42)",
+                           f"seen: sha256 {parse_sha256sum(out)}", "evidence readback: readback.txt")
+
+
+def test_readback_without_a_checksum_fails():
+    with pytest.raises(CheckFailed, match="no checksum in output"):
+        check_pattern_intact(DataPattern("x"), "sha256sum: /dev/sdb: No such device", "/dev/sdb", {"r": "x"})

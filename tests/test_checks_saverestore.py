@@ -1,0 +1,97 @@
+"""Save/restore checks over save files laid out as xl writes them
+(tests/support/savefile_builder.py), recorded-shape rangesets and lspci."""
+import pytest
+
+from harness.checks.failure import CheckFailed
+from harness.checks.saverestore import (check_models_running, check_same_ownership, check_same_pci,
+                                        check_savefile_emulators, check_uptime_continued,
+                                        normalise_rangesets, parse_uptime, state_paths)
+from harness.xen import savefile as sf
+from harness.xen.parsers.lspci import PciDevice, parse_pci_listing
+from harness.xen.parsers.rangesets import parse_ioreq_rangesets
+from harness.xen.splits import Split, parse_split
+
+from tests.support.checks import assert_failure_message, data
+from tests.support.savefile_builder import SaveFileBuilder
+
+QEMU = sf.EMULATOR_QEMU_UPSTREAM
+EV = {"save file": "host:/var/lib/xenhil/guests/xhguest.save"}
+
+
+def parsed(**kw):
+    return sf.parse_savefile_bytes(SaveFileBuilder(**kw).build(), "xhguest.save")
+
+
+def test_upstream_single_model_save_has_one_context_and_no_xenstore_record():
+    # the shape of a real Xen 4.17 HVM save (facts doc section 6)
+    check_savefile_emulators(parsed(), ["0"], EV)
+
+
+def test_multi_model_save_needs_one_context_per_model_with_distinct_indices():
+    check_savefile_emulators(parsed(emulators=[(QEMU, 0), (QEMU, 1)],
+                                    xenstore={(QEMU, 1): {"physmap/1/start_addr": "f0000000"}}),
+                             ["qnet", "qall"], EV)
+    with pytest.raises(CheckFailed) as info:
+        check_savefile_emulators(parsed(), ["qnet", "qall"], EV)   # upstream writes index 0 only
+    assert_failure_message(info.value, "EMULATOR_CONTEXT records: expected 2 (one per model: qnet, qall); seen 1: [(2, 0)]",
+                           "evidence save file: host:/var/lib/xenhil/guests/xhguest.save")
+    with pytest.raises(CheckFailed) as info:
+        check_savefile_emulators(parsed(emulators=[(QEMU, 0), (QEMU, 0)]), ["qnet", "qall"], EV)
+    assert_failure_message(info.value, "EMULATOR_CONTEXT indices: expected distinct; seen index [0] repeated")
+
+
+def test_xenstore_record_must_match_a_context():
+    with pytest.raises(CheckFailed) as info:
+        check_savefile_emulators(parsed(emulators=[(QEMU, 0), (QEMU, 1)], xenstore={(QEMU, 2): {"a": "b"}}),
+                                 ["qnet", "qall"], EV)
+    assert_failure_message(info.value, "EMULATOR_XENSTORE_DATA (emulator 2, index 2): expected the (emulator, index) "
+                                       "of an EMULATOR_CONTEXT record")
+
+
+def test_uptime_continues_within_the_tolerance():
+    assert parse_uptime("cat /proc/uptime\n1234.56 1200.00\n") == 1234.56
+    check_uptime_continued(100.0, 130.0, {"console": "c.log"})
+    check_uptime_continued(100.0, 99.5, {"console": "c.log"}, tolerance_s=1.0)
+    with pytest.raises(CheckFailed) as info:
+        check_uptime_continued(100.0, 3.2, {"console": "c.log"})
+    assert_failure_message(info.value, "expected: uptime after restore >= 100.00 s - 1.0 s",
+                           "seen: 3.20 s (the guest rebooted", "evidence console: c.log")
+    with pytest.raises(CheckFailed, match="/proc/uptime"):
+        parse_uptime("cat: can't open '/proc/uptime'")
+
+
+def test_ownership_is_compared_by_model_not_server_id():
+    text = data("xl_dmesg_q_qnet_qall.txt")
+    before = normalise_rangesets(parse_ioreq_rangesets(text)[7], {0: "qall", 1: "qnet"})
+    swapped = (text.replace("ioreq_server 1 ", "ioreq_server X ").replace("ioreq_server 0 ", "ioreq_server 1 ")
+               .replace("ioreq_server X ", "ioreq_server 0 "))
+    after = normalise_rangesets(parse_ioreq_rangesets(swapped)[7], {1: "qall", 0: "qnet"})
+    check_same_ownership(before, after, {"rangesets": "x"})
+    lost = normalise_rangesets(parse_ioreq_rangesets(text.replace("pci { 20 }", "pci { }"))[7],
+                               {0: "qall", 1: "qnet"})
+    with pytest.raises(CheckFailed) as info:
+        check_same_ownership(before, lost, {"rangesets before": "b.txt", "rangesets after": "a.txt"})
+    assert_failure_message(info.value, "model qnet pci: expected { 20 }; seen {  }", "evidence rangesets after: a.txt")
+    with pytest.raises(CheckFailed, match="model server 1: expected a server before and after"):
+        check_same_ownership(before, normalise_rangesets(parse_ioreq_rangesets(text)[7], {0: "qall"}), {"r": "x"})
+
+
+def test_pci_topology_must_not_change():
+    before = parse_pci_listing(data("lspci_n_417.txt"))
+    check_same_pci(before, parse_pci_listing(data("lspci_n_417.txt")), {"lspci": "x"})
+    after = [d for d in before if d.bdf != "00:04.0"] + [PciDevice("00:05.0", 0x8086, 0x100E, 0x0200)]
+    with pytest.raises(CheckFailed) as info:
+        check_same_pci(before, after, {"lspci -n after": "after.txt"})
+    assert_failure_message(info.value, "00:04.0: expected 00:04.0 0200: 8086:100e; seen no device",
+                           "00:05.0: expected no device; seen 00:05.0 0200: 8086:100e")
+
+
+def test_models_running():
+    paths = state_paths(Split.single(), 9)
+    assert paths == {"0": "/local/domain/0/device-model/9/state"}
+    assert sorted(state_paths(parse_split(["name=qnet,vifs=nic1", "name=qall,ui"]), 9)) == ["qall", "qnet"]
+    check_models_running({paths["0"]: "running"}, {"xenstore": "x"}, {"expected": 1, "seen": 1})
+    with pytest.raises(CheckFailed) as info:
+        check_models_running({paths["0"]: None}, {"xenstore": "x"}, {"expected": 1, "seen": 0})
+    assert_failure_message(info.value, "/local/domain/0/device-model/9/state: expected running; seen absent",
+                           "device-model processes: expected 1; seen 0")
