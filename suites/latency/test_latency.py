@@ -1,0 +1,34 @@
+"""Per-server ioreq latency: timed reads of a port each server owns against
+the Xen-internal PIT (never leaves Xen), recorded with host, split and build,
+and compared with the previous run of the same host and split."""
+from harness.attach import attach_latency
+from harness.checks.failure import fail
+from harness.checks.latency import measure_latency, record_rows
+from harness.results.latency import latency_regressions
+from harness.results.plots import latency_distribution_png
+
+# A port each model owns that is harmless to read: the keyboard controller's
+# status port belongs to the model with `ui`, the first IDE status port to
+# the model with `ide`.
+PORT_OF_CLASS = {"ui": 0x64, "ide": 0x1f7, "serial": 0x3fd}
+
+
+def test_per_server_latency_has_not_regressed(request, guest, xen_build, results_store):
+    split = guest.config.split
+    ports = {}
+    for dclass, port in PORT_OF_CLASS.items():
+        owner = split.owner_of(dclass)
+        if owner is not None and owner not in ports:
+            ports[owner] = port
+    rows = measure_latency(guest, ports, count=request.config.getoption("--latency-samples"))
+    plot = latency_distribution_png({f"{r.server} ({r.port})": r.samples for r in rows},
+                                    guest.artifacts_dir / "latency" / "latency.png",
+                                    f"ioreq latency, split={split.id} on {guest.host.name}")
+    attach_latency([r.to_dict() for r in rows], plot)
+    store, run_id = results_store
+    record_rows(store, run_id, guest.host.name, split.id, xen_build.label, rows)
+    regressions = [r for r in latency_regressions(store, run_id)
+                   if f"{guest.host.name} split={split.id} " in r]
+    if regressions:
+        fail("ioreq latency against the previous run", expected="no latency regression",
+             seen="; ".join(regressions), evidence={"latency rows": str(guest.artifacts_dir / "latency")})

@@ -1,0 +1,19 @@
+"""Save/restore, OSSTest's recipe: guest up, xl save, guest gone, xl restore,
+guest answers with uptime continued, data intact, the same PCI topology and
+server ownership, every model running; then several cycles in a row."""
+import pytest
+
+from harness.checks.saverestore import save_restore_cycle
+
+
+@pytest.mark.disruptive
+def test_save_restore_keeps_the_guest_whole(guest, model_logs):
+    save_restore_cycle(guest, model_logs=model_logs)
+
+
+@pytest.mark.disruptive
+def test_repeated_save_restore_cycles(request, guest, model_logs):
+    cycles = request.config.getoption("--saverestore-cycles")
+    for _ in range(cycles):
+        save_restore_cycle(guest, model_logs=model_logs, inspect_savefile=False)
+    guest.leak_check()  # the domains of the earlier cycles left nothing behind
