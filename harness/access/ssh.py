@@ -600,7 +600,7 @@ class SSHConnection:
         """Copy a local file to the host, verified by sha256; returns the digest.
         The file appears under its name only once complete and verified."""
         local = Path(local)
-        expected = _sha256_file(local)
+        expected = sha256_file(local)
         partial = f"{remote}.xenhil-part"
         sftp = self._sftp_client()
         sftp.put(str(local), partial)
@@ -616,7 +616,7 @@ class SSHConnection:
         local = Path(local)
         expected = self.remote_sha256(remote)
         self._sftp_client().get(remote, str(local))
-        seen = _sha256_file(local)
+        seen = sha256_file(local)
         if seen != expected:
             raise TransferVerificationFailed(
                 f"{self.where}: {remote} copied to {local} has sha256 {seen}, expected {expected}")
@@ -664,9 +664,10 @@ def _text(data: bytes | bytearray) -> str:
     return bytes(data).decode("utf-8", errors="replace")
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a local file, read in 1 MiB chunks (builds can be large)."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -21,6 +21,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.access.ssh import sha256_file
 from harness.errors import ConfigError
 
 DEFAULT_XEN_CMDLINE = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all noreboot"
@@ -55,14 +56,6 @@ class XenBuild:
     @property
     def label(self) -> str:
         return f"{self.kind}-{self.build_id}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _validate_cmdline(name: str, value: str) -> None:
@@ -106,7 +99,7 @@ def _from_dist(tree: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
     if not tools:
         raise XenBuildError(f"--xen-build {tree}: no tools: expected usr/sbin/xl or "
                             f"usr/local/sbin/xl under {root}", help="run `make dist-tools` too")
-    files = tuple(sorted((str(p.relative_to(root)), _sha256(p))
+    files = tuple(sorted((str(p.relative_to(root)), sha256_file(p))
                          for p in root.rglob("*") if p.is_file() and not p.is_symlink()))
     return XenBuild("dist", tree, str(hypervisors[-1].relative_to(root)), files,
                     xen_cmdline, dom0_cmdline)
@@ -149,5 +142,5 @@ def _from_debs(folder: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
     for deb in debs:
         if deb.read_bytes()[:8] != b"!<arch>\n":
             raise XenBuildError(f"--xen-build {deb}: not a Debian package (no ar header)")
-    files = tuple((d.name, _sha256(d)) for d in debs)
+    files = tuple((d.name, sha256_file(d)) for d in debs)
     return XenBuild("debs", folder, hypervisor[0].name, files, xen_cmdline, dom0_cmdline)

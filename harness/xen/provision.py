@@ -17,13 +17,13 @@ the host is latched broken for the run.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import shlex
 import time
 from pathlib import Path
 
+from harness.access.ssh import sha256_file
 from harness.errors import InfrastructureError, XenhilError
 from harness.host import HostState
 from harness.step import step, step_context
@@ -106,8 +106,7 @@ def install(host, build: XenBuild) -> str:
         host.ssh.run(["cp", f"/{build.hypervisor}", f"{target}/xen.gz"], check=True)
     elif build.kind == "tarball":
         remote = f"/var/lib/xenhil/builds/{build.build_id}.tar"
-        digest = hashlib.sha256(Path(build.source).read_bytes()).hexdigest()
-        if _changed(host, remote, digest):
+        if _changed(host, remote, sha256_file(Path(build.source))):
             host.ssh.put(build.source, remote)
         host.ssh.run(f"tar -xf {shlex.quote(remote)} -C / && ldconfig", timeout=600, check=True)
         host.ssh.run(["cp", "/" + build.hypervisor.lstrip("./"), f"{target}/xen.gz"], check=True)
