@@ -42,13 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_lab_options(status)
     status.set_defaults(func=_status)
 
-    up = verbs.add_parser("up", help="start virtual hosts and write their inventory")
-    up.add_argument("--virtual", type=int, required=True, metavar="N",
-                    help="number of virtual hosts (Xen under QEMU)")
-    up.add_argument("--inventory", default="lab/virtual.yaml",
-                    help="where to write the inventory (default lab/virtual.yaml)")
+    from harness.lab.virtual.cli import add_down_arguments, add_up_arguments
+
+    up = verbs.add_parser("up", help="start virtual hosts (real Xen under QEMU) and write their inventory")
+    add_up_arguments(up)
     up.set_defaults(func=_up)
 
     down = verbs.add_parser("down", help="stop the virtual hosts, leave no process behind")
-    down.add_argument("--inventory", default="lab/virtual.yaml")
+    add_down_arguments(down)
     down.set_defaults(func=_down)
