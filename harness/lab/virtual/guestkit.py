@@ -1,0 +1,329 @@
+"""The guest kit: what an HVM test guest boots, and its xl config.
+
+A guest is direct-kernel-booted by Xen's QEMU (``kernel=``/``ramdisk=``):
+Debian's kernel from the dom0 tree plus a small initramfs built here from
+files of Debian packages in that same tree (busybox, pciutils' lspci with
+pci.ids, dropbear, the e1000 module) and the scripts in
+``lab/virtual/guest/``.  Its ``/init`` brings eth0 up (DHCP through dom0's
+xenbr0), starts dropbear, prints ``XENHIL-GUEST-READY`` and keeps a root
+shell on ttyS0 for ``xl console``.
+
+The kit is built once per recipe hash and installed *into the dom0 image* at
+:data:`GUEST_KIT_DIR` (no copy at run time: a fresh host can start a guest at
+once).  The initramfs is written by a tiny newc writer (no cpio, no root
+needed) and library dependencies are found by reading ELF ``DT_NEEDED``
+entries, so building the kit is deterministic.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from harness.errors import ConfigError, InfrastructureError
+from harness.lab.virtual import quirks
+
+# Where the kit lives inside dom0.
+GUEST_KIT_DIR = "/var/lib/xenhil/guest"
+# What the guest's init prints once its network and sshd are up.
+READY_MARKER = "XENHIL-GUEST-READY"
+GUEST_PROMPT = "guest# "
+
+KIT_VERSION = "1"  # bump when the kit's layout changes (part of the hash)
+MULTIARCH = "x86_64-linux-gnu"
+
+# (path in the dom0 tree, path in the guest)
+GUEST_BINARIES = [
+    ("/usr/bin/busybox", "/bin/busybox"),
+    ("/usr/bin/lspci", "/usr/bin/lspci"),
+    ("/usr/sbin/dropbear", "/usr/sbin/dropbear"),
+]
+GUEST_DATA = [
+    ("/usr/share/misc/pci.ids", "/usr/share/misc/pci.ids"),
+]
+# Kernel modules insmod-ed by /init, relative to /lib/modules/<version>/kernel.
+GUEST_MODULES = ["drivers/net/ethernet/intel/e1000/e1000.ko"]
+
+
+class GuestKitError(InfrastructureError):
+    help = "The guest kit could not be built from the dom0 tree: read the message, rebuild the image."
+
+
+@dataclass(frozen=True)
+class GuestKit:
+    directory: Path          # on the build machine: vmlinuz, initrd.img, guest.cfg.in
+    kit_hash: str
+    kernel_version: str
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.directory / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.directory / "initrd.img"
+
+
+# --- newc cpio ------------------------------------------------------------
+
+class NewcArchive:
+    """Writes a "newc" cpio archive (the initramfs format) entry by entry.
+
+    Every entry is owned by root with fixed times, so the same input gives
+    the same bytes."""
+
+    def __init__(self) -> None:
+        self._out = io.BytesIO()
+        self._ino = 1
+        self._seen: set[str] = set()
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        name = name.lstrip("/")
+        if name in self._seen:
+            return
+        self._seen.add(name)
+        encoded = name.encode() + b"\0"
+        fields = [self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0]
+        self._ino += 1
+        header = b"070701" + b"".join(b"%08x" % f for f in fields)
+        self._out.write(header + encoded)
+        self._pad()
+        self._out.write(data)
+        self._pad()
+
+    def _pad(self) -> None:
+        self._out.write(b"\0" * (-self._out.tell() % 4))
+
+    def directory(self, name: str, mode: int = 0o755) -> None:
+        parts = name.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            self._entry("/".join(parts[:i]), stat.S_IFDIR | (mode if i == len(parts) else 0o755))
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        parent = os.path.dirname(name.strip("/"))
+        if parent:
+            self.directory(parent)
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def char_device(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
+        self._entry(name, stat.S_IFCHR | mode, rdev=(major, minor))
+
+    def getvalue(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return self._out.getvalue()
+
+
+# --- ELF dependencies -----------------------------------------------------
+
+def elf_needed(data: bytes) -> tuple[list[str], str | None]:
+    """(DT_NEEDED sonames, PT_INTERP path) of a 64-bit little-endian ELF."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise GuestKitError("not a 64-bit little-endian ELF file")
+    e_phoff, e_shoff = struct.unpack_from("<QQ", data, 0x20)
+    e_phentsize, e_phnum, e_shentsize, e_shnum = struct.unpack_from("<HHHH", data, 0x36)
+    interp = None
+    for i in range(e_phnum):
+        p_type, _f, p_offset, _v, _p, p_filesz = struct.unpack_from("<IIQQQQ", data, e_phoff + i * e_phentsize)
+        if p_type == 3:  # PT_INTERP
+            interp = data[p_offset:p_offset + p_filesz].rstrip(b"\0").decode()
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    needed: list[str] = []
+    for sh in sections:
+        if sh[1] != 6:  # SHT_DYNAMIC
+            continue
+        strtab = sections[sh[6]]
+        str_off = strtab[4]
+        for off in range(sh[4], sh[4] + sh[5], 16):
+            tag, val = struct.unpack_from("<qQ", data, off)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                end = data.index(b"\0", str_off + val)
+                needed.append(data[str_off + val:end].decode())
+    return needed, interp
+
+
+def resolve_in_root(root: Path, path: str) -> Path:
+    """``path`` inside the tree ``root``, absolute symlinks taken as rooted there."""
+    current = root
+    parts = [p for p in path.split("/") if p]
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        candidate = current / part
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise GuestKitError(f"symlink loop resolving {path} in {root}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = root
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        if part == "..":
+            current = current.parent if current != root else root
+        elif part != ".":
+            current = candidate
+    return current
+
+
+def library_closure(root: Path, binaries: Iterable[str]) -> dict[str, Path]:
+    """Every shared library the binaries need: guest path -> file in ``root``."""
+    search = [f"/usr/lib/{MULTIARCH}", f"/lib/{MULTIARCH}", "/usr/lib", "/lib"]
+    found: dict[str, Path] = {}
+    todo = list(binaries)
+    while todo:
+        binary = resolve_in_root(root, todo.pop())
+        needed, interp = elf_needed(binary.read_bytes())
+        if interp and interp not in found:
+            found[interp] = resolve_in_root(root, interp)
+        for soname in needed:
+            guest_path = f"/lib/{MULTIARCH}/{soname}"
+            if guest_path in found:
+                continue
+            for directory in search:
+                candidate = resolve_in_root(root, f"{directory}/{soname}")
+                if candidate.is_file():
+                    found[guest_path] = candidate
+                    todo.append(f"{directory}/{soname}")
+                    break
+            else:
+                raise GuestKitError(f"library {soname} (needed by {binary.name}) not found in {root}",
+                                    help="add the package that ships it to lab/virtual/dom0/packages.txt")
+    return found
+
+
+# --- the kit ------------------------------------------------------------------
+
+def kernel_version(root: Path) -> str:
+    versions = sorted(p.name for p in (root / "usr/lib/modules").iterdir() if p.is_dir())
+    if not versions:
+        raise GuestKitError(f"no kernel in {root}/usr/lib/modules",
+                            help="linux-image-amd64 must be in lab/virtual/dom0/packages.txt")
+    return versions[-1]
+
+
+def kit_inputs(recipe_dir: Path, guest_pubkey: str) -> dict[str, bytes]:
+    """Everything the kit is made of besides the dom0 tree (for the hash)."""
+    guest_dir = recipe_dir / "guest"
+    inputs = {f"guest/{p.name}": p.read_bytes() for p in sorted(guest_dir.iterdir()) if p.is_file()}
+    inputs["authorized_key"] = guest_pubkey.encode()
+    inputs["kit_version"] = KIT_VERSION.encode()
+    return inputs
+
+
+def build_initramfs(root: Path, recipe_dir: Path, guest_pubkey: str) -> bytes:
+    version = kernel_version(root)
+    guest_dir = recipe_dir / "guest"
+    archive = NewcArchive()
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run",
+              "var/log", "etc/dropbear", f"lib/{MULTIARCH}", "lib64", "lib/modules"):
+        archive.directory(d)
+    archive.directory("root", 0o700)
+    archive.directory("root/.ssh", 0o700)
+    archive.char_device("dev/console", 5, 1)
+    archive.char_device("dev/null", 1, 3, 0o666)
+    archive.file("init", (guest_dir / "init").read_bytes(), 0o755)
+    archive.file("etc/udhcpc.script", (guest_dir / "udhcpc.script").read_bytes(), 0o755)
+    archive.file("etc/profile", (guest_dir / "profile").read_bytes())
+    archive.file("etc/passwd", b"root::0:0:root:/root:/bin/sh\n")
+    archive.file("etc/group", b"root:x:0:\n")
+    archive.file("etc/shells", b"/bin/sh\n")
+    archive.file("root/.ssh/authorized_keys", guest_pubkey.strip().encode() + b"\n", 0o600)
+    for src, dst in GUEST_BINARIES:
+        archive.file(dst, resolve_in_root(root, src).read_bytes(), 0o755)
+    for src, dst in GUEST_DATA:
+        archive.file(dst, resolve_in_root(root, src).read_bytes())
+    for guest_path, host_file in sorted(library_closure(root, [s for s, _ in GUEST_BINARIES]).items()):
+        archive.file(guest_path, host_file.read_bytes(), 0o755)
+    for module in GUEST_MODULES:
+        path = root / "usr/lib/modules" / version / "kernel" / module
+        if not path.is_file():
+            raise GuestKitError(f"kernel module {module} missing from {root}")
+        archive.file(f"lib/modules/{path.name}", path.read_bytes())
+    return gzip.compress(archive.getvalue(), compresslevel=6, mtime=0)
+
+
+def build_guest_kit(root: Path, recipe_dir: Path, cache_dir: Path, guest_pubkey: str,
+                    tree_id: str, progress: Callable[[str], None] = lambda _m: None) -> GuestKit:
+    """Build (or reuse from ``cache_dir``) the kit for the dom0 tree ``root``.
+
+    ``tree_id`` identifies the tree's content (the debootstrap stage hash)."""
+    h = hashlib.sha256(tree_id.encode())
+    for name, data in sorted(kit_inputs(recipe_dir, guest_pubkey).items()):
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    kit_hash = h.hexdigest()[:16]
+    target = cache_dir / "guestkit" / kit_hash
+    if (target / "manifest.json").is_file():
+        progress(f"guest kit {kit_hash}: cached")
+        return GuestKit(target, kit_hash, json.loads((target / "manifest.json").read_text())["kernel"])
+    progress(f"guest kit {kit_hash}: building initramfs")
+    version = kernel_version(root)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "initrd.img").write_bytes(build_initramfs(root, recipe_dir, guest_pubkey))
+    shutil.copyfile(root / "boot" / f"vmlinuz-{version}", tmp / "vmlinuz")
+    shutil.copyfile(recipe_dir / "guest" / "guest.cfg.in", tmp / "guest.cfg.in")
+    (tmp / "manifest.json").write_text(json.dumps({"hash": kit_hash, "kernel": version}, indent=1))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    progress(f"guest kit {kit_hash}: initrd {(target / 'initrd.img').stat().st_size // 1024} KiB")
+    return GuestKit(target, kit_hash, version)
+
+
+# --- xl config --------------------------------------------------------------
+
+def _xl_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[ " + ", ".join(_xl_value(v) for v in value) + " ]"
+    text = str(value)
+    if '"' in text or "\n" in text:
+        raise ConfigError(f"xl config value {text!r} contains a quote or newline",
+                          help="xl strings cannot hold '\"' or newlines")
+    return f'"{text}"'
+
+
+def guest_config(name: str, capabilities: Mapping[str, object], *, memory_mb: int = 256,
+                 kit_dir: str = GUEST_KIT_DIR, template: str | None = None,
+                 extra: Mapping[str, object] | None = None) -> str:
+    """The xl config text of the test guest ``name`` on a host with ``capabilities``.
+
+    Host quirks (:func:`quirks.guest_quirks`) come first, ``extra`` settings
+    last so a test can override anything (xl keeps the last assignment)."""
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"guest name {name!r} is not a simple name",
+                          help="use letters, digits, '-', '_' or '.'")
+    if template is None:
+        template = (_recipe_dir() / "guest" / "guest.cfg.in").read_text()
+    text = (template.replace("@NAME@", name).replace("@MEMORY@", str(int(memory_mb)))
+            .replace("@KIT@", kit_dir))
+    lines = [text.rstrip("\n")]
+    host_quirks = quirks.guest_quirks(capabilities)
+    if host_quirks:
+        lines.append("# emulated-host quirks (harness.lab.virtual.quirks)")
+        lines += [f"{k} = {_xl_value(v)}" for k, v in host_quirks.items()]
+    if extra:
+        lines.append("# test settings")
+        lines += [f"{k} = {_xl_value(v)}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _recipe_dir() -> Path:
+    from harness.lab.virtual.builder import recipe_dir
+    return recipe_dir()

@@ -1,0 +1,323 @@
+"""The virtual lab: recipe pieces (fast) and one real end-to-end boot (real_xen).
+
+The real test starts one emulated host (QEMU TCG, real Xen 4.17, Debian dom0)
+through the same paths a real lab uses: serial transcript, IPMI power through
+the virtual BMC, SSH with a pinned host key, ``xl create`` of an HVM guest
+and its console.  Minutes per boot: select with ``-m real_xen``.
+
+With ``XENHIL_RECORD=1`` it also refreshes the real outputs under
+``tests/data/recorded/`` that the parser tests use.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.lab.virtual import builder, guestkit, launcher, quirks
+
+RECORDED = Path(__file__).parent / "data" / "recorded"
+
+
+# --- fast tests of the pieces ------------------------------------------------
+
+def test_guest_quirks_apply_only_to_emulated_hosts():
+    assert quirks.guest_quirks({"emulated": True}) == {"tsc_mode": "native"}
+    assert quirks.guest_quirks({"emulated": False}) == {}
+    assert quirks.guest_quirks({}) == {}
+
+
+def test_guest_config_carries_quirks_and_test_settings_last():
+    text = guestkit.guest_config("g1", {"emulated": True},
+                                 extra={"device_model_args": ["-trace", "enable=handle_ioreq"]})
+    assert 'name = "g1"' in text and 'type = "hvm"' in text
+    assert 'tsc_mode = "native"' in text
+    assert text.rstrip().endswith('device_model_args = [ "-trace", "enable=handle_ioreq" ]')
+    assert "@" not in text.replace("xen_emul_unplug", "")  # every placeholder filled
+    real = guestkit.guest_config("g1", {"emulated": False})
+    assert not re.search(r"^tsc_mode", real, re.M)
+
+
+def test_guest_config_rejects_unsafe_names_and_values():
+    with pytest.raises(ConfigError):
+        guestkit.guest_config("g 1; rm", {})
+    with pytest.raises(ConfigError):
+        guestkit.guest_config("g1", {}, extra={"cmdline": 'a" b'})
+
+
+def test_newc_archive_is_readable_by_cpio(tmp_path):
+    if shutil.which("cpio") is None:
+        pytest.skip("cpio not installed (apt-get install cpio)")
+    archive = guestkit.NewcArchive()
+    archive.file("etc/hello", b"hi\n", 0o600)
+    archive.symlink("bin/sh", "busybox")
+    archive.char_device("dev/console", 5, 1)
+    (tmp_path / "a.cpio").write_bytes(archive.getvalue())
+    import subprocess
+    listing = subprocess.run(["cpio", "-itv"], input=(tmp_path / "a.cpio").read_bytes(),
+                             capture_output=True, check=True).stdout.decode()
+    assert re.search(r"^-rw------- .* etc/hello$", listing, re.M)
+    assert re.search(r"^lrwxrwxrwx .* bin/sh -> busybox$", listing, re.M)
+    assert re.search(r"^crw------- .* 5,\s+1 .* dev/console$", listing, re.M)
+    assert re.search(r"^drwxr-xr-x .* etc$", listing, re.M)
+
+
+def test_elf_needed_reads_this_python():
+    import sys
+    needed, interp = guestkit.elf_needed(Path(os.path.realpath(sys.executable)).read_bytes())
+    assert interp and interp.startswith("/lib")
+    assert any(n.startswith("libc.so") for n in needed) or "libpython" in " ".join(needed)
+
+
+def test_write_mbr_layout(tmp_path):
+    disk = tmp_path / "d.raw"
+    disk.write_bytes(b"\0" * (4 * 1024 * 1024))
+    boot = bytes(range(256)) * 2
+    builder.write_mbr(disk, boot, b"CORE" * 300, 8192)
+    data = disk.read_bytes()
+    assert data[:440] == boot[:440]
+    assert data[510:512] == b"\x55\xaa"
+    status, ptype = data[446], data[446 + 4]
+    start, count = struct.unpack_from("<II", data, 446 + 8)
+    assert (status, ptype, start, count) == (0x80, 0x83, 2048, 8192 - 2048)
+    assert data[512:516] == b"CORE"  # core.img at sector 1, where boot.img looks
+
+
+def test_write_mbr_refuses_core_img_that_overlaps_the_partition(tmp_path):
+    disk = tmp_path / "d.raw"
+    disk.write_bytes(b"\0" * 2048)
+    with pytest.raises(builder.BuildError):
+        builder.write_mbr(disk, b"\0" * 512, b"x" * (2048 * 512), 8192)
+
+
+def test_apt_mirror_reads_deb822_and_one_line_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv("XENHIL_DEBIAN_MIRROR", raising=False)
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n")
+    assert builder.apt_mirror(tmp_path) == "http://mirror.example/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").unlink()
+    (tmp_path / "sources.list").write_text("deb [arch=amd64] http://other.example/debian bookworm main\n")
+    assert builder.apt_mirror(tmp_path) == "http://other.example/debian"
+
+
+def test_read_packages_names_the_bad_line(tmp_path):
+    path = tmp_path / "packages.txt"
+    path.write_text("# c\nxen-utils-4.17\nBad Name\n")
+    with pytest.raises(ConfigError, match=r"packages.txt:3"):
+        builder.read_packages(path)
+
+
+def test_recipe_hash_changes_with_a_config_file(tmp_path, monkeypatch):
+    recipe = tmp_path / "virtual"
+    shutil.copytree(builder.recipe_dir(), recipe, ignore=shutil.ignore_patterns("state"))
+    keys = builder.ensure_keys(tmp_path / "keys")
+    first = builder.image_hash("R", recipe, keys, "K")
+    assert builder.image_hash("R", recipe, keys, "K") == first
+    (recipe / "dom0/overlay/etc/hostname").write_text("other\n")
+    assert builder.image_hash("R", recipe, keys, "K") != first
+
+
+def test_plan_hosts_gives_each_host_its_own_address(tmp_path):
+    hosts = launcher.plan_hosts(3, tmp_path, address_base=40)
+    assert [h.address for h in hosts] == ["127.0.0.41", "127.0.0.42", "127.0.0.43"]
+    argv = launcher.qemu_argv(hosts[0])
+    joined = " ".join(argv)
+    assert "hostfwd=tcp:127.0.0.41:" in joined and "-10.0.2.15:22" in joined
+    assert f"dhcpstart={launcher.GUEST_DHCP_START}" in joined  # guests never get dom0's address
+    assert "wait=off" in joined and "logfile=" in joined
+    with pytest.raises(ConfigError):
+        launcher.plan_hosts(0, tmp_path)
+
+
+def test_inventory_of_the_virtual_lab_validates(tmp_path):
+    from harness.lab.inventory import load_inventory
+    keys = builder.ensure_keys(tmp_path / "keys")
+    image = builder.BuiltImage(tmp_path, "h", keys, "6.1", "xen.gz")
+    hosts = launcher.plan_hosts(2, tmp_path / "state", address_base=40)
+    path = tmp_path / "virtual.yaml"
+    path.write_text(launcher.inventory_text(hosts, image, tmp_path / "state"))
+    inventory = load_inventory(path)
+    spec = inventory.host("vhost2")
+    assert spec.capabilities == {"cpu_vendor": "amd", "virt": "svm", "emulated": True,
+                                 "ram_mb": quirks.MEMORY_MB, "cpus": quirks.SMP}
+    assert spec.ssh.host_key == keys.host_key_pin()
+    assert spec.power.kind == "ipmi" and spec.power.password.env == launcher.PASSWORD_ENV
+    assert (spec.serial.kind, spec.serial.host) == ("tcp", "127.0.0.42")
+
+
+def test_down_without_a_lab_does_nothing(tmp_path):
+    assert launcher.down(tmp_path / "nothing", progress=lambda m: None) == 0
+
+
+# --- the real thing ------------------------------------------------------------
+
+def _missing_real_prerequisites() -> str | None:
+    if os.geteuid() != 0:
+        return "building the dom0 image needs root (debootstrap, chroot)"
+    for tool in ("qemu-system-x86_64", "qemu-img", "ipmitool", "debootstrap", "mke2fs"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (see lab/virtual/README.md for the apt packages)"
+    return None
+
+
+def _serial_text(host: launcher.VirtualHost) -> str:
+    return host.serial_log.read_bytes().decode(errors="replace")
+
+
+def _wait_serial(host: launcher.VirtualHost, pattern: str, timeout: float, start: int = 0) -> None:
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, _serial_text(host)[start:]):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{pattern!r} not on {host.name}'s serial in {timeout}s:\n"
+                        + launcher.serial_tail(host))
+        time.sleep(2)
+
+
+def _record(name: str, data: bytes | str) -> None:
+    if os.environ.get("XENHIL_RECORD") != "1":
+        return
+    RECORDED.mkdir(parents=True, exist_ok=True)
+    path = RECORDED / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(data if isinstance(data, bytes) else data.encode(), 9))
+    elif isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data)
+
+
+@pytest.fixture(scope="module")
+def vlab():
+    reason = _missing_real_prerequisites()
+    if reason:
+        pytest.skip(reason)
+    # Not under pytest's basetemp: concurrent pytest runs prune old basetemps,
+    # which would delete a running host's disk.  Logs stay for inspection.
+    import tempfile
+    state = Path(tempfile.mkdtemp(prefix="xenhil-vlab-test-"))
+    inventory = state / "virtual.yaml"
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    image = builder.build(progress=print)
+    timings["build_s"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    try:
+        # Address base 40: a developer's own `lab up` (base 10) may be running.
+        hosts = launcher.up(1, state, inventory=inventory, image=image, address_base=40,
+                            progress=print)
+        timings["up_to_dom0_ssh_s"] = time.monotonic() - t0
+        from harness.lab.inventory import load_inventory
+        yield {"host": hosts[0], "spec": load_inventory(inventory).host("vhost1"),
+               "state": state, "timings": timings}
+    finally:
+        launcher.down(state, progress=print)
+        print("virtual lab timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+
+
+def _pids_of(host: launcher.VirtualHost) -> list[int]:
+    pids = []
+    for f in (host.bmc_pidfile, host.machine_pidfile):
+        try:
+            pids.append(int(f.read_text()))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+@pytest.mark.real_xen
+@pytest.mark.slow
+def test_virtual_host_end_to_end(vlab):
+    """One host: Xen banner + dom0 getty on serial, IPMI status, SSH `xl info`
+    with hvm, an HVM guest answering on its console and listing its PCI
+    devices, a power cycle through the BMC back to SSH, and `down` leaving
+    no process."""
+    from harness.access.console import Console
+    from harness.access.power import power_for
+    from harness.access.ssh import SSHConnection
+
+    host, spec, timings = vlab["host"], vlab["spec"], vlab["timings"]
+
+    # Serial: Xen's banner and dom0's login prompt (hvc0 through Xen's console).
+    _wait_serial(host, r"\(XEN\) Xen version 4\.17", 10)
+    _wait_serial(host, r"xenhil-vhost login:", 120)
+    assert "Booting `Xen 4.17" in _serial_text(host)  # GRUB from the disk chose the entry
+
+    # Power through the virtual BMC, as for a real host.
+    power = power_for(spec)
+    assert power.status() == "on"
+
+    # SSH with the pinned host key: Xen offers HVM (nested SVM under TCG).
+    conn = SSHConnection(spec.ssh, name=spec.name, connect_timeout=30)
+    try:
+        info = conn.run("xl info", check=True, timeout=120).stdout
+        assert re.search(r"^virt_caps\s*:.*\bhvm\b", info, re.M), info
+        assert re.search(r"^xen_version\s*:\s*4\.17", info, re.M), info
+        _record("xl_info_417_emulated.txt", info)
+
+        # An HVM guest from the kit in the image, with the ioreq trace on.
+        cfg = guestkit.guest_config("smoke", spec.capabilities, extra={
+            "device_model_args": ["-trace", "enable=handle_ioreq",
+                                  "-trace", "enable=xen_ioreq_server*"]})
+        assert 'tsc_mode = "native"' in cfg
+        conn.put_bytes(cfg, "/root/smoke.cfg")
+        t0 = time.monotonic()
+        conn.run(["xl", "create", "/root/smoke.cfg"], check=True, timeout=300)
+        console = Console.channel("smoke-guest", conn.open_interactive("xl console smoke"),
+                                  vlab["state"] / "guest-console.log")
+        with console:
+            console.wait_for_shell(timeout=quirks.GUEST_BOOT_TIMEOUT_S, poll_interval=10)
+            timings["guest_create_to_shell_s"] = time.monotonic() - t0
+            status, lspci_n = console.run("lspci -n", timeout=120)
+            assert status == 0
+            bdfs = re.findall(r"^([0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) [0-9a-f]{4}: ([0-9a-f:]{9})",
+                              lspci_n, re.M)
+            ids = dict(bdfs)
+            assert ids.get("00:00.0") == "8086:1237"     # i440FX
+            assert "5853:0001" in ids.values()           # Xen platform device
+            assert "8086:100e" in ids.values()           # the e1000 (xen_emul_unplug=never)
+            _record("guest_lspci_n_417_emulated.txt", lspci_n.strip() + "\n")
+            status, lspci_nn = console.run("lspci -nn", timeout=120)
+            _record("guest_lspci_nn_417_emulated.txt", lspci_nn.strip() + "\n")
+
+        conn.run("xl debug-keys q", check=True)
+        dmesg = conn.run("xl dmesg", check=True).stdout
+        assert re.search(r"ioreq_server \d+ pci \{", dmesg), dmesg[-2000:]
+        _record("xl_dmesg_q_417_emulated.txt", dmesg)
+        _record("qemu-dm-smoke_trace_417_emulated.log.gz",
+                conn.read_bytes("/var/log/xen/qemu-dm-smoke.log"))
+        conn.run(["xl", "destroy", "smoke"], check=True, timeout=120)
+    finally:
+        conn.close()
+
+    # Power cycle through the BMC: a second Xen banner, SSH back.
+    offset = len(host.serial_log.read_bytes())
+    t0 = time.monotonic()
+    power.cycle()
+    launcher.wait_for_ssh(host, quirks.DOM0_BOOT_TIMEOUT_S, serial_offset=offset)
+    timings["power_cycle_to_ssh_s"] = time.monotonic() - t0
+    after = host.serial_log.read_bytes()[offset:].decode(errors="replace")
+    assert re.search(r"\(XEN\) Xen version 4\.17", after)
+    conn = SSHConnection(spec.ssh, name=spec.name, connect_timeout=30)
+    try:
+        assert conn.run("xl list", check=True).stdout.count("\n") == 2  # header + Domain-0
+    finally:
+        conn.close()
+
+    # Down: nothing of the lab keeps running.
+    pids = _pids_of(host)
+    assert pids, "the BMC and QEMU pid files exist while the lab is up"
+    assert launcher.down(vlab["state"], progress=print) == 1
+    time.sleep(0.5)
+    alive = [p for p in pids if Path(f"/proc/{p}").exists()
+             and Path(f"/proc/{p}/stat").read_text().split(") ")[1][0] != "Z"]
+    assert not alive, f"processes left after down: {alive}"
