@@ -10,9 +10,6 @@ Both take the parsed arguments and return an exit status:
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from pathlib import Path
 
 from harness.lab.virtual import launcher
 
@@ -34,7 +31,6 @@ def add_down_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def up_command(args: argparse.Namespace) -> int:
-    password_was_set = bool(os.environ.get(launcher.PASSWORD_ENV))
     hosts = launcher.up(args.virtual, getattr(args, "state_dir", None),
                         inventory=getattr(args, "inventory", None),
                         wait=not getattr(args, "no_wait", False))
@@ -43,10 +39,6 @@ def up_command(args: argparse.Namespace) -> int:
         print(f"{h.name}: ssh root@{h.address} -p {h.ssh_port}   serial {h.address}:{h.serial_port}"
               f"   bmc {h.address}:{h.bmc_port}   log {h.serial_log}")
     print(f"inventory: {inventory}   (pytest --lab {inventory}; `xenhil lab down` stops the lab)")
-    if not password_was_set:
-        state_dir = Path(getattr(args, "state_dir", None) or launcher.default_state_dir())
-        print(f"BMC password: export {launcher.PASSWORD_ENV}=$(cat {state_dir / 'bmc-password'})",
-              file=sys.stderr)
     return 0
 
 

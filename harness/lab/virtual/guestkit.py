@@ -24,12 +24,14 @@ import os
 import shutil
 import stat
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from harness.errors import ConfigError, InfrastructureError
 from harness.lab.virtual import quirks
+from harness.probes import build_xhprobe, xhprobe_source
 
 # Where the kit lives inside dom0.
 GUEST_KIT_DIR = "/var/lib/xenhil/guest"
@@ -49,8 +51,12 @@ GUEST_BINARIES = [
 GUEST_DATA = [
     ("/usr/share/misc/pci.ids", "/usr/share/misc/pci.ids"),
 ]
-# Kernel modules insmod-ed by /init, relative to /lib/modules/<version>/kernel.
-GUEST_MODULES = ["drivers/net/ethernet/intel/e1000/e1000.ko"]
+# Kernel modules insmod-ed by /init, relative to /lib/modules/<version>/kernel;
+# their dependencies (modules.dep) come along, loaded first.  e1000: the
+# emulated NIC; ata_piix + sd_mod: the emulated IDE disk the routing,
+# map-cache and save/restore checks write through.
+GUEST_MODULES = ["drivers/net/ethernet/intel/e1000/e1000.ko", "drivers/ata/ata_piix.ko",
+                 "drivers/scsi/sd_mod.ko"]
 
 
 class GuestKitError(InfrastructureError):
@@ -220,6 +226,8 @@ def kit_inputs(recipe_dir: Path, guest_pubkey: str) -> dict[str, bytes]:
     inputs = {f"guest/{p.name}": p.read_bytes() for p in sorted(guest_dir.iterdir()) if p.is_file()}
     inputs["authorized_key"] = guest_pubkey.encode()
     inputs["kit_version"] = KIT_VERSION.encode()
+    inputs["modules"] = "\n".join(GUEST_MODULES).encode()
+    inputs["xhprobe.c"] = xhprobe_source().read_bytes()
     return inputs
 
 
@@ -247,12 +255,40 @@ def build_initramfs(root: Path, recipe_dir: Path, guest_pubkey: str) -> bytes:
         archive.file(dst, resolve_in_root(root, src).read_bytes())
     for guest_path, host_file in sorted(library_closure(root, [s for s, _ in GUEST_BINARIES]).items()):
         archive.file(guest_path, host_file.read_bytes(), 0o755)
-    for module in GUEST_MODULES:
-        path = root / "usr/lib/modules" / version / "kernel" / module
+    # /init loads lib/modules/*.ko in name order: a numeric prefix keeps
+    # every module after its dependencies.
+    for index, module in enumerate(module_load_order(root / "usr/lib/modules" / version, GUEST_MODULES)):
+        path = root / "usr/lib/modules" / version / module
         if not path.is_file():
             raise GuestKitError(f"kernel module {module} missing from {root}")
-        archive.file(f"lib/modules/{path.name}", path.read_bytes())
+        archive.file(f"lib/modules/{index:02d}-{path.name}", path.read_bytes())
+    # The guest probe (timed port I/O, raw PCI config, MMIO), built static.
+    with tempfile.TemporaryDirectory(prefix="xhprobe-") as tmp:
+        archive.file("usr/bin/xhprobe", build_xhprobe(Path(tmp) / "xhprobe").read_bytes(), 0o755)
     return gzip.compress(archive.getvalue(), compresslevel=6, mtime=0)
+
+
+def module_load_order(modules_dir: Path, wanted: Iterable[str]) -> list[str]:
+    """``kernel/...`` paths of ``wanted`` and everything they depend on
+    (modules.dep), each after its dependencies."""
+    deps: dict[str, list[str]] = {}
+    for line in (modules_dir / "modules.dep").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        deps[name] = rest.split()
+    order: list[str] = []
+
+    def visit(module: str) -> None:
+        if module in order:
+            return
+        if module not in deps:
+            raise GuestKitError(f"kernel module {module} is not in {modules_dir}/modules.dep")
+        for dep in deps[module]:
+            visit(dep)
+        order.append(module)
+
+    for module in wanted:
+        visit(f"kernel/{module}")
+    return order
 
 
 def build_guest_kit(root: Path, recipe_dir: Path, cache_dir: Path, guest_pubkey: str,

@@ -204,10 +204,12 @@ def _bmc_password(state_dir: Path) -> str:
 
 def inventory_text(hosts: list[VirtualHost], image: builder.BuiltImage, state_dir: Path) -> str:
     """A normal xenhil inventory for the virtual hosts (validates with load_inventory)."""
+    # The BMC password by reference: the variable when the lab was started with
+    # it set, else the 0600 file `up` generated, so `pytest --lab` needs no export.
+    password_ref = (f"{{env: {PASSWORD_ENV}}}" if os.environ.get(PASSWORD_ENV)
+                    else f"{{file: {state_dir / 'bmc-password'}}}")
     lines = ["# Written by `xenhil lab up --virtual N` (harness/lab/virtual/launcher.py).",
              "# Emulated Xen hosts on this machine; `xenhil lab down` stops them.",
-             f"# BMC password: export {PASSWORD_ENV}=$(cat {state_dir / 'bmc-password'})",
-             "# (unless it was already set when the lab came up).",
              f"lease_db: sqlite://{state_dir / 'leases.sqlite'}",
              "hosts:"]
     for h in hosts:
@@ -235,7 +237,7 @@ def inventory_text(hosts: list[VirtualHost], image: builder.BuiltImage, state_di
             f"      address: {h.address}",
             f"      port: {h.bmc_port}",
             f"      user: {BMC_USER}",
-            f"      password: {{env: {PASSWORD_ENV}}}",
+            f"      password: {password_ref}",
         ]
     return "\n".join(lines) + "\n"
 
