@@ -206,8 +206,8 @@ def inventory_text(hosts: list[VirtualHost], image: builder.BuiltImage, state_di
     """A normal xenhil inventory for the virtual hosts (validates with load_inventory)."""
     # The BMC password by reference: the variable when the lab was started with
     # it set, else the 0600 file `up` generated, so `pytest --lab` needs no export.
-    password_ref = (f"{{env: {PASSWORD_ENV}}}" if os.environ.get(PASSWORD_ENV)
-                    else f"{{file: {state_dir / 'bmc-password'}}}")
+    generated = state_dir / "bmc-password"
+    password_ref = (f"{{file: {generated}}}" if generated.exists() else f"{{env: {PASSWORD_ENV}}}")
     lines = ["# Written by `xenhil lab up --virtual N` (harness/lab/virtual/launcher.py).",
              "# Emulated Xen hosts on this machine; `xenhil lab down` stops them.",
              f"lease_db: sqlite://{state_dir / 'leases.sqlite'}",
