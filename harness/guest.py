@@ -95,7 +95,10 @@ class Guest:
         self.state = GuestState.RUNNING
 
     @step("wait for guest {self.name}'s shell")
-    def wait_ready(self, timeout: float = 420.0) -> None:
+    def wait_ready(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            from harness.lab.virtual.quirks import guest_boot_timeout
+            timeout = guest_boot_timeout(self.host.spec.capabilities)
         self.console.wait_for_shell(timeout=timeout, poll_interval=10.0)
 
     def run(self, command: str, timeout: float = 120.0, check: bool = True) -> str:

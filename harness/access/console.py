@@ -669,6 +669,12 @@ class Console:
             nonce = secrets.token_hex(6)
             nonces.append(nonce)
             shell_text, _ = self._tag("P", nonce)
+            # After an unanswered poll, Ctrl-C first: input mangled while the
+            # target booted can leave the shell on a continuation line (an open
+            # quote), which would swallow every later poll.  Not on the first
+            # poll: a shell that answers at once needs no interrupt.
+            if len(nonces) > 1:
+                self.send(b"\x03")
             self.sendline(f'echo {shell_text}__"')
             answer = re.compile(r"__XH_P(?:" + "|".join(nonces) + r")__")
             left = deadline - time.monotonic()

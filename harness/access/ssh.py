@@ -59,6 +59,10 @@ from harness.lab.model import SSHConfig
 from harness.secrets import register_private_key
 from harness.step import step, step_context
 
+# paramiko logs a traceback at ERROR for every failed attempt while a host
+# reboots; the attempts and their outcome are reported by this module instead.
+logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
+
 log = logging.getLogger("xenhil.ssh")
 
 TAIL_LINES = 20

@@ -181,7 +181,12 @@ def verify(host, build: XenBuild) -> dict:
     if booted != build.build_id:
         problems.append(f"dom0 booted build {booted or 'none (the default GRUB entry)'}, "
                         f"expected {build.build_id}")
-    if (info.xen_commandline or "").split() != build.xen_cmdline.split():
+    booted_cmdline = (info.xen_commandline or "").split()
+    # GRUB's multiboot2 passes its first word ("placeholder", Debian's and our
+    # entries' convention) through to Xen, which keeps it in its command line.
+    if booted_cmdline[:1] == ["placeholder"]:
+        booted_cmdline = booted_cmdline[1:]
+    if booted_cmdline != build.xen_cmdline.split():
         problems.append(f"xl info xen_commandline {info.xen_commandline!r}, "
                         f"expected {build.xen_cmdline!r}")
     if problems:
