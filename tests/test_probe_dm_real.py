@@ -63,7 +63,11 @@ class ProbeGuest:
 
 
 @pytest.fixture(scope="module")
-def probe_host(lab):
+def probe_host(request):
+    if not request.config.getoption("--lab"):
+        pytest.skip("needs a running lab: `xenhil lab up --virtual 1`, then --lab lab/virtual.yaml "
+                    "(not part of CI yet: this guest-level test has not passed on the virtual lab)")
+    lab = request.getfixturevalue("lab")
     lease = lab.claim(set(), {}, timeout=1800)
     try:
         host = lab.host_object(lease.host)

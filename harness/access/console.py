@@ -668,14 +668,11 @@ class Console:
         while True:
             nonce = secrets.token_hex(6)
             nonces.append(nonce)
-            shell_text, _ = self._tag("P", nonce)
-            # After an unanswered poll, Ctrl-C first: input mangled while the
-            # target booted can leave the shell on a continuation line (an open
-            # quote), which would swallow every later poll.  Not on the first
-            # poll: a shell that answers at once needs no interrupt.
-            if len(nonces) > 1:
-                self.send(b"\x03")
-            self.sendline(f'echo {shell_text}__"')
+            # No quotes in a poll: polls typed while the target still boots can
+            # lose characters, and a lost quote would leave the shell on a
+            # continuation line that swallows every later poll.  ${XH_EMPTY}
+            # (unset) splits the literal so the echoed command cannot match.
+            self.sendline(f"echo __XH_P${{XH_EMPTY}}{nonce}__")
             answer = re.compile(r"__XH_P(?:" + "|".join(nonces) + r")__")
             left = deadline - time.monotonic()
             try:
