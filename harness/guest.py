@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import shlex
+import time
 from pathlib import Path
 
 from harness.errors import InfrastructureError, ProductError, XenhilError
@@ -99,7 +100,20 @@ class Guest:
         if timeout is None:
             from harness.lab.virtual.quirks import guest_boot_timeout
             timeout = guest_boot_timeout(self.host.spec.capabilities)
-        self.console.wait_for_shell(timeout=timeout, poll_interval=10.0)
+        from harness.access.console import ConsoleClosed
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.console.wait_for_shell(timeout=max(deadline - time.monotonic(), 1.0),
+                                            poll_interval=10.0)
+                return
+            except ConsoleClosed:
+                # `xl console` can exit while a loaded host boots the guest; the
+                # guest itself is fine if xl still lists it: attach again.
+                self._close_console()
+                if time.monotonic() >= deadline or self.xl.domain(self.name) is None:
+                    raise
+                log.warning("console of %s closed while it booted; attaching again", self.name)
 
     def run(self, command: str, timeout: float = 120.0, check: bool = True) -> str:
         """Run a shell command in the guest over its console; its output."""
