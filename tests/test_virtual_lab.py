@@ -224,6 +224,16 @@ def vlab():
         print("virtual lab timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
 
 
+class _Rendered:
+    """A guest config already rendered by the guest kit."""
+
+    def __init__(self, name: str, text: str):
+        self.name, self.text = name, text
+
+    def render(self) -> str:
+        return self.text
+
+
 def _pids_of(host: launcher.VirtualHost) -> list[int]:
     pids = []
     for f in (host.bmc_pidfile, host.machine_pidfile):
@@ -241,7 +251,6 @@ def test_virtual_host_end_to_end(vlab):
     with hvm, an HVM guest answering on its console and listing its PCI
     devices, a power cycle through the BMC back to SSH, and `down` leaving
     no process."""
-    from harness.access.console import Console
     from harness.access.power import power_for
     from harness.access.ssh import SSHConnection
 
@@ -264,38 +273,39 @@ def test_virtual_host_end_to_end(vlab):
         assert re.search(r"^xen_version\s*:\s*4\.17", info, re.M), info
         _record("xl_info_417_emulated.txt", info)
 
-        # An HVM guest from the kit in the image, with the ioreq trace on.
+        # An HVM guest from the kit in the image, with the ioreq trace on,
+        # through the same Guest class the suites use (it attaches the
+        # console again if `xl console` exits while the guest boots).
+        from harness.guest import Guest
+        from harness.host import Host
         cfg = guestkit.guest_config("smoke", spec.capabilities, extra={
             "device_model_args": ["-trace", "enable=handle_ioreq",
                                   "-trace", "enable=xen_ioreq_server*"]})
         assert 'tsc_mode = "native"' in cfg
-        conn.put_bytes(cfg, "/root/smoke.cfg")
+        machine = Host(spec, vlab["state"] / "artifacts")
+        guest = Guest(machine, _Rendered("smoke", cfg), vlab["state"] / "artifacts" / "smoke")
         t0 = time.monotonic()
-        conn.run(["xl", "create", "/root/smoke.cfg"], check=True, timeout=300)
-        console = Console.channel("smoke-guest", conn.open_interactive("xl console smoke"),
-                                  vlab["state"] / "guest-console.log")
-        with console:
-            console.wait_for_shell(timeout=quirks.GUEST_BOOT_TIMEOUT_S, poll_interval=10)
-            timings["guest_create_to_shell_s"] = time.monotonic() - t0
-            status, lspci_n = console.run("lspci -n", timeout=120)
-            assert status == 0
-            bdfs = re.findall(r"^([0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) [0-9a-f]{4}: ([0-9a-f:]{9})",
-                              lspci_n, re.M)
-            ids = dict(bdfs)
-            assert ids.get("00:00.0") == "8086:1237"     # i440FX
-            assert "5853:0001" in ids.values()           # Xen platform device
-            assert "8086:100e" in ids.values()           # the e1000 (xen_emul_unplug=never)
-            _record("guest_lspci_n_417_emulated.txt", lspci_n.strip() + "\n")
-            status, lspci_nn = console.run("lspci -nn", timeout=120)
-            _record("guest_lspci_nn_417_emulated.txt", lspci_nn.strip() + "\n")
+        guest.create()
+        guest.wait_ready()
+        timings["guest_create_to_shell_s"] = time.monotonic() - t0
+        lspci_n = guest.run("lspci -n", timeout=120)
+        bdfs = re.findall(r"^([0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) [0-9a-f]{4}: ([0-9a-f:]{9})",
+                          lspci_n, re.M)
+        ids = dict(bdfs)
+        assert ids.get("00:00.0") == "8086:1237"     # i440FX
+        assert "5853:0001" in ids.values()           # Xen platform device
+        assert "8086:100e" in ids.values()           # the e1000 (xen_emul_unplug=never)
+        _record("guest_lspci_n_417_emulated.txt", lspci_n.strip() + "\n")
+        _record("guest_lspci_nn_417_emulated.txt", guest.run("lspci -nn", timeout=120).strip() + "\n")
 
-        conn.run("xl debug-keys q", check=True)
-        dmesg = conn.run("xl dmesg", check=True).stdout
+        dmesg = guest.xl.rangesets_text()     # xl debug-keys q; xl dmesg
         assert re.search(r"ioreq_server \d+ pci \{", dmesg), dmesg[-2000:]
         _record("xl_dmesg_q_417_emulated.txt", dmesg)
         _record("qemu-dm-smoke_trace_417_emulated.log.gz",
                 conn.read_bytes("/var/log/xen/qemu-dm-smoke.log"))
-        conn.run(["xl", "destroy", "smoke"], check=True, timeout=120)
+        guest.destroy()
+        guest.leak_check()
+        machine.close()
     finally:
         conn.close()
 
