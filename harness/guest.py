@@ -39,8 +39,11 @@ class GuestLeak(ProductError):
 
 
 class Guest:
-    def __init__(self, host, config, artifacts_dir: Path):
+    def __init__(self, host, config, artifacts_dir: Path, ready_condition: str | None = None):
+        """``ready_condition``: a quote-free shell test that holds once the guest
+        is ready for commands (the guest kit's READY_CONDITION)."""
         self.host = host
+        self.ready_condition = ready_condition
         self.config = config
         self.name = config.name
         self.artifacts_dir = Path(artifacts_dir)
@@ -105,7 +108,8 @@ class Guest:
         while True:
             try:
                 self.console.wait_for_shell(timeout=max(deadline - time.monotonic(), 1.0),
-                                            poll_interval=10.0)
+                                            poll_interval=10.0,
+                                            ready_condition=self.ready_condition)
                 return
             except ConsoleClosed:
                 # `xl console` can exit while a loaded host boots the guest; the

@@ -283,7 +283,8 @@ def test_virtual_host_end_to_end(vlab):
                                   "-trace", "enable=xen_ioreq_server*"]})
         assert 'tsc_mode = "native"' in cfg
         machine = Host(spec, vlab["state"] / "artifacts")
-        guest = Guest(machine, _Rendered("smoke", cfg), vlab["state"] / "artifacts" / "smoke")
+        guest = Guest(machine, _Rendered("smoke", cfg), vlab["state"] / "artifacts" / "smoke",
+                      ready_condition=guestkit.READY_CONDITION)
         t0 = time.monotonic()
         guest.create()
         guest.wait_ready()

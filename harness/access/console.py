@@ -656,7 +656,7 @@ class Console:
 
     @step("console {self.name}: wait for a shell")
     def wait_for_shell(self, timeout: float = 300.0, poll_interval: float = 5.0, *,
-                       check_fatal: bool = True) -> None:
+                       check_fatal: bool = True, ready_condition: str | None = None) -> None:
         """Poll until a shell answers: send a no-op echo every ``poll_interval``
         seconds and wait for its answer (any earlier poll's answer counts).
 
@@ -672,7 +672,9 @@ class Console:
             # lose characters, and a lost quote would leave the shell on a
             # continuation line that swallows every later poll.  ${XH_EMPTY}
             # (unset) splits the literal so the echoed command cannot match.
-            self.sendline(f"echo __XH_P${{XH_EMPTY}}{nonce}__")
+            # ready_condition (quote-free too): answer only once it holds.
+            condition = f"{ready_condition} && " if ready_condition else ""
+            self.sendline(f"{condition}echo __XH_P${{XH_EMPTY}}{nonce}__")
             answer = re.compile(r"__XH_P(?:" + "|".join(nonces) + r")__")
             left = deadline - time.monotonic()
             try:

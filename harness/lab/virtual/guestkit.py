@@ -37,6 +37,8 @@ from harness.probes import build_xhprobe, xhprobe_source
 GUEST_KIT_DIR = "/var/lib/xenhil/guest"
 # What the guest's init prints once its network and sshd are up.
 READY_MARKER = "XENHIL-GUEST-READY"
+# ... and the file it creates then: a quote-free shell test for Guest.wait_ready.
+READY_CONDITION = "test -e /run/xenhil-ready"
 GUEST_PROMPT = "guest# "
 
 KIT_VERSION = "1"  # bump when the kit's layout changes (part of the hash)
