@@ -107,3 +107,18 @@ def test_model_without_server_fails():
 def test_platform_class_is_owned_by_the_topologys_platform_model():
     assert class_owners(SPLIT, TOPO, [PLATFORM]) == {PLATFORM: "qall"}
     assert isinstance(NEEDS[PLATFORM][0], IoRange) and NEEDS[PLATFORM][0].lo == 0x10
+
+
+def test_vga_framebuffer_bar_is_not_expected_in_any_rangeset():
+    """Real Xen 4.17 + qemu-xen: the cirrus VGA's BAR0 (its VRAM) is guest RAM,
+    never an ioreq range; its other BARs and the NIC's stay expected."""
+    from harness.checks.routing import IoRange
+    vga = next(d for d in TOPO.devices if d.qemu_type == "cirrus-vga")
+    nic = next(d for d in TOPO.devices if d.device_class.startswith("nic:"))
+    bars = {vga.bdf: [IoRange("memory", 0xf0000000, 0xf1ffffff, f"{vga.bdf} BAR0", "sysfs"),
+                      IoRange("memory", 0xf3050000, 0xf3050fff, f"{vga.bdf} BAR1", "sysfs")],
+            nic.bdf: [IoRange("memory", 0xf3020000, 0xf303ffff, f"{nic.bdf} BAR0", "sysfs")]}
+    needs = io_needs(TOPO, bars, CLASSES)
+    ui = [r.what for r in needs["ui"]]
+    assert f"{vga.bdf} BAR0" not in ui and f"{vga.bdf} BAR1" in ui
+    assert f"{nic.bdf} BAR0" in [r.what for r in needs[nic.device_class]]

@@ -104,6 +104,19 @@ def parse_sysfs_resource(text: str, bdf: str, source: str = "sysfs resource") ->
     return out
 
 
+# BARs that never produce ioreqs: QEMU backs a VGA's linear framebuffer (BAR0)
+# with guest RAM (its VRAM is populated in the guest's physmap), so accesses
+# to it stay in the guest.  Seen for real: the cirrus BAR0 0xf0000000-0xf1ffffff
+# is not in the server's memory rangeset while its MMIO BAR is.
+DIRECT_MAPPED_BARS = {("cirrus-vga", 0), ("VGA", 0), ("qxl-vga", 0)}
+
+
+def _needs_ioreqs(qemu_type: str, bar: IoRange) -> bool:
+    index = bar.what.rsplit("BAR", 1)[-1]
+    return not (bar.kind == "memory" and index.isdigit()
+                and (qemu_type, int(index)) in DIRECT_MAPPED_BARS)
+
+
 def io_needs(topology: ExpectedTopology, bars: Mapping[str, Sequence[IoRange]] | None = None,
              classes: Iterable[str] | None = None) -> dict[str, list[IoRange]]:
     """Device class -> the I/O it needs: DEVICE_PORTS, plus for each expected
@@ -120,7 +133,7 @@ def io_needs(topology: ExpectedTopology, bars: Mapping[str, Sequence[IoRange]] |
         for d in topology.of_class(dclass):
             sbdf = str_to_sbdf(d.bdf)
             items.append(IoRange("pci", sbdf, sbdf, f"{d.qemu_type} config space", "expected topology"))
-            items.extend(bars.get(d.bdf, ()))
+            items.extend(b for b in bars.get(d.bdf, ()) if _needs_ioreqs(d.qemu_type, b))
         needs[dclass] = items
     return needs
 
