@@ -19,7 +19,7 @@ def _report(args: argparse.Namespace) -> int:
     if run_id is None:
         raise ConfigError(f"{results}: no xenhil.run_id in environment.properties",
                           help="pass --run RUN_ID")
-    db = args.results_db or f"sqlite:///{Path(args.artifacts) / 'results.sqlite'}"
+    db = args.results_db or f"sqlite://{Path(args.artifacts).resolve() / 'results.sqlite'}"
     store = ResultsStore(db)
     try:
         summary = triage_summary(store, run_id, load_known_issues(
