@@ -54,14 +54,18 @@ class Connection:
         self.closed = False
 
     def send(self, data: bytes, byte_delay: float = 0.0) -> None:
-        if byte_delay:
-            for i in range(len(data)):
-                self.sock.sendall(data[i:i + 1])
-                self.server._record_sent(data[i:i + 1])
+        # Recorded before it goes out: a client may read the bytes before this
+        # thread runs again, and tests compare what arrived with ``sent``.
+        chunks = [data[i:i + 1] for i in range(len(data))] if byte_delay else [data]
+        for chunk in chunks:
+            self.server._record_sent(chunk)
+            try:
+                self.sock.sendall(chunk)
+            except OSError:
+                self.server._unrecord_sent(len(chunk))
+                raise
+            if byte_delay:
                 time.sleep(byte_delay)
-        else:
-            self.sock.sendall(data)
-            self.server._record_sent(data)
 
     def pump_input(self) -> None:
         """Read client bytes in the background (for handlers that wait for input)."""
@@ -125,6 +129,10 @@ class ConsoleServer:
     def _record_sent(self, data: bytes) -> None:
         with self._lock:
             self.sent += data
+
+    def _unrecord_sent(self, count: int) -> None:
+        with self._lock:
+            del self.sent[len(self.sent) - count:]
 
     def _record_received(self, data: bytes) -> None:
         with self._lock:
