@@ -349,7 +349,8 @@ def test_heartbeat_keeps_lease_past_ttl_and_stops_on_release(db):
 def test_heartbeat_reports_a_lease_lost_to_another_holder(db):
     pool = make_pool(db, ["solo"], ttl=0.3)
     lease = pool.claim(Holder.current("stalled"), timeout=0)
-    taker = pool.claim(other("taker"), timeout=30)   # waits out the TTL
+    # The taker keeps its own lease long, so it cannot expire under a loaded machine.
+    taker = pool.claim(other("taker"), timeout=30, ttl=60)   # waits out the TTL
     beat = Heartbeat(pool, lease, interval=0.05).start()
     wait_for(lambda: beat.lost is not None, "the heartbeat to notice", timeout=30)
     with pytest.raises(LeaseLost, match="taker@taker-box"):
