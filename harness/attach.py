@@ -44,13 +44,9 @@ except ImportError:  # pragma: no cover - allure is a hard dependency
     def _allure_hookimpl(*args, **kwargs):
         return (lambda f: f) if not args else args[0]
 
-log = logging.getLogger("xenhil.attach")
+from harness.secrets import contains_secret, scrub, scrub_object
 
-from harness.secrets import (  # noqa: F401  (re-exported: the attach API)
-    MASK, MIN_SECRET_LEN, PRIVATE_KEY_BLOCK, ScrubbingLogFilter, contains_secret,
-    register_private_key, register_secret, registered_secrets, scrub, scrub_bytes,
-    scrub_exception, scrub_object,
-)
+log = logging.getLogger("xenhil.attach")
 
 class AllureScrubber:
     """An allure-commons plugin: scrubs every test result and fixture

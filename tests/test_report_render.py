@@ -23,11 +23,11 @@ from harness.attach import (
     attach_file,
     attach_latency,
     attach_text,
-    register_secret,
     set_test_artifact_dir,
     test_artifact_dir,
 )
 from harness.errors import TestBugError
+from harness.secrets import register_secret
 from harness.report import PROJECT_ROOT, render_html
 from tests.support.browser import HeadlessChromium, ReportServer, chromium  # noqa: F401
 

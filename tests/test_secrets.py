@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.attach import (
+from harness.secrets import (
     MASK,
     ScrubbingLogFilter,
     register_private_key,

@@ -630,7 +630,7 @@ class Pool:
         ahead = [w for w in self.store.waiters()
                  if (ticket is None or w.ticket < ticket) and set(w.candidates) & set(candidates)]
         if ahead:
-            lines.append(f"  waiting ahead of you: " + "; ".join(str(w.holder) for w in ahead))
+            lines.append("  waiting ahead of you: " + "; ".join(str(w.holder) for w in ahead))
         return ReservationTimeout(
             f"no host matching {describe_request(tags, capabilities, host)} became free within "
             f"{format_duration(timeout)}; the matching hosts:\n" + "\n".join(lines),

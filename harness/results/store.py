@@ -10,7 +10,6 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from harness.dburl import sqlite_path
 
