@@ -13,6 +13,7 @@ import logging
 import shlex
 import time
 from pathlib import Path
+from typing import Protocol, Sequence
 
 from harness.errors import InfrastructureError, ProductError, XenhilError
 from harness.step import step
@@ -22,6 +23,9 @@ from harness.xen.toolstack import Toolstack
 log = logging.getLogger("xenhil.guest")
 
 GUEST_DIR = "/var/lib/xenhil/guests"
+#: Silence (after the guest's first output) that counts as a stuck console
+#: relay while waiting for the shell; longer than any quiet stretch of a boot.
+CONSOLE_STALL_S = 150.0
 
 
 class GuestState(enum.Enum):
@@ -33,16 +37,34 @@ class GuestState(enum.Enum):
     BROKEN = "broken"
 
 
+class Companion(Protocol):
+    """Something in dom0 that serves the guest besides the toolstack's device
+    model (the probe ioreq server): it must join while the domain is paused,
+    before the guest runs its first instruction, and again after a restore."""
+
+    name: str
+
+    def attach(self, guest: "Guest", domid: int) -> None: ...
+    def saved(self, guest: "Guest") -> None: ...
+    def reattach(self, guest: "Guest", domid: int) -> None: ...
+    def detach(self, guest: "Guest") -> None: ...
+    def evidence(self, guest: "Guest", directory: Path) -> dict[str, str]: ...
+
+
 class GuestLeak(ProductError):
     help = ("The toolstack left pieces of a destroyed domain behind; read the listed leftovers "
             "and the evidence (xl list -l, processes).")
 
 
 class Guest:
-    def __init__(self, host, config, artifacts_dir: Path, ready_condition: str | None = None):
+    def __init__(self, host, config, artifacts_dir: Path, ready_condition: str | None = None,
+                 companions: Sequence[Companion] = ()):
         """``ready_condition``: a quote-free shell test that holds once the guest
-        is ready for commands (the guest kit's READY_CONDITION)."""
+        is ready for commands (the guest kit's READY_CONDITION).
+        ``companions``: attached while the domain is paused after create and
+        restore, detached before destroy."""
         self.host = host
+        self.companions = list(companions)
         self.ready_condition = ready_condition
         self.config = config
         self.name = config.name
@@ -89,9 +111,19 @@ class Guest:
         text = self.config.render()
         self.host.ssh.put_bytes(text, self.cfg_path)
         (self.artifacts_dir / f"{self.name}.cfg").write_text(text)
-        self.xl.xl("create", *(["-p"] if paused else []), self.cfg_path, timeout=300)
-        self.state = GuestState.PAUSED if paused else GuestState.RUNNING
-        return self._refresh_domid()
+        hold = paused or bool(self.companions)
+        self.xl.xl("create", *(["-p"] if hold else []), self.cfg_path, timeout=300)
+        self.state = GuestState.PAUSED if hold else GuestState.RUNNING
+        domid = self._refresh_domid()
+        for companion in self.companions:
+            companion.attach(self, domid)
+        if hold and not paused:
+            self.unpause()
+        return domid
+
+    def companion(self, name: str):
+        """The companion called ``name`` (e.g. "probe"), or None."""
+        return next((c for c in self.companions if c.name == name), None)
 
     @step("unpause guest {self.name}")
     def unpause(self) -> None:
@@ -103,21 +135,29 @@ class Guest:
         if timeout is None:
             from harness.lab.virtual.quirks import guest_boot_timeout
             timeout = guest_boot_timeout(self.host.spec.capabilities)
-        from harness.access.console import ConsoleClosed
+        from harness.access.console import ConsoleClosed, ConsoleStalled
         deadline = time.monotonic() + timeout
         while True:
             try:
                 self.console.wait_for_shell(timeout=max(deadline - time.monotonic(), 1.0),
                                             poll_interval=10.0,
-                                            ready_condition=self.ready_condition)
+                                            ready_condition=self.ready_condition,
+                                            stall_timeout=CONSOLE_STALL_S)
                 return
-            except ConsoleClosed:
-                # `xl console` can exit while a loaded host boots the guest; the
-                # guest itself is fine if xl still lists it: attach again.
+            except ConsoleClosed as exc:
+                # `xl console` can exit while a loaded host boots the guest, or
+                # stop relaying (seen on the virtual lab: the guest booted to its
+                # shell, the attached xl console passed nothing on; a fresh one
+                # did).  The guest itself is fine if xl still lists it: attach again.
                 self._close_console()
                 if time.monotonic() >= deadline or self.xl.domain(self.name) is None:
                     raise
-                log.warning("console of %s closed while it booted; attaching again", self.name)
+                if isinstance(exc, ConsoleStalled) and self.domid is not None:
+                    # The stuck relay holds xenconsole's per-domain lock.
+                    self.host.ssh.run(f"pkill -f '^[^ ]*xenconsole {int(self.domid)} ' || true",
+                                      timeout=30)
+                log.warning("console of %s %s while it booted; attaching again", self.name,
+                            "stalled" if isinstance(exc, ConsoleStalled) else "closed")
 
     def run(self, command: str, timeout: float = 120.0, check: bool = True) -> str:
         """Run a shell command in the guest over its console; its output."""
@@ -142,18 +182,31 @@ class Guest:
             raise ProductError(f"guest {self.name} still listed by xl after `xl save`",
                                help="xl save must destroy the domain once its state is saved")
         self.state = GuestState.SAVED
+        for companion in self.companions:
+            companion.saved(self)
         return path
 
     @step("restore guest {self.name} from {path}")
     def restore(self, path: str | None = None, paused: bool = False, timeout: float = 300.0) -> int:
         path = path or self.save_path
-        self.xl.xl("restore", *(["-p"] if paused else []), path, timeout=timeout)
-        self.state = GuestState.PAUSED if paused else GuestState.RUNNING
-        return self._refresh_domid()
+        hold = paused or bool(self.companions)
+        self.xl.xl("restore", *(["-p"] if hold else []), path, timeout=timeout)
+        self.state = GuestState.PAUSED if hold else GuestState.RUNNING
+        domid = self._refresh_domid()
+        for companion in self.companions:
+            companion.reattach(self, domid)
+        if hold and not paused:
+            self.unpause()
+        return domid
 
     @step("destroy guest {self.name}")
     def destroy(self) -> None:
         self._close_console()
+        for companion in self.companions:
+            try:
+                companion.detach(self)
+            except XenhilError as exc:  # the domain goes anyway; the leak check judges
+                log.warning("detaching %s from %s: %s", companion.name, self.name, exc)
         if self.xl.domain(self.name) is not None:
             self.xl.xl("destroy", self.name, timeout=120)
         self.state = GuestState.DESTROYED
@@ -184,7 +237,11 @@ class Guest:
         extra = {"guest console": self.artifacts_dir / f"{self.name}.console.log",
                  "guest config": self.artifacts_dir / f"{self.name}.cfg"}
         try:
-            return evidence.collect(self.host, dest, extra)
+            found = evidence.collect(self.host, dest, extra)
         except XenhilError as exc:  # evidence is best effort; the failure is already raised
             log.warning("evidence for %s incomplete: %s", self.name, exc)
-            return {}
+            found = {}
+        dest.mkdir(parents=True, exist_ok=True)
+        for companion in self.companions:
+            found.update(companion.evidence(self, dest))
+        return found

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from harness.access.console import ConsoleClosed
 from harness.errors import ConfigError, HostBroken, InfrastructureError, XenhilError
 from harness.lab.model import HostSpec
 from harness.step import step
@@ -208,7 +209,15 @@ class Host:
             if self._ssh_answers():
                 self._transition(HostState.DOM0_READY)
                 return
-            time.sleep(3)
+            if self._console is not None and self._console.is_open:
+                # Between polls, watch the serial console: a Xen panic or a
+                # dom0 crash ends the wait at once, with the console's tail.
+                try:
+                    self._console.watch(3)
+                except ConsoleClosed:
+                    log.warning("%s: serial console closed while dom0 boots", self.name)
+            else:
+                time.sleep(3)
         raise InfrastructureError(
             f"{self.name}: dom0 did not answer SSH within {timeout:.0f}s",
             help="Read the serial transcript: did Xen or dom0 fail to boot?",

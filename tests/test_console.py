@@ -16,6 +16,7 @@ import pytest
 from harness.access.console import (
     Console,
     ConsoleClosed,
+    ConsoleStalled,
     ConsoleState,
     TelnetFilter,
     console_for,
@@ -116,6 +117,39 @@ def test_fatal_pattern_split_over_single_byte_reads_is_seen(console_server_facto
     with tcp_console(server, transcript) as console:
         with pytest.raises(FatalConsoleOutput, match="Kernel panic - not syncing"):
             console.expect(r"login:", timeout=120)
+
+
+def test_watch_keeps_text_for_expect_and_stops_on_a_dom0_crash(console_server_factory, transcript):
+    # Xen 4.17's words when dom0 dies under 'noreboot' (xen/common/shutdown.c).
+    crash = (b"(XEN) Hardware Dom0 crashed: 'noreboot' set - not rebooting.\r\n")
+    server = console_server_factory(scripted(b"dom0 boots\r\n", ("await", rb"go\n"), crash))
+    with tcp_console(server, transcript) as console:
+        console.watch(1.0)                       # quiet or not, watching never raises by itself
+        console.expect(r"dom0 boots", timeout=5)  # what watch() read is still there to expect
+        console.sendline("go")
+        started = time.monotonic()
+        with pytest.raises(FatalConsoleOutput, match="Hardware Dom0 crashed"):
+            console.watch(60)
+        assert time.monotonic() - started < 30
+
+
+def test_silence_after_output_while_polling_is_a_stall(console_server_factory, transcript):
+    # Boot text, then nothing, whatever is typed: the relay is stuck.
+    server = console_server_factory(scripted(b"[    1.000000] booting\r\n", ("await", rb"never\n")))
+    with tcp_console(server, transcript) as console:
+        started = time.monotonic()
+        with pytest.raises(ConsoleStalled, match=r"nothing received for \d+s while polling"):
+            console.wait_for_shell(timeout=60, poll_interval=0.5, stall_timeout=2)
+        assert time.monotonic() - started < 20
+        assert isinstance(ConsoleStalled("x"), ConsoleClosed)  # callers attach again
+
+
+def test_silence_before_any_output_is_not_a_stall(console_server_factory, transcript):
+    # Firmware says nothing for a while; only the overall timeout applies.
+    server = console_server_factory(scripted(("await", rb"never\n")))
+    with tcp_console(server, transcript) as console:
+        with pytest.raises(ConsoleTimeout):
+            console.wait_for_shell(timeout=3, poll_interval=0.5, stall_timeout=1)
 
 
 def test_fatal_check_can_be_turned_off_for_one_wait(console_server_factory, transcript):

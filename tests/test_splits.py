@@ -392,6 +392,55 @@ def test_catalog_inconsistency_is_reported_with_file_and_entry(tmp_path, entry, 
     assert "splits[0]" in str(info.value)
 
 
+PROBE_ENTRY = """\
+    - id: single+probe
+      device_models: null
+      guest_vifs: [nic1]
+      requires: [probe]
+      probe: {probe}
+      owners: {{ui: "0", audio: "0", ide: "0", serial: "0", "nic:nic1": "0"}}
+    """
+
+
+def test_catalog_probe_true_takes_the_default_settings():
+    entry = load_catalog().get("single+probe")
+    assert entry.probe and entry.requires == ("probe",)
+    s = entry.probe_settings
+    assert (s.ports, s.mmio, s.bdf, s.vendor, s.device) == (
+        ((0x6100, 0x610F),), (0xF0000000, 0xF0000FFF), "00:05.0", 0x5853, 0xC0DE)
+    assert (s.id_port, s.scratch_port) == (0x6100, 0x6108)
+    assert load_catalog().get("single").probe_settings is None
+
+
+def test_catalog_probe_mapping_overrides_some_settings(tmp_path):
+    path = _write_catalog(tmp_path, PROBE_ENTRY.format(
+        probe='{ports: [0x6200-0x620f, 0x6300-0x6303], bdf: "00:06.0", device: "beef"}'))
+    s = load_catalog(path).get("single+probe").probe_settings
+    assert s.ports == ((0x6200, 0x620F), (0x6300, 0x6303))
+    assert (s.bdf, s.vendor, s.device, s.mmio) == ("00:06.0", 0x5853, 0xBEEF, (0xF0000000, 0xF0000FFF))
+
+
+@pytest.mark.parametrize("probe,fragment", [
+    ("{port: [0x6100-0x610f]}", "probe has unknown key(s) port"),
+    ("{ports: 0x6100-0x610f}", "probe.ports is not a list of ranges"),
+    ("{ports: [0x6100]}", "probe.ports: 24832 is not START-END in hex (YAML read a number)"),
+    ("{ports: [6100-610g]}", "probe.ports: '6100-610g' is not START-END in hex"),
+    ("{ports: [0x6100-0x10000]}", "is empty or beyond 0xffff"),
+    ("{mmio: 0xf0000000-0xf0000aff}", "not a naturally aligned power-of-two window"),
+    ("{bdf: 00:40.0}", "probe.bdf: YAML read it as the number 40.0"),
+    ('{bdf: "00:40.0"}', "probe.bdf: '00:40.0' is not BUS:DEV.FN"),
+    ("{vendor: ffff}", "probe.vendor: 'ffff' is not a 16-bit hex id"),
+    ("yes please", "probe is neither true/false nor a mapping"),
+], ids=["unknown-key", "ports-not-list", "port-a-number", "port-not-hex", "port-too-high",
+        "mmio-unaligned", "bdf-a-yaml-number", "bdf-device-too-high", "vendor-all-ones", "not-bool-or-mapping"])
+def test_catalog_bad_probe_settings_name_the_field(tmp_path, probe, fragment):
+    path = _write_catalog(tmp_path, PROBE_ENTRY.format(probe=probe))
+    with pytest.raises(ConfigError) as info:
+        load_catalog(path)
+    assert fragment in str(info.value)
+    assert "splits[0] (single+probe)" in str(info.value)
+
+
 # --------------------------------------------------------------------------
 # The CLI
 # --------------------------------------------------------------------------

@@ -84,6 +84,8 @@ DEFAULT_FATAL_PATTERNS: tuple[str, ...] = (
     r"\(XEN\) FATAL TRAP",
     r"\(XEN\) FATAL PAGE FAULT",
     r"Kernel panic",        # "Kernel panic - not syncing: ..."
+    # Xen's own word that dom0 died ('noreboot' keeps the machine there).
+    r"\(XEN\) Hardware Dom0 (crashed|halted)",
 )
 
 # Kernel printk lines ("[   12.345678] usb 1-1: ...") and Xen console lines
@@ -120,6 +122,11 @@ class ConsoleClosed(ConnectionLost):
 
     help = ("The console connection dropped: check the console server / BMC / host, "
             "then read the tail and the transcript.")
+
+
+class ConsoleStalled(ConsoleClosed):
+    help = ("The console delivered nothing for a long time while the target was being "
+            "polled: the relay (e.g. `xl console`) is stuck.  Attach again.")
 
 
 class ConsoleUnavailable(InfrastructureError):
@@ -323,6 +330,8 @@ class Console:
         self._buffer = ""           # received text not yet consumed by expect()
         self._tail = ""             # last _TAIL_CHARS of received text
         self._fatal_line = ""       # incomplete last line, rescanned for fatal patterns
+        self.received_bytes = 0     # on this console object, across reopenings
+        self.last_received = time.monotonic()
 
     # -- constructors -------------------------------------------------------
 
@@ -478,6 +487,8 @@ class Console:
         self._transcript.write(data)
         self._transcript.flush()
         self._offset += len(data)
+        self.received_bytes += len(data)
+        self.last_received = time.monotonic()
         text = self._decoder.decode(data)
         self._tail = (self._tail + text)[-_TAIL_CHARS:]
         return text
@@ -612,6 +623,17 @@ class Console:
             self._scan_fatal(text, raise_on_match=False)  # keep the line state coherent
         return data
 
+    def watch(self, timeout: float) -> None:
+        """Read what arrives for up to ``timeout`` seconds, keeping it for a
+        later expect(); raise FatalConsoleOutput as soon as a fatal pattern
+        shows (e.g. while something else, like SSH, is being polled)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            text = self._read(min(left, 0.5))
+            if text:
+                self._scan_fatal(text, raise_on_match=True)
+                self._buffer = (self._buffer + text)[-_BUFFER_CHARS:]
+
     def discard_buffer(self) -> None:
         """Forget received text not yet consumed (after an interactive session)."""
         self._buffer = ""
@@ -656,12 +678,16 @@ class Console:
 
     @step("console {self.name}: wait for a shell")
     def wait_for_shell(self, timeout: float = 300.0, poll_interval: float = 5.0, *,
-                       check_fatal: bool = True, ready_condition: str | None = None) -> None:
+                       check_fatal: bool = True, ready_condition: str | None = None,
+                       stall_timeout: float | None = None) -> None:
         """Poll until a shell answers: send a no-op echo every ``poll_interval``
         seconds and wait for its answer (any earlier poll's answer counts).
 
         Polling rather than waiting for a boot message, because some consoles
         drop output while nobody is attached (``xl console`` on a pty serial).
+        ``stall_timeout``: once the target has said anything, raise
+        ConsoleStalled when nothing at all arrives for this long (a shell
+        echoes the polls; silence means the relay is stuck).
         """
         deadline = time.monotonic() + timeout
         nonces: list[str] = []
@@ -682,6 +708,12 @@ class Console:
                              "a shell answer", check_fatal, True)
                 return
             except ConsoleTimeout:
+                silent = time.monotonic() - self.last_received
+                if stall_timeout is not None and self.received_bytes and silent > stall_timeout:
+                    raise ConsoleStalled(
+                        f"console {self.name}: nothing received for {silent:.0f}s while polling "
+                        f"({len(nonces)} polls)\n--- last {TAIL_LINES} lines seen ---\n"
+                        f"{self.tail()}\n--- end ---", evidence=self._evidence()) from None
                 if time.monotonic() >= deadline:
                     raise ConsoleTimeout(
                         f"console {self.name}: no shell answered within {timeout:g}s "
@@ -702,6 +734,12 @@ class Console:
                              "a login: prompt", True, True)
                 break
             except ConsoleTimeout:
+                silent = time.monotonic() - self.last_received
+                if stall_timeout is not None and self.received_bytes and silent > stall_timeout:
+                    raise ConsoleStalled(
+                        f"console {self.name}: nothing received for {silent:.0f}s while polling "
+                        f"({len(nonces)} polls)\n--- last {TAIL_LINES} lines seen ---\n"
+                        f"{self.tail()}\n--- end ---", evidence=self._evidence()) from None
                 if time.monotonic() >= deadline:
                     raise
             self.sendline("")  # no prompt shown (yet): Enter makes getty print it again

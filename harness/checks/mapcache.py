@@ -168,6 +168,9 @@ def mapcache_cycle(guest, model_logs: Mapping[str, str], targets_mib: Sequence[i
     pattern = pattern or DataPattern(f"mc{int(time.time())}")
     guest.run(pattern.write_command(pattern_target), timeout=300)
     offsets = {m: _log_size(host, p) for m, p in model_logs.items()}
+    # Companion servers (the probe) count invalidates themselves.
+    companions = {c.name: c for c in getattr(guest, "companions", ())}
+    companion_before = {n: c.fresh_counters().invalidations for n, c in companions.items()}
     guest.xl.dmesg(clear=True)
     for target in targets_mib:
         guest.xl.xl("mem-set", guest.name, f"{int(target)}m")
@@ -179,6 +182,9 @@ def mapcache_cycle(guest, model_logs: Mapping[str, str], targets_mib: Sequence[i
         evidence[f"trace of model {model} since the first mem-set"] = save_evidence(
             out_dir, f"trace-{model}.log", text)
         counts[model] = count_invalidates(parse_trace_log(text, source=path))
+    for name, companion in companions.items():
+        counts[name] = companion.fresh_counters().invalidations - companion_before[name]
+        evidence.update(companion.evidence(guest, out_dir))
     dmesg = guest.xl.dmesg()
     evidence["xl dmesg"] = save_evidence(out_dir, "xl-dmesg.txt", dmesg)
     readback = guest.run(pattern.readback_command(pattern_target), timeout=300)

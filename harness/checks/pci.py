@@ -123,12 +123,27 @@ def check_unowned_bdfs_read_ones(expected: ExpectedTopology, reads: Sequence[Pci
 # Ownership: ioreq server ids -> models, BDFs in pci rangesets
 # --------------------------------------------------------------------------
 
+def companion_servers(guest) -> dict[int, str]:
+    """Server id -> name of the guest's companion ioreq servers (the probe),
+    as each reports it.  A companion that stopped serving raises (ProbeStale,
+    with its evidence) instead of silently dropping out of the checks."""
+    found: dict[int, str] = {}
+    for companion in getattr(guest, "companions", ()):
+        sid = companion.counters().server_id
+        if sid is not None:
+            found[int(sid)] = companion.name
+    return found
+
+
 def server_ids_by_model(traces: Mapping[str, Sequence[TraceEvent]],
-                        evidence: Evidence) -> dict[int, str]:
+                        evidence: Evidence, companions: Mapping[int, str] | None = None) -> dict[int, str]:
     """Server id -> model, from each model's ``xen_ioreq_server_create`` trace
-    line (the last create not followed by a destroy of that id)."""
+    line (the last create not followed by a destroy of that id), plus the
+    ``companions`` (server id -> name, see :func:`companion_servers`)."""
     result: dict[int, str] = {}
     problems: list[Mismatch] = []
+    for sid, name in (companions or {}).items():
+        result[sid] = name
     for model, events in traces.items():
         live: list[int] = []
         for e in events:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from harness.checks.failure import Evidence, Mismatch, fail_if
-from harness.checks.topology import PLATFORM, ExpectedTopology
+from harness.checks.topology import PLATFORM, PROBE_CLASS, ExpectedTopology
+from harness.probe_dm.companion import PROBE_MODEL
 from harness.xen.parsers.errors import UnexpectedOutput
 from harness.xen.parsers.qemu_trace import (IOREQ_TYPE_COPY, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO,
                                             TraceEvent)
@@ -142,8 +143,44 @@ def io_needs(topology: ExpectedTopology, bars: Mapping[str, Sequence[IoRange]] |
 
 
 def class_owners(split, topology: ExpectedTopology, classes: Iterable[str]) -> dict[str, str | None]:
-    """Device class -> owning model (platform: the topology's platform owner)."""
-    return {c: topology.platform_model if c == PLATFORM else split.owner_of(c) for c in classes}
+    """Device class -> owning model (platform: the topology's platform owner;
+    probe: the probe, which owns only its own function and ranges)."""
+    def owner(c: str) -> str | None:
+        if c == PLATFORM:
+            return topology.platform_model
+        if c == PROBE_CLASS:
+            return PROBE_MODEL
+        return split.owner_of(c)
+    return {c: owner(c) for c in classes}
+
+
+def probe_needs(needs: Mapping[str, Sequence[IoRange]], settings) -> dict[str, list[IoRange]]:
+    """``needs`` with the probe's port ranges added to its class (its config
+    space and BAR come from the topology, like any PCI device's)."""
+    out = {c: list(r) for c, r in needs.items()}
+    out.setdefault(PROBE_CLASS, []).extend(
+        IoRange("port", lo, hi, "probe registers", "the catalog's probe settings")
+        for lo, hi in settings.ports)
+    return out
+
+
+def check_probe_io(before, after, wanted: Mapping[str, tuple[int, int]], evidence: Evidence) -> None:
+    """The probe's own counters (two readings, ProbeCounters) saw at least the
+    (reads, writes) the guest drove at each of its windows, and nothing
+    outside the ranges it claimed (Xen routed it nobody else's I/O)."""
+    problems: list[Mismatch] = []
+    for window, (reads, writes) in wanted.items():
+        got = tuple(after.window(window).get(k, 0) - before.window(window).get(k, 0)
+                    for k in ("reads", "writes"))
+        if got[0] < reads or got[1] < writes:
+            problems.append(Mismatch(f"probe window {window}", f">= {reads} reads, >= {writes} writes",
+                                     f"{got[0]} reads, {got[1]} writes"))
+    outside = after.counts.get("outside", 0) - before.counts.get("outside", 0)
+    if outside:
+        problems.append(Mismatch("probe, outside its ranges", "no request (Xen routes it only what it claimed)",
+                                 f"{outside} request(s)"))
+    fail_if(problems, "I/O routing to the probe ioreq server",
+            expected="the guest's probe I/O counted by the probe, nothing else", evidence=evidence)
 
 
 # --------------------------------------------------------------------------

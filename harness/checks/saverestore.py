@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 from harness.checks.failure import (CheckFailed, Evidence, Mismatch, fail, fail_if, quote,
                                     save_evidence)
 from harness.checks.mapcache import DataPattern, check_pattern_intact
-from harness.checks.pci import server_ids_by_model
+from harness.checks.pci import companion_servers, server_ids_by_model
 from harness.errors import ProductError, TestBugError
 from harness.step import step
 from harness.xen.parsers.lspci import PciDevice, parse_pci_listing
@@ -226,8 +226,15 @@ def _ownership(guest, model_logs: Mapping[str, str] | None, offsets: Mapping[str
     evidence[f"rangesets {tag}"] = save_evidence(out_dir, f"rangesets-{tag}.txt", text)
     servers = parse_ioreq_rangesets(text).get(guest.domid, {})
     split = guest.config.split
+    # A companion (the probe) that did not come back after the restore fails
+    # here with its stderr and counters as evidence.
+    companions = companion_servers(guest)
     if model_logs:
-        server_models = server_ids_by_model(_traces_since(guest.host, model_logs, offsets), evidence)
+        server_models = server_ids_by_model(_traces_since(guest.host, model_logs, offsets), evidence,
+                                            companions)
+    elif split.is_single and len(servers) == 1 + len(companions):
+        server_models = {**companions,
+                         next(s for s in servers if s not in companions): split.model_names[0]}
     elif split.is_single and len(servers) == 1:
         server_models = {next(iter(servers)): split.model_names[0]}
     elif split.is_single and not servers:

@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 from harness.checks.failure import CheckFailed, Evidence, Mismatch, fail_if
 from harness.errors import TestBugError
 from harness.xen import splits
-from harness.xen.parsers.rangesets import sbdf_to_str
+from harness.xen.parsers.rangesets import sbdf_to_str, str_to_sbdf
 from harness.xen.splits import Split
 
 # --------------------------------------------------------------------------
@@ -50,6 +50,9 @@ from harness.xen.splits import Split
 #: Device class of the Xen platform device.  Not a class of the series (its
 #: owner is an open question of the series): the owner is passed in.
 PLATFORM = "platform"
+#: Device class and type of the probe ioreq server's PCI function.
+PROBE_CLASS = "probe"
+PROBE_TYPE = "xenhil-probe"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,10 @@ PCI_DEVICE_IDS: dict[str, PciIdent] = {
     "nec-usb-xhci": PciIdent(0x1033, 0x0194, 0x0c03, "NEC USB xHCI", splits.UI, _PCI_IDS_H),
     "ahci": PciIdent(0x8086, 0x2922, 0x0106, "ICH9 AHCI", splits.IDE, _PCI_IDS_H),
     "lsi53c895a": PciIdent(0x1000, 0x0012, 0x0100, "LSI SCSI", splits.IDE, _PCI_IDS_H),
+    # Not a QEMU device: the framework's probe ioreq server (harness/probe_dm),
+    # placed by with_probe(), never read from a QEMU command line.
+    PROBE_TYPE: PciIdent(0x5853, 0xc0de, 0xff00, "xenhil probe function", PROBE_CLASS,
+                         "harness/probe_dm/emulation.py"),
 }
 
 #: -device types that put nothing on the PCI bus (drives, USB/HDA children,
@@ -474,6 +481,26 @@ def expected_topology(split: Split, qemu_cmdlines: Mapping[str, str | Sequence[s
             expected=f"the command lines agree with split {split.id}", evidence=evidence)
     devices = tuple(sorted(placed.values(), key=lambda d: (d.bdf)))
     return ExpectedTopology(devices, tuple(names), platform_owner, tuple(notes))
+
+
+def with_probe(topology: ExpectedTopology, settings, evidence: Evidence | None = None) -> ExpectedTopology:
+    """``topology`` plus the probe's PCI function (``settings``: a
+    :class:`harness.probe_dm.companion.ProbeSettings`), owned by model "probe".
+    A QEMU device on the probe's BDF is a contradiction in the split's set-up."""
+    from harness.probe_dm.companion import PROBE_MODEL
+    bdf = sbdf_to_str(str_to_sbdf(settings.bdf))
+    clash = topology.by_bdf().get(bdf)
+    if clash is not None:
+        fail_if([Mismatch(bdf, f"free for the probe ({settings.vendor:04x}:{settings.device:04x})",
+                          f"taken by {clash.describe()} from {clash.source}")],
+                "PCI topology with the probe", expected="the probe's BDF free of QEMU devices",
+                evidence=dict(evidence or {}),
+                help="give the probe another bdf in fixtures/splits.yaml")
+    probe = ExpectedDevice(bdf, settings.vendor, settings.device, settings.class_code,
+                           PROBE_TYPE, PROBE_CLASS, PROBE_MODEL, "the catalog's probe settings")
+    devices = tuple(sorted((*topology.devices, probe), key=lambda d: d.bdf))
+    return ExpectedTopology(devices, (*topology.models, PROBE_MODEL), topology.platform_model,
+                            topology.notes)
 
 
 # --------------------------------------------------------------------------

@@ -15,10 +15,11 @@ from typing import Iterable, Iterator
 import yaml
 
 from harness.errors import ConfigError
+from harness.probe_dm.companion import ProbeSettings
 from harness.xen.splits import DEVICE_MODELS_CAPABILITY, SPLIT_ID_JOINER, Split, parse_split
 
 #: Capabilities a catalog entry may require (host capability detection
-#: provides them).  ``probe``: the framework's own ioreq server (reserved).
+#: provides them).  ``probe``: the framework's own ioreq server (harness.probe_dm).
 KNOWN_REQUIREMENTS = (DEVICE_MODELS_CAPABILITY, "probe")
 PROBE_SUFFIX = SPLIT_ID_JOINER + "probe"
 CATALOG_VERSION = 1
@@ -42,6 +43,7 @@ class CatalogSplit:
     owners: dict[str, str | None]
     probe: bool = False
     about: str = ""
+    probe_settings: ProbeSettings | None = None
 
     def runnable_on(self, capabilities: Iterable[str]) -> bool:
         return set(self.requires) <= set(capabilities)
@@ -130,9 +132,12 @@ def _load_entry(path: Path, index: int, raw: object) -> CatalogSplit:
     if not isinstance(requires, list) or not all(r in KNOWN_REQUIREMENTS for r in requires):
         fail(f"requires {requires!r} is not a list of known capabilities",
              f"use a list of: {', '.join(KNOWN_REQUIREMENTS)}")
-    probe = raw.get("probe", False)
-    if not isinstance(probe, bool):
-        fail("probe is not true/false", "write probe: true or leave it out")
+    probe_raw = raw.get("probe", False)
+    if not isinstance(probe_raw, (bool, dict)):
+        fail("probe is neither true/false nor a mapping of probe settings",
+             "write probe: true, or probe: {ports: [0x6100-0x610f], mmio: ..., bdf: 00:05.0}")
+    probe = probe_raw is not False
+    settings = _probe_settings(probe_raw, fail) if probe else None
     specs = raw["device_models"]
     if specs is not None and (not isinstance(specs, list) or not all(isinstance(s, str) for s in specs)):
         fail("device_models is neither null nor a list of strings",
@@ -165,4 +170,61 @@ def _load_entry(path: Path, index: int, raw: object) -> CatalogSplit:
                  "correct owners (or device_models, if the owner is what the test means)")
     return CatalogSplit(id=split_id, split=split, guest_vifs=tuple(guest_vifs),
                         requires=tuple(requires), owners=dict(owners), probe=probe,
-                        about=str(raw.get("about", "")))
+                        about=str(raw.get("about", "")), probe_settings=settings)
+
+
+_PROBE_KEYS = {"ports", "mmio", "bdf", "vendor", "device"}
+
+
+def _probe_settings(raw: bool | dict, fail) -> ProbeSettings:
+    """``probe: true`` (the defaults) or a mapping overriding some of them."""
+    if raw is True:
+        return ProbeSettings()
+    unknown = sorted(set(raw) - _PROBE_KEYS)
+    if unknown:
+        fail(f"probe has unknown key(s) {', '.join(map(str, unknown))}",
+             f"known keys: {', '.join(sorted(_PROBE_KEYS))}")
+    values: dict = {}
+
+    def span(text, field: str, limit: int) -> tuple[int, int]:
+        if not isinstance(text, str):
+            fail(f"probe.{field}: {text!r} is not START-END in hex (YAML read a number)",
+                 f"write a range, e.g. {field}: 0x6100-0x610f")
+        try:
+            lo, hi = (int(part, 16) for part in str(text).split("-"))
+        except ValueError:
+            fail(f"probe.{field}: {text!r} is not START-END in hex", f"write e.g. {field}: 0x6100-0x610f")
+        if not lo <= hi <= limit:
+            fail(f"probe.{field}: {text!r} is empty or beyond {limit:#x}", "give START <= END")
+        return lo, hi
+
+    if "ports" in raw:
+        if not isinstance(raw["ports"], list) or not raw["ports"]:
+            fail("probe.ports is not a list of ranges", "write ports: [0x6100-0x610f]")
+        values["ports"] = tuple(span(p, "ports", 0xFFFF) for p in raw["ports"])
+    if "mmio" in raw:
+        lo, hi = span(raw["mmio"], "mmio", 0xFFFFFFFF)
+        size = hi - lo + 1
+        if size & (size - 1) or lo % size:
+            fail(f"probe.mmio: {raw['mmio']!r} is not a naturally aligned power-of-two window",
+                 "a BAR is a power of two in size, aligned to it (e.g. 0xf0000000-0xf0000fff)")
+        values["mmio"] = (lo, hi)
+    if "bdf" in raw:
+        from harness.probe_dm.emulation import Bdf
+        if not isinstance(raw["bdf"], str):  # YAML 1.1 reads 00:40.0 as base-60 40.0
+            fail(f"probe.bdf: YAML read it as the number {raw['bdf']!r}, not BUS:DEV.FN",
+                 'quote it, e.g. bdf: "00:05.0"')
+        try:
+            Bdf.parse(str(raw["bdf"]))
+        except (ValueError, ConfigError):
+            fail(f"probe.bdf: {raw['bdf']!r} is not BUS:DEV.FN", "write e.g. bdf: 00:05.0")
+        values["bdf"] = str(raw["bdf"])
+    for key in ("vendor", "device"):
+        if key in raw:
+            try:
+                values[key] = int(str(raw[key]), 16)
+            except ValueError:
+                values[key] = -1
+            if not 0 <= values[key] <= 0xFFFF or values[key] in (0, 0xFFFF):
+                fail(f"probe.{key}: {raw[key]!r} is not a 16-bit hex id", f"write e.g. {key}: '5853'")
+    return ProbeSettings(**values)

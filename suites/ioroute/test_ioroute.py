@@ -1,10 +1,13 @@
 """I/O routing: I/O the guest drives at each device class reaches the model
 that owns the class and no other; the servers' ranges cover what their
-devices need and no range is claimed twice."""
-from harness.checks.pci import read_model_traces, server_ids_by_model
+devices need and no range is claimed twice.  With the probe ioreq server in
+the split, its registers and BAR are driven too: its own counters must see
+that I/O, and no QEMU trace any of it."""
+from harness.checks.pci import companion_servers, read_model_traces, server_ids_by_model
 from harness.checks.failure import save_evidence
-from harness.checks.routing import (check_io_routing, check_server_ranges, class_owners, io_needs,
-                                    needs_by_model, read_bars)
+from harness.checks.routing import (check_io_routing, check_probe_io, check_server_ranges,
+                                    class_owners, io_needs, needs_by_model, probe_needs, read_bars)
+from harness.checks.topology import PROBE_CLASS
 
 # Guest workloads per device class: each touches the class's ports or its
 # PCI function, through the guest kernel's drivers and the probe.
@@ -24,21 +27,51 @@ def _drive_io(guest, classes):
             guest.run(command, timeout=120, check=False)
 
 
-def test_io_reaches_only_the_owning_model(guest, topology, model_logs):
+def _drive_probe(guest, settings, bar0: int) -> dict[str, tuple[int, int]]:
+    """Read the probe's ID register, write and read back a scratch register,
+    read its BAR; the (reads, writes) each window must have counted."""
+    guest.run(f"xhprobe inl {settings.id_port:#x}; "
+              f"xhprobe outl {settings.scratch_port:#x} 0x11223344; "
+              f"xhprobe inl {settings.scratch_port:#x}; xhprobe mmio-read {bar0:#x} 4", timeout=120)
+    return {"port0": (2, 1), "bar0": (1, 0)}
+
+
+def _classes_and_needs(guest, topology):
     classes = guest.config.device_classes()
+    probe = guest.companion("probe")
+    if probe is not None:
+        classes = [*classes, PROBE_CLASS]
+    bars = read_bars(guest, topology)
+    needs = io_needs(topology, bars, classes)
+    if probe is not None:
+        needs = probe_needs(needs, probe.settings)
+    return classes, needs, bars, probe
+
+
+def test_io_reaches_only_the_owning_model(guest, topology, model_logs):
+    classes, needs, bars, probe = _classes_and_needs(guest, topology)
+    before = probe.fresh_counters() if probe else None
     _drive_io(guest, classes)
-    needs = io_needs(topology, read_bars(guest, topology), classes)
+    if probe is not None:
+        bar0 = next(r.lo for r in bars[topology.of_class(PROBE_CLASS)[0].bdf] if r.kind == "memory")
+        wanted = _drive_probe(guest, probe.settings, bar0)
     traces, evidence = read_model_traces(guest.host, model_logs)
-    check_io_routing(needs, class_owners(guest.config.split, topology, needs), traces, evidence)
+    owners = class_owners(guest.config.split, topology, classes)
+    # The probe keeps no QEMU trace: its own counters are its evidence.
+    check_io_routing(needs, owners, traces, evidence,
+                     require_activity=[c for c in classes if c != PROBE_CLASS])
+    if probe is not None:
+        after = probe.fresh_counters()
+        evidence.update(probe.evidence(guest, guest.artifacts_dir))
+        check_probe_io(before, after, wanted, evidence)
 
 
 def test_server_ranges_match_devices_and_never_overlap(guest, topology, model_logs):
-    classes = guest.config.device_classes()
-    needs = io_needs(topology, read_bars(guest, topology), classes)
+    classes, needs, _, _ = _classes_and_needs(guest, topology)
     traces, evidence = read_model_traces(guest.host, model_logs)
     evidence["xl debug-keys q"] = save_evidence(guest.artifacts_dir / "ioroute", "rangesets.txt",
                                                 guest.xl.rangesets_text())
     servers = guest.xl.rangesets()[guest.domid]
     owners = class_owners(guest.config.split, topology, needs)
-    check_server_ranges(servers, server_ids_by_model(traces, evidence),
+    check_server_ranges(servers, server_ids_by_model(traces, evidence, companion_servers(guest)),
                         needs_by_model(needs, owners), evidence)

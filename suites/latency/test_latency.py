@@ -1,5 +1,6 @@
 """Per-server ioreq latency: timed reads of a port each server owns against
-the Xen-internal PIT (never leaves Xen), recorded with host, split and build,
+the Xen-internal PIT (never leaves Xen), the probe ioreq server side by side
+with QEMU when the split has it, recorded with host, split and build,
 and compared with the previous run of the same host and split."""
 from harness.attach import attach_latency
 from harness.checks.failure import fail
@@ -20,6 +21,9 @@ def test_per_server_latency_has_not_regressed(request, guest, xen_build, results
         owner = split.owner_of(dclass)
         if owner is not None and owner not in ports:
             ports[owner] = port
+    probe = guest.companion("probe")
+    if probe is not None:
+        ports[probe.name] = probe.settings.id_port  # its ID register: never all ones
     rows = measure_latency(guest, ports, count=request.config.getoption("--latency-samples"))
     plot = latency_distribution_png({f"{r.server} ({r.port})": r.samples for r in rows},
                                     guest.artifacts_dir / "latency" / "latency.png",

@@ -2,7 +2,7 @@
 emulate, each BDF is owned by the right ioreq server, and the Xen platform
 device answers from the expected model."""
 from harness.checks.pci import (check_pci_ownership, check_pci_views, check_platform_device,
-                                check_unowned_bdfs_read_ones, gather_pci_views,
+                                check_unowned_bdfs_read_ones, companion_servers, gather_pci_views,
                                 identify_platform_model, probe_unowned_bdfs, read_model_traces,
                                 server_ids_by_model)
 from harness.checks.failure import save_evidence
@@ -22,7 +22,7 @@ def test_bdfs_no_model_owns_read_all_ones(guest, topology):
 
 def test_each_bdf_is_in_its_models_pci_rangeset(guest, topology, model_logs):
     traces, evidence = read_model_traces(guest.host, model_logs)
-    server_models = server_ids_by_model(traces, evidence)
+    server_models = server_ids_by_model(traces, evidence, companion_servers(guest))
     dump = guest.xl.rangesets_text()
     evidence["xl debug-keys q"] = save_evidence(guest.artifacts_dir / "pci", "rangesets.txt", dump)
     servers = guest.xl.rangesets()[guest.domid]
@@ -33,6 +33,7 @@ def test_xen_platform_device_answers_from_the_expected_model(guest, topology, mo
     magic = parse_single(guest.run("xhprobe inw 0x10"), PortRead)
     traces, evidence = read_model_traces(guest.host, model_logs)
     servers = guest.xl.rangesets()[guest.domid]
-    record = identify_platform_model(magic, servers, server_ids_by_model(traces, evidence),
+    record = identify_platform_model(magic, servers,
+                                     server_ids_by_model(traces, evidence, companion_servers(guest)),
                                      None, None, evidence)
     check_platform_device(record, topology.platform_model, evidence)

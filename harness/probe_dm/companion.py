@@ -1,0 +1,128 @@
+"""The probe device model as a companion of a :class:`harness.guest.Guest`:
+started between ``xl create -p`` and unpause, started again for the
+restored domain after ``xl restore -p``, stopped before the guest is
+destroyed.  The guest drives it through the :class:`harness.guest.Companion`
+hooks, so the suites' save/restore and teardown need no probe code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from dataclasses import dataclass
+
+from harness.errors import XenhilError
+from harness.probe_dm.host import ProbeCounters, ProbeHandle, install, start_probe
+from harness.step import step
+
+log = logging.getLogger("xenhil.probe_dm.companion")
+
+#: The model name the probe has in topologies, rangeset owners and latency rows.
+PROBE_MODEL = "probe"
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What the probe claims (the catalog's ``probe:`` entry).  The defaults
+    stay clear of everything QEMU places in the suites' guest: ports below
+    hvmloader's PCI I/O window (0xc000-), a BDF after the NIC at 00:04.0, and
+    a 4 KiB BAR the firmware moves into its MMIO hole."""
+
+    ports: tuple[tuple[int, int], ...] = ((0x6100, 0x610F),)
+    mmio: tuple[int, int] = (0xF0000000, 0xF0000FFF)
+    bdf: str = "00:05.0"
+    vendor: int = 0x5853
+    device: int = 0xC0DE
+    class_code: int = 0xFF00      # what the probe's config space reports (emulation.py)
+
+    @property
+    def id_port(self) -> int:
+        """The first port: reads as the probe's ID register (0x58484C50)."""
+        return self.ports[0][0]
+
+    @property
+    def scratch_port(self) -> int:
+        """A scratch register: reads back what was written."""
+        return self.ports[0][0] + 8
+
+
+class ProbeCompanion:
+    """One probe serving one guest, across save/restore."""
+
+    name = PROBE_MODEL
+
+    def __init__(self, settings: ProbeSettings = ProbeSettings(), log_requests: bool = False):
+        self.settings = settings
+        self.log_requests = log_requests
+        self.handle: ProbeHandle | None = None
+
+    def attach(self, guest, domid: int) -> None:
+        s = self.settings
+        self.handle = start_probe(guest.host, domid, s.ports, s.mmio, s.bdf, vendor=s.vendor,
+                                  device=s.device, log=self.log_requests)
+
+    @step("note the probe saw its domain go")
+    def saved(self, guest) -> None:
+        """After ``xl save``: the probe exits by itself once the domain is gone."""
+        if self.handle is not None:
+            self.handle.wait_for_state(("domain-gone", "stopped", "crashed"), timeout=30)
+
+    def reattach(self, guest, domid: int) -> None:
+        if self.handle is None:
+            self.attach(guest, domid)
+        else:
+            self.handle = self.handle.reattach(domid)
+
+    def detach(self, guest) -> None:
+        if self.handle is not None:
+            self.handle.stop()
+
+    # -- what the checks read -------------------------------------------------
+    def counters(self) -> ProbeCounters:
+        """The counters, when the probe is serving (raises ProbeStale otherwise)."""
+        if self.handle is None:
+            raise RuntimeError("probe companion read before attach")
+        return self.handle.check_alive()
+
+    def fresh_counters(self) -> ProbeCounters:
+        """Counters rewritten on request (SIGUSR1): every request so far is in them."""
+        self.counters()
+        return self.handle.dump()
+
+    @property
+    def server_id(self) -> int | None:
+        last = self.handle.last if self.handle else None
+        return last.server_id if last else None
+
+    def evidence(self, guest, directory) -> dict[str, str]:
+        """The counters file and stderr tail, saved under ``directory``."""
+        if self.handle is None:
+            return {}
+        out: dict[str, str] = {}
+        try:
+            seen = self.handle.counters()
+            path = directory / "probe-counters.json"
+            path.write_text(json.dumps(seen.raw if seen else None, indent=1))
+            out["probe counters"] = str(path)
+            path = directory / "probe-stderr.txt"
+            path.write_text(self.handle.stderr_tail(200))
+            out["probe stderr"] = str(path)
+        except (XenhilError, OSError) as exc:
+            log.warning("probe evidence incomplete: %s", exc)
+        return out
+
+
+def probe_unavailable(host) -> str | None:
+    """None when dom0 can run the probe (python3 and the three Xen libraries);
+    else why not, in one line."""
+    try:
+        directory = install(host)
+    except XenhilError as exc:
+        return f"cannot install the probe in dom0: {exc}"
+    result = host.ssh.run(f"cd {shlex.quote(directory)} && python3 -c "
+                          + shlex.quote("from harness.probe_dm.xenlibs import XenLibs; XenLibs()"),
+                          timeout=60)
+    if result.exit_status != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        return lines[-1] if lines else f"python3 exited {result.exit_status}"
+    return None
