@@ -26,6 +26,9 @@ GUEST_DIR = "/var/lib/xenhil/guests"
 #: Silence (after the guest's first output) that counts as a stuck console
 #: relay while waiting for the shell; longer than any quiet stretch of a boot.
 CONSOLE_STALL_S = 150.0
+#: How long a shell may take to echo a typed command line before the
+#: console counts as stalled (a loaded emulated guest echoes within seconds).
+COMMAND_ECHO_S = 60.0
 
 
 class GuestState(enum.Enum):
@@ -152,16 +155,52 @@ class Guest:
                 self._close_console()
                 if time.monotonic() >= deadline or self.xl.domain(self.name) is None:
                     raise
-                if isinstance(exc, ConsoleStalled) and self.domid is not None:
-                    # The stuck relay holds xenconsole's per-domain lock.
-                    self.host.ssh.run(f"pkill -f '^[^ ]*xenconsole {int(self.domid)} ' || true",
-                                      timeout=30)
+                if isinstance(exc, ConsoleStalled):
+                    self._end_stuck_relay()
                 log.warning("console of %s %s while it booted; attaching again", self.name,
                             "stalled" if isinstance(exc, ConsoleStalled) else "closed")
 
+    def _reattach_console(self, why: str) -> None:
+        """Close the console, end a stuck `xl console` of this domain (it holds
+        xenconsole's per-domain lock) and attach again."""
+        log.warning("console of guest %s %s: attaching again", self.name, why)
+        self._close_console()
+        self._end_stuck_relay()
+        self.console.wait_for_shell(timeout=120, poll_interval=5.0)
+
+    def _end_stuck_relay(self) -> None:
+        """A stuck `xl console` holds xenconsole's per-domain lock: end it."""
+        if self.domid is not None:
+            self.host.ssh.run(f"pkill -f '^[^ ]*xenconsole {int(self.domid)} ' || true", timeout=30)
+
     def run(self, command: str, timeout: float = 120.0, check: bool = True) -> str:
-        """Run a shell command in the guest over its console; its output."""
-        status, output = self.console.run(command, timeout=timeout)
+        """Run a shell command in the guest over its console; its output.
+
+        The virtual lab's `xl console` relay sometimes stops passing output on
+        (the guest is fine: a fresh `xl console` gets its shell at once).  When
+        the typed line is not even echoed within COMMAND_ECHO_S, or the command
+        times out after CONSOLE_STALL_S of silence, the console is attached
+        again and the command run once more (it must be safe to repeat, as the
+        suites' reads and register writes are)."""
+        from harness.access.console import ConsoleClosed, ConsoleStalled
+        from harness.errors import ConsoleTimeout
+        try:
+            status, output = self.console.run(command, timeout=timeout,
+                                              start_timeout=COMMAND_ECHO_S)
+        except ConsoleClosed as exc:
+            # `xl console` ended (stuck relay killed, or the SSH connection
+            # under it was replaced) while the domain lives on: attach again.
+            if self.xl.domain(self.name) is None:
+                raise
+            self._reattach_console(f"{'stalled' if isinstance(exc, ConsoleStalled) else 'closed'} "
+                                   f"during `{command[:60]}`")
+            status, output = self.console.run(command, timeout=timeout)
+        except ConsoleTimeout:
+            silent = time.monotonic() - self.console.last_received
+            if silent < CONSOLE_STALL_S:
+                raise
+            self._reattach_console(f"silent for {silent:.0f}s during `{command[:60]}`")
+            status, output = self.console.run(command, timeout=timeout)
         if check and status != 0:
             raise InfrastructureError(
                 f"guest {self.name}: `{command}` exited {status}:\n{output[-2000:]}",

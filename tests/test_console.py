@@ -144,6 +144,14 @@ def test_silence_after_output_while_polling_is_a_stall(console_server_factory, t
         assert isinstance(ConsoleStalled("x"), ConsoleClosed)  # callers attach again
 
 
+def test_command_line_not_echoed_in_time_is_a_stall(console_server_factory, transcript):
+    server = console_server_factory(scripted(b"guest# ", ("await", rb"never\n")))
+    with tcp_console(server, transcript) as console:
+        console.expect("guest# ", timeout=5)
+        with pytest.raises(ConsoleStalled, match=r"did not echo command 'uname -a' within 1s"):
+            console.run("uname -a", timeout=30, start_timeout=1)
+
+
 def test_silence_before_any_output_is_not_a_stall(console_server_factory, transcript):
     # Firmware says nothing for a while; only the overall timeout applies.
     server = console_server_factory(scripted(("await", rb"never\n")))

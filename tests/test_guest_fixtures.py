@@ -52,3 +52,44 @@ def test_capability_skips_are_counted(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("-rs")
     result.stdout.fnmatch_lines(["*xenhil capability skips*",
                                  "2 test(s) skipped: split needs device_models"])
+
+
+# --- boot crashes: recognised from Xen's own log ------------------------------
+
+class _DomainListFake:
+    """Stands in for Toolstack.domain(): the state of a domain xl lists."""
+
+    def __init__(self, entry):
+        self.entry = entry
+
+    def domain(self, name):
+        return self.entry
+
+
+class _GuestFake:
+    def __init__(self, domid, entry=None):
+        self.name, self.domid, self.xl = "g1", domid, _DomainListFake(entry)
+
+
+def test_boot_crash_is_recognised_from_a_real_triple_fault_log(tmp_path):
+    from pathlib import Path
+
+    from fixtures.guest import crashed_during_boot
+    recorded = Path(__file__).parent / "data" / "recorded" / "xl_dmesg_guest_triple_fault_417_emulated.txt"
+    evidence = {"xl-dmesg.txt": str(recorded)}
+    assert crashed_during_boot(_GuestFake(1), evidence) == \
+        "Triple fault - invoking HVM shutdown action 1"
+    # Another domain's crash in the same log is not this guest's.
+    assert crashed_during_boot(_GuestFake(2), evidence) is None
+
+
+def test_boot_crash_is_recognised_from_the_crashed_state_and_not_from_a_timeout():
+    from fixtures.guest import crashed_during_boot
+    from harness.xen.parsers.xl_list import parse_xl_list
+    listing = ("Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
+               "Domain-0                                     0  1024     2     r-----     120.1\n"
+               "g1                                           3   256     1     ----c-       9.0\n")
+    crashed = parse_xl_list(listing)[1]
+    assert crashed_during_boot(_GuestFake(3, crashed), {}) == "domain 3 in state ----c- (crashed)"
+    running = parse_xl_list(listing.replace("----c-", "-b----"))[1]
+    assert crashed_during_boot(_GuestFake(3, running), {}) is None  # a slow boot: no retry

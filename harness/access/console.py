@@ -647,7 +647,8 @@ class Console:
         return f'"__XH_""{kind}{nonce}', f"__XH_{kind}{nonce}"
 
     @step("console {self.name}: run {cmd}")
-    def run(self, cmd: str, timeout: float = 60.0, *, check_fatal: bool = True) -> tuple[int, str]:
+    def run(self, cmd: str, timeout: float = 60.0, *, check_fatal: bool = True,
+            start_timeout: float | None = None) -> tuple[int, str]:
         """Run ``cmd`` in the console's shell; return (exit status, output).
 
         The output is what the command printed (CRLF turned into LF), with
@@ -657,6 +658,9 @@ class Console:
         itself (``command eval``): ``cd`` and variables persist, ``exit`` ends
         the shell, and a syntax error gives a non-zero status rather than a hang.
         ``cmd`` must not read the console's input (it would eat the sentinel).
+        ``start_timeout``: the shell echoes the typed line at once; when even
+        the start sentinel has not come back after this long, raise
+        ConsoleStalled (the relay is stuck, the command may not have run).
         """
         nonce = secrets.token_hex(6)
         start_shell, start_re = self._tag("S", nonce)
@@ -668,9 +672,17 @@ class Console:
                       f'echo {end_shell}_$?__"')
         deadline = time.monotonic() + timeout
         what = f"the end of command {cmd!r} (sentinel {end_re}_<status>__)"
-        self._expect([re.compile(re.escape(start_re) + r"__\r*\n")], timeout,
-                     f"the start of command {cmd!r} (sentinel {start_re}__)",
-                     check_fatal, True)
+        first_wait = timeout if start_timeout is None else min(timeout, start_timeout)
+        try:
+            self._expect([re.compile(re.escape(start_re) + r"__\r*\n")], first_wait,
+                         f"the start of command {cmd!r} (sentinel {start_re}__)",
+                         check_fatal, True)
+        except ConsoleTimeout as exc:
+            if first_wait >= timeout:
+                raise
+            raise ConsoleStalled(f"console {self.name}: the shell did not echo command {cmd!r} "
+                                 f"within {first_wait:g}s\n{str(exc).partition(chr(10))[2]}",
+                                 evidence=self._evidence()) from None
         m = self._expect([re.compile(re.escape(end_re) + r"_(\d+)__")],
                          max(deadline - time.monotonic(), 0), what, check_fatal, True)
         output = re.sub(r"\r+\n", "\n", m.string[:m.start()])

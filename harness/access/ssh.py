@@ -211,6 +211,8 @@ class SSHConnection:
         self.config = config
         self.name = name or f"{config.user}@{config.address}:{config.port}"
         self.connect_timeout = connect_timeout
+        # Opening a session makes the host's sshd fork: slow on a loaded host.
+        self.channel_timeout = max(30.0, 3 * connect_timeout)
         self.retries = retries
         self.retry_delay = retry_delay
         self.via = via
@@ -317,7 +319,7 @@ class SSHConnection:
             client.connect(self.config.address, port=self.config.port,
                            username=self.config.user, pkey=pkey, sock=sock,
                            timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
-                           auth_timeout=self.connect_timeout, channel_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout, channel_timeout=self.channel_timeout,
                            allow_agent=False, look_for_keys=False)
         except paramiko.BadHostKeyException as exc:
             client.close()
@@ -394,6 +396,14 @@ class SSHConnection:
             except paramiko.ChannelException:
                 raise  # the server answered and refused: not a connection problem
             except (paramiko.SSHException, EOFError, OSError) as exc:
+                if transport.is_active() and attempt == 1:
+                    # The connection is alive, the server was slow to open a
+                    # session (a loaded, emulated dom0 forks slowly).  Dropping
+                    # it would also kill the other channels on it (a guest's
+                    # `xl console`): try once more on the same connection.
+                    log.warning("%s: %s failed on a live connection (%s); retrying",
+                                self.where, what, exc)
+                    continue
                 self._drop(f"{what} failed: {exc}")
                 if attempt == 2:
                     raise ConnectionLost(f"{self.where}: {what} failed after reconnecting: "
@@ -456,7 +466,7 @@ class SSHConnection:
         line = f"{_RUN_TOKEN}={token}; export {_RUN_TOKEN}; {line}"
 
         def opener(transport: paramiko.Transport) -> paramiko.Channel:
-            chan = transport.open_session(timeout=self.connect_timeout)
+            chan = transport.open_session(timeout=self.channel_timeout)
             try:
                 chan.exec_command(line)
             except BaseException:
@@ -544,7 +554,7 @@ class SSHConnection:
         writes the channel (pexpect wraps it) and closes it."""
 
         def opener(transport: paramiko.Transport) -> paramiko.Channel:
-            chan = transport.open_session(timeout=self.connect_timeout)
+            chan = transport.open_session(timeout=self.channel_timeout)
             try:
                 chan.get_pty(term=term, width=width, height=height)
                 chan.exec_command(cmd)
