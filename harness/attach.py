@@ -58,6 +58,7 @@ class AllureScrubber:
     @_allure_hookimpl(tryfirst=True)
     def report_result(self, result) -> None:
         scrub_object(result)
+        _one_host_label(result)
 
     @_allure_hookimpl(tryfirst=True)
     def report_container(self, container) -> None:
@@ -83,6 +84,20 @@ class AllureScrubber:
             except OSError:
                 continue
             _write_scrubbed(path, data)
+
+
+def _one_host_label(result) -> None:
+    """allure-pytest labels every result with the runner's hostname as
+    "host"; when the test leased a lab host, that is the host a reviewer
+    means (and the Timeline groups by): drop the runner's."""
+    import socket
+    labels = getattr(result, "labels", None) or []
+    hosts = [label for label in labels if getattr(label, "name", None) == "host"]
+    if len(hosts) > 1:
+        runner = socket.gethostname()
+        for label in hosts:
+            if label.value == runner:
+                labels.remove(label)
 
 
 def _write_scrubbed(path: Path, data: bytes) -> None:
@@ -270,4 +285,37 @@ def attach_latency(csv_rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any
     if png_path is not None:
         saved.append(attach_file(png_path, f"{name}.png", "image/png", artifact_dir=artifact_dir))
     return [p for p in saved if p is not None]
+
+
+#: Largest part of one evidence file put into a report (its tail: the end of
+#: a log is where a failure shows); the whole file stays in the artifacts.
+EVIDENCE_TAIL_BYTES = 1 << 20
+
+
+def attach_evidence(evidence: dict[str, str], *, artifact_dir: Path | None = None) -> list[str]:
+    """Attach every evidence entry that is a local file (a failure's
+    ``evidence``: name -> path), scrubbed, text files cut to their last
+    EVIDENCE_TAIL_BYTES.  Entries that are folders or remote paths are left
+    to the failure message.  Returns the names attached."""
+    attached = []
+    for name, value in evidence.items():
+        path = Path(str(value))
+        try:
+            if not path.is_file():
+                continue
+            size = path.stat().st_size
+            kind = _kind_of(path, None)
+            if KINDS[kind][2] and size > EVIDENCE_TAIL_BYTES:
+                with path.open("rb") as f:
+                    f.seek(size - EVIDENCE_TAIL_BYTES)
+                    body = (f"[xenhil: last {EVIDENCE_TAIL_BYTES} of {size} bytes of {path}]\n"
+                            .encode() + f.read())
+                _attach_bytes(body, name, kind, artifact_dir)
+            else:
+                attach_file(path, name, kind, artifact_dir=artifact_dir)
+        except OSError as exc:
+            log.warning("evidence %s (%s) not attached: %s", name, path, exc)
+            continue
+        attached.append(name)
+    return attached
 

@@ -136,3 +136,63 @@ def test_xdist_workers_share_the_run_id(pytester: pytest.Pytester, tmp_path: Pat
     assert runs == ["run-gw0.json", "run-gw1.json"]
     for path in (artifacts / "R1").glob("run-*.json"):
         assert json.loads(path.read_text())["xenhil.run_id"] == "R1"
+
+
+EVIDENCE_RUN = """
+    import pytest
+    from harness.errors import InfrastructureError, ProductError
+
+    EVIDENCE = {}
+
+    @pytest.fixture
+    def guest_that_never_boots(tmp_path):
+        dmesg = tmp_path / "xl-dmesg.txt"
+        dmesg.write_text("(XEN) d1v0 Triple fault - invoking HVM shutdown action 1\\n")
+        raise InfrastructureError("guest g1 did not boot",
+                                  evidence={"xl dmesg": str(dmesg), "artifacts": str(tmp_path),
+                                            "save file": "vhost1:/var/lib/xenhil/g1.save"})
+
+    def test_boot_failure(guest_that_never_boots):
+        pass
+
+    def test_check_with_a_big_log(tmp_path):
+        log = tmp_path / "qemu-dm-g1.log"
+        log.write_text("early line\\n" + "x" * (3 << 20) + "\\nlast line: handle_ioreq type=8\\n")
+        raise ProductError("map-cache invalidate missing", evidence={"qemu-dm log": str(log)})
+"""
+
+
+def test_failure_evidence_becomes_attachments(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    alluredir = tmp_path / "allure"
+    pytester.makepyfile(test_evidence=EVIDENCE_RUN)
+    pytester.runpytest(f"--alluredir={alluredir}").assert_outcomes(errors=1, failed=1)
+    results = _results(alluredir)
+
+    def attachments(name):
+        return {a["name"]: (alluredir / a["source"]).read_text()
+                for a in results[name].get("attachments", [])}
+
+    boot = attachments("test_boot_failure")
+    # Files are attached; a folder and a path on the host stay in the message.
+    assert set(boot) - {"log", "stdout", "stderr"} == {"xl dmesg"}
+    assert "Triple fault" in boot["xl dmesg"]
+    big = attachments("test_check_with_a_big_log")["qemu-dm log"]
+    assert big.startswith("[xenhil: last 1048576 of ")  # the tail, where a failure shows
+    assert big.rstrip().endswith("last line: handle_ioreq type=8") and "early line" not in big
+    assert len(big) < (1 << 20) + 200
+
+
+def test_a_leased_host_replaces_the_runners_host_label(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    import socket
+    alluredir = tmp_path / "allure"
+    pytester.makepyfile("""
+        from fixtures.reporting import _label
+        def test_on_lab_host():
+            _label("host", "vhost9")      # what the host fixture does after its lease
+        def test_without_lab_host():
+            pass
+    """)
+    pytester.runpytest(f"--alluredir={alluredir}").assert_outcomes(passed=2)
+    results = _results(alluredir)
+    assert _labels(results["test_on_lab_host"], "host") == ["vhost9"]
+    assert _labels(results["test_without_lab_host"], "host") == [socket.gethostname()]
