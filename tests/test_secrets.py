@@ -244,3 +244,30 @@ def test_log_filter_scrubs_message_arguments_and_exception_text() -> None:
     text = logging.Formatter().format(record)
     assert secret not in text
     assert "using ***" in text and "ValueError: bad ***" in text
+
+
+def test_secret_scan_finds_an_inventorys_secrets_under_result_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_key: Path) -> None:
+    from harness.lab.inventory import load_inventory
+    from harness.results.secret_scan import inventory_secrets, scan
+
+    password = "ipmi-" + secrets.token_urlsafe(12)
+    monkeypatch.setenv(PASSWORD_VAR, password)
+    lab = tmp_path / "lab.yaml"
+    host_key = (private_key.with_suffix(".pub").read_text().split()[:2])
+    lab.write_text(INVENTORY + f"  - name: h2\n    address: 127.0.0.2\n"
+                               f"    ssh: {{key_file: {private_key}, host_key: \"{' '.join(host_key)}\"}}\n"
+                               f"    power: {{kind: none}}\n")
+    found = inventory_secrets(load_inventory(lab))
+    assert found[password] == "power password of h1"
+    key_line = [line for line in private_key.read_text().splitlines() if not line.startswith("---")][1]
+    assert found[key_line] == f"private key {private_key} of h2"
+
+    clean, dirty = tmp_path / "clean", tmp_path / "dirty"
+    (clean / "sub").mkdir(parents=True)
+    (clean / "sub" / "result.json").write_text('{"message": "password ***"}')
+    (dirty / "attach").mkdir(parents=True)
+    (dirty / "attach" / "log.txt").write_text(f"login with {password}\n{key_line}\n")
+    assert scan([clean], found) == []
+    leaks = sorted((leak.path.name, leak.what) for leak in scan([clean, dirty], found))
+    assert leaks == [("log.txt", "power password of h1"), ("log.txt", f"private key {private_key} of h2")]

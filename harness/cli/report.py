@@ -28,6 +28,26 @@ def _report(args: argparse.Namespace) -> int:
         store.close()
     print(summary)
     (Path(args.output) / "triage.txt").write_text(summary)
+    if args.scan_secrets:
+        return _scan_secrets(Path(args.scan_secrets), [results, Path(args.output)] + [
+            Path(p) for p in args.scan_also])
+    return 0
+
+
+def _scan_secrets(inventory_path: Path, folders: list[Path]) -> int:
+    from harness.lab.inventory import load_inventory
+    from harness.results.secret_scan import inventory_secrets, scan
+
+    secrets = inventory_secrets(load_inventory(inventory_path))
+    leaks = scan(folders, secrets)
+    shown = ", ".join(str(f) for f in folders)
+    if leaks:
+        for leak in leaks:
+            print(f"SECRET LEAK: {leak.path} holds the {leak.what}")
+        print(f"secret scan: {len(leaks)} leak(s) of {inventory_path}'s secrets under {shown}")
+        return 1
+    print(f"secret scan: none of {inventory_path}'s {len(secrets)} secret value(s) "
+          f"appears under {shown}")
     return 0
 
 
@@ -41,4 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--run", default=None, help="run id (default: from the results)")
     report.add_argument("--known-issues", default="known-issues.yaml" if Path("known-issues.yaml").exists() else None,
                         help="YAML list of {test, reason, link}: expected failures")
+    report.add_argument("--scan-secrets", metavar="INVENTORY", default=None,
+                        help="fail (exit 1) if a secret this inventory references appears in "
+                             "the results or the report")
+    report.add_argument("--scan-also", action="append", default=[], metavar="DIR",
+                        help="another folder to scan (e.g. the run's artifacts)")
     report.set_defaults(func=_report)
