@@ -177,11 +177,13 @@ class Guest:
         """Run a shell command in the guest over its console; its output.
 
         The virtual lab's `xl console` relay sometimes stops passing output on
-        (the guest is fine: a fresh `xl console` gets its shell at once).  When
-        the typed line is not even echoed within COMMAND_ECHO_S, or the command
-        times out after CONSOLE_STALL_S of silence, the console is attached
-        again and the command run once more (it must be safe to repeat, as the
-        suites' reads and register writes are)."""
+        or ends (the guest is fine: a fresh `xl console` gets its shell at
+        once).  When the typed line is not even echoed within COMMAND_ECHO_S,
+        or the console closes under it, the console is attached again and the
+        command run once more (it must be safe to repeat, as the suites' reads
+        and register writes are).  A command that times out after
+        CONSOLE_STALL_S of silence is not repeated (it may just be slow); the
+        console is re-attached for the next one."""
         from harness.access.console import ConsoleClosed, ConsoleStalled
         from harness.errors import ConsoleTimeout
         try:
@@ -196,11 +198,16 @@ class Guest:
                                    f"during `{command[:60]}`")
             status, output = self.console.run(command, timeout=timeout)
         except ConsoleTimeout:
+            # The command had its whole budget: a silent console gets attached
+            # again for the next command, but this one is not repeated (a
+            # long, quiet command may simply be slow).
             silent = time.monotonic() - self.console.last_received
-            if silent < CONSOLE_STALL_S:
-                raise
-            self._reattach_console(f"silent for {silent:.0f}s during `{command[:60]}`")
-            status, output = self.console.run(command, timeout=timeout)
+            if silent >= CONSOLE_STALL_S:
+                try:
+                    self._reattach_console(f"silent for {silent:.0f}s during `{command[:60]}`")
+                except XenhilError as exc:
+                    log.warning("re-attaching the console of %s failed: %s", self.name, exc)
+            raise
         if check and status != 0:
             raise InfrastructureError(
                 f"guest {self.name}: `{command}` exited {status}:\n{output[-2000:]}",

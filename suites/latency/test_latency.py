@@ -5,6 +5,7 @@ and compared with the previous run of the same host and split."""
 from harness.attach import attach_latency
 from harness.checks.failure import fail
 from harness.checks.latency import measure_latency, record_rows
+from harness.lab.virtual.quirks import latency_samples
 from harness.results.latency import latency_regressions
 from harness.results.plots import latency_distribution_png
 
@@ -12,6 +13,7 @@ from harness.results.plots import latency_distribution_png
 # status port belongs to the model with `ui`, the first IDE status port to
 # the model with `ide`.
 PORT_OF_CLASS = {"ui": 0x64, "ide": 0x1f7, "serial": 0x3fd}
+DEFAULT_SAMPLES = 100_000
 
 
 def test_per_server_latency_has_not_regressed(request, guest, xen_build, results_store):
@@ -24,7 +26,9 @@ def test_per_server_latency_has_not_regressed(request, guest, xen_build, results
     probe = guest.companion("probe")
     if probe is not None:
         ports[probe.name] = probe.settings.id_port  # its ID register: never all ones
-    rows = measure_latency(guest, ports, count=request.config.getoption("--latency-samples"))
+    count = request.config.getoption("--latency-samples") or latency_samples(
+        guest.host.spec.capabilities, DEFAULT_SAMPLES)
+    rows = measure_latency(guest, ports, count=count)
     plot = latency_distribution_png({f"{r.server} ({r.port})": r.samples for r in rows},
                                     guest.artifacts_dir / "latency" / "latency.png",
                                     f"ioreq latency, split={split.id} on {guest.host.name}")
