@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def vlab():
         timings["up_to_dom0_ssh_s"] = time.monotonic() - t0
         from harness.lab.inventory import load_inventory
         yield {"host": hosts[0], "spec": load_inventory(inventory).host("vhost1"),
-               "state": state, "timings": timings}
+               "state": state, "timings": timings, "keys": image.keys}
     finally:
         launcher.down(state, progress=print)
         print("virtual lab timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
@@ -299,6 +300,27 @@ def test_virtual_host_end_to_end(vlab):
         _record("guest_lspci_n_417_emulated.txt", lspci_n.strip() + "\n")
         _record("guest_lspci_nn_417_emulated.txt", guest.run("lspci -nn", timeout=120).strip() + "\n")
 
+        # SSH into the guest through dom0 (direct-tcpip inside the host's
+        # connection), pinning the host key baked into the guest kit.
+        from harness.errors import HostKeyMismatch
+        from harness.lab.model import SSHConfig
+        keys = vlab["keys"]
+        pin = " ".join(keys.public(keys.guest_host_key).split()[:2])
+        guest_ssh = guest.ssh(SSHConfig(address=guestkit.GUEST_ADDRESS, user="root",
+                                        key_file=keys.guest_key, host_key=pin))
+        try:
+            seen = guest_ssh.run("hostname; test -e /run/xenhil-ready && lspci -n | wc -l",
+                                 check=True, timeout=120).stdout.split()
+            assert seen[0] == "xenhil-guest"
+            assert int(seen[1]) == len(bdfs), "SSH and the console see the same guest"
+        finally:
+            guest_ssh.close()
+        impostor = guest.ssh(SSHConfig(address=guestkit.GUEST_ADDRESS, user="root",
+                                       key_file=keys.guest_key, host_key=keys.host_key_pin()))
+        with pytest.raises(HostKeyMismatch):  # another key pinned: refused, never accepted
+            impostor.run("true", timeout=60)
+        impostor.close()
+
         dmesg = guest.xl.rangesets_text()     # xl debug-keys q; xl dmesg
         assert re.search(r"ioreq_server \d+ pci \{", dmesg), dmesg[-2000:]
         _record("xl_dmesg_q_417_emulated.txt", dmesg)
@@ -332,3 +354,18 @@ def test_virtual_host_end_to_end(vlab):
     alive = [p for p in pids if Path(f"/proc/{p}").exists()
              and Path(f"/proc/{p}/stat").read_text().split(") ")[1][0] != "Z"]
     assert not alive, f"processes left after down: {alive}"
+
+
+def test_guest_host_key_converts_to_dropbears_format(tmp_path):
+    keys = builder.ensure_keys(tmp_path / "keys")
+    data, pin = guestkit.dropbear_ed25519_key(keys.guest_host_key)
+    assert pin.split()[:2] == keys.public(keys.guest_host_key).split()[:2]
+    # string "ssh-ed25519", then string seed||public: 4+11 + 4+64 bytes.
+    assert data[:15] == b"\x00\x00\x00\x0bssh-ed25519" and len(data) == 15 + 4 + 64
+    assert data[-32:] == __import__("base64").b64decode(pin.split()[1])[-32:]
+    dropbearkey = shutil.which("dropbearkey")
+    if dropbearkey:  # dropbear's own tool reads it back to the same public key
+        (tmp_path / "db").write_bytes(data)
+        out = subprocess.run([dropbearkey, "-y", "-f", str(tmp_path / "db")], capture_output=True,
+                             text=True, check=True).stdout
+        assert " ".join(pin.split()[:2]) in out

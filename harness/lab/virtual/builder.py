@@ -145,6 +145,12 @@ class LabKeys:
     def guest_key(self) -> Path:
         return self.directory / "guest_ed25519"
 
+    @property
+    def guest_host_key(self) -> Path:
+        """The test guest's own SSH host key (dropbear), baked into the guest
+        kit so that SSH into a guest pins it instead of trusting the first one."""
+        return self.directory / "guest_host_ed25519"
+
     def public(self, key: Path) -> str:
         return Path(f"{key}.pub").read_text().strip()
 
@@ -162,7 +168,7 @@ def ensure_keys(directory: Path) -> LabKeys:
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     for path, comment in ((keys.client_key, "xenhil-lab"), (keys.host_key, "xenhil-vhost"),
-                          (keys.guest_key, "xenhil-dom0")):
+                          (keys.guest_key, "xenhil-dom0"), (keys.guest_host_key, "xenhil-guest")):
         if path.exists() and Path(f"{path}.pub").exists():
             continue
         private = Ed25519PrivateKey.generate()
@@ -229,7 +235,7 @@ def image_hash(rootfs_id: str, recipe: Path, keys: LabKeys, kit_hash: str) -> st
     # What the GRUB entry says comes from quirks.py: hash the rendered text.
     h.update(render_grub_cfg((dom0 / "grub.cfg.in").read_text(), "K", "X").encode())
     h.update(" ".join(CORE_MODULES).encode())
-    for key in (keys.client_key, keys.host_key, keys.guest_key):
+    for key in (keys.client_key, keys.host_key, keys.guest_key, keys.guest_host_key):
         h.update(keys.public(key).encode())
     return h.hexdigest()[:16]
 
@@ -348,7 +354,7 @@ def build_image(recipe: Path, rootfs: Path, keys: LabKeys, cache: Path, progress
                 force: bool = False) -> BuiltImage:
     root_src = rootfs / "root"
     kit = guestkit.build_guest_kit(root_src, recipe, cache, keys.public(keys.guest_key),
-                                   rootfs.name, progress)
+                                   rootfs.name, progress, guest_host_key=keys.guest_host_key)
     key = image_hash(rootfs.name, recipe, keys, kit.kit_hash)
     target = cache / "images" / key
     version = guestkit.kernel_version(root_src)
@@ -376,7 +382,7 @@ def build_image(recipe: Path, rootfs: Path, keys: LabKeys, cache: Path, progress
     shutil.copyfile(f"{keys.host_key}.pub", root / "etc/ssh/ssh_host_ed25519_key.pub")
     kit_dir = root / guestkit.GUEST_KIT_DIR.lstrip("/")
     kit_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("vmlinuz", "initrd.img", "guest.cfg.in", "manifest.json"):
+    for name in ("vmlinuz", "initrd.img", "guest.cfg.in", "manifest.json", "guest_host_key.pub"):
         shutil.copyfile(kit.directory / name, kit_dir / name)
 
     # Configure inside the tree: private mount namespace, so /proc etc.

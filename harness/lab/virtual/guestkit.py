@@ -41,7 +41,11 @@ READY_MARKER = "XENHIL-GUEST-READY"
 READY_CONDITION = "test -e /run/xenhil-ready"
 GUEST_PROMPT = "guest# "
 
-KIT_VERSION = "1"  # bump when the kit's layout changes (part of the hash)
+KIT_VERSION = "2"  # bump when the kit's layout changes (part of the hash)
+# Where the guest's init puts eth0 when no DHCP server answers on xenbr0
+# (lab/virtual/guest/init); dom0 reaches it over the bridge.
+GUEST_ADDRESS = "192.168.100.10"
+DROPBEAR_HOST_KEY = "etc/dropbear/dropbear_ed25519_host_key"
 MULTIARCH = "x86_64-linux-gnu"
 
 # (path in the dom0 tree, path in the guest)
@@ -222,18 +226,45 @@ def kernel_version(root: Path) -> str:
     return versions[-1]
 
 
-def kit_inputs(recipe_dir: Path, guest_pubkey: str) -> dict[str, bytes]:
+def dropbear_ed25519_key(openssh_private_key: Path) -> tuple[bytes, str]:
+    """An OpenSSH ed25519 private key file as dropbear's key file (string
+    "ssh-ed25519", string seed||public, each with a big-endian u32 length),
+    and its "ssh-ed25519 AAAA..." public line for pinning."""
+    import struct
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = serialization.load_ssh_private_key(openssh_private_key.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise GuestKitError(f"{openssh_private_key} is not an ed25519 key",
+                            help="delete it: the builder makes a new one")
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
+    public = key.public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def string(data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + data
+
+    pin = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return string(b"ssh-ed25519") + string(seed + raw), pin.decode()
+
+
+def kit_inputs(recipe_dir: Path, guest_pubkey: str, guest_host_pin: str = "") -> dict[str, bytes]:
     """Everything the kit is made of besides the dom0 tree (for the hash)."""
     guest_dir = recipe_dir / "guest"
     inputs = {f"guest/{p.name}": p.read_bytes() for p in sorted(guest_dir.iterdir()) if p.is_file()}
     inputs["authorized_key"] = guest_pubkey.encode()
+    inputs["guest_host_key"] = guest_host_pin.encode()
     inputs["kit_version"] = KIT_VERSION.encode()
     inputs["modules"] = "\n".join(GUEST_MODULES).encode()
     inputs["xhprobe.c"] = xhprobe_source().read_bytes()
     return inputs
 
 
-def build_initramfs(root: Path, recipe_dir: Path, guest_pubkey: str) -> bytes:
+def build_initramfs(root: Path, recipe_dir: Path, guest_pubkey: str,
+                    dropbear_host_key: bytes | None = None) -> bytes:
     version = kernel_version(root)
     guest_dir = recipe_dir / "guest"
     archive = NewcArchive()
@@ -251,6 +282,8 @@ def build_initramfs(root: Path, recipe_dir: Path, guest_pubkey: str) -> bytes:
     archive.file("etc/group", b"root:x:0:\n")
     archive.file("etc/shells", b"/bin/sh\n")
     archive.file("root/.ssh/authorized_keys", guest_pubkey.strip().encode() + b"\n", 0o600)
+    if dropbear_host_key is not None:
+        archive.file(DROPBEAR_HOST_KEY, dropbear_host_key, 0o600)
     for src, dst in GUEST_BINARIES:
         archive.file(dst, resolve_in_root(root, src).read_bytes(), 0o755)
     for src, dst in GUEST_DATA:
@@ -294,12 +327,16 @@ def module_load_order(modules_dir: Path, wanted: Iterable[str]) -> list[str]:
 
 
 def build_guest_kit(root: Path, recipe_dir: Path, cache_dir: Path, guest_pubkey: str,
-                    tree_id: str, progress: Callable[[str], None] = lambda _m: None) -> GuestKit:
+                    tree_id: str, progress: Callable[[str], None] = lambda _m: None, *,
+                    guest_host_key: Path | None = None) -> GuestKit:
     """Build (or reuse from ``cache_dir``) the kit for the dom0 tree ``root``.
 
-    ``tree_id`` identifies the tree's content (the debootstrap stage hash)."""
+    ``tree_id`` identifies the tree's content (the debootstrap stage hash).
+    ``guest_host_key``: the guests' SSH host key (OpenSSH ed25519 file);
+    its public line lands in the kit as guest_host_key.pub, for pinning."""
+    dropbear_key, pin = dropbear_ed25519_key(guest_host_key) if guest_host_key else (None, "")
     h = hashlib.sha256(tree_id.encode())
-    for name, data in sorted(kit_inputs(recipe_dir, guest_pubkey).items()):
+    for name, data in sorted(kit_inputs(recipe_dir, guest_pubkey, pin).items()):
         h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     kit_hash = h.hexdigest()[:16]
     target = cache_dir / "guestkit" / kit_hash
@@ -311,7 +348,8 @@ def build_guest_kit(root: Path, recipe_dir: Path, cache_dir: Path, guest_pubkey:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "initrd.img").write_bytes(build_initramfs(root, recipe_dir, guest_pubkey))
+    (tmp / "initrd.img").write_bytes(build_initramfs(root, recipe_dir, guest_pubkey, dropbear_key))
+    (tmp / "guest_host_key.pub").write_text(pin + "\n" if pin else "")
     shutil.copyfile(root / "boot" / f"vmlinuz-{version}", tmp / "vmlinuz")
     shutil.copyfile(recipe_dir / "guest" / "guest.cfg.in", tmp / "guest.cfg.in")
     (tmp / "manifest.json").write_text(json.dumps({"hash": kit_hash, "kernel": version}, indent=1))
