@@ -79,3 +79,20 @@ def test_summary_from_the_real_probe_without_raw_samples(tmp_path):
     assert rows[1].summary["n"] == 50 and rows[1].samples == []
     assert rows[1].summary["p50_ns"] == pytest.approx(t.p50_cycles * 1e9 / t.tsc_hz)
     assert rows[1].cost_ns == 0.0
+
+
+def test_raw_samples_are_thinned_to_what_a_serial_console_carries(tmp_path):
+    from harness.checks.latency import CONSOLE_SAMPLES
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed: cannot build xhprobe")
+    try:
+        probe = build_xhprobe(tmp_path / "xhprobe")
+    except ConfigError as exc:
+        pytest.skip(f"xhprobe cannot be built here: {exc}")
+    cmd = time_in_command(0x40, 5000, probe=str(probe))
+    out = subprocess.run(["sh", "-c", cmd.replace(" time-in", " --dry-run time-in")], check=True,
+                         capture_output=True, text=True).stdout
+    samples = [line for line in out.splitlines() if '"op":"sample"' in line]
+    assert len(samples) == CONSOLE_SAMPLES
+    t = parse_single(out, TimeIn)
+    assert t.n == 5000 and len(t.samples) == CONSOLE_SAMPLES  # the summary still covers all 5000
