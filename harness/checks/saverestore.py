@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Sequence
 from harness.checks.failure import (CheckFailed, Evidence, Mismatch, fail, fail_if, quote,
                                     save_evidence)
 from harness.checks.mapcache import DataPattern, check_pattern_intact
+from harness.xen.parsers.errors import UnexpectedOutput
 from harness.checks.pci import companion_servers, server_ids_by_model
 from harness.errors import ProductError, TestBugError
 from harness.step import step
@@ -279,8 +280,8 @@ def save_restore_cycle(guest, *, model_logs: Mapping[str, str] | None = None,
     started = time.monotonic()
     try:
         guest.save(timeout=save_timeout)
-    except CheckFailed:
-        raise
+    except (CheckFailed, UnexpectedOutput):
+        raise   # an unreadable `xl list` is its own failure, with the line it choked on
     except ProductError as exc:     # Guest.save's own "still listed" check
         raise CheckFailed("domain gone after xl save", expected=f"{guest.name} absent from `xl list`",
                           seen=str(exc).splitlines()[0], evidence=evidence) from exc
