@@ -16,8 +16,9 @@ PORT_OF_CLASS = {"ui": 0x64, "ide": 0x1f7, "serial": 0x3fd}
 DEFAULT_SAMPLES = 100_000
 
 
-def test_per_server_latency_has_not_regressed(request, guest, xen_build, results_store):
+def test_per_server_latency_has_not_regressed(request, guest, catalog_split, xen_build, results_store):
     split = guest.config.split
+    split_id = catalog_split.id  # "single+probe", not the device_models split "single"
     ports = {}
     for dclass, port in PORT_OF_CLASS.items():
         owner = split.owner_of(dclass)
@@ -31,12 +32,12 @@ def test_per_server_latency_has_not_regressed(request, guest, xen_build, results
     rows = measure_latency(guest, ports, count=count)
     plot = latency_distribution_png({f"{r.server} ({r.port})": r.samples for r in rows},
                                     guest.artifacts_dir / "latency" / "latency.png",
-                                    f"ioreq latency, split={split.id} on {guest.host.name}")
+                                    f"ioreq latency, split={split_id} on {guest.host.name}")
     attach_latency([r.to_dict() for r in rows], plot)
     store, run_id = results_store
-    record_rows(store, run_id, guest.host.name, split.id, xen_build.label, rows)
+    record_rows(store, run_id, guest.host.name, split_id, xen_build.label, rows)
     regressions = [r for r in latency_regressions(store, run_id)
-                   if f"{guest.host.name} split={split.id} " in r]
+                   if f"{guest.host.name} split={split_id} " in r]
     if regressions:
         fail("ioreq latency against the previous run", expected="no latency regression",
              seen="; ".join(regressions), evidence={"latency rows": str(guest.artifacts_dir / "latency")})
