@@ -154,9 +154,12 @@ def test_sigkilled_holder_keeps_host_until_ttl_then_loses_it(db, children):
     pool.release(lease)
 
 
-def test_sigterm_releases_at_once_with_release_all_on_exit(db, children):
+@pytest.mark.parametrize("mode", ["sigterm", "heartbeat"])
+def test_sigterm_releases_at_once_with_release_all_on_exit(db, children, mode):
+    """Also with a heartbeat thread running, which must leave the signal to
+    the main thread (sleeping in a long blocking call here)."""
     report = CTX.Queue()
-    child = start(children, hold_until_killed, db, ["solo"], 600.0, "polite", report, "sigterm")
+    child = start(children, hold_until_killed, db, ["solo"], 600.0, "polite", report, mode)
     lease = report.get(timeout=60)
     os.kill(child.pid, signal.SIGTERM)
     child.join(30)

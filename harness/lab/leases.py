@@ -741,6 +741,12 @@ class Heartbeat:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        # A SIGTERM sent to the process must land on the main thread: Python
+        # runs signal handlers only there, and a signal the kernel hands to
+        # this thread leaves the main thread's blocking call (a sleep, a read)
+        # unaware of it until that call returns, so release_all_on_exit would
+        # release nothing for as long.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         while not self._stopped.wait(self.interval):
             try:
                 self.lease = self.pool.renew(self.lease)
@@ -800,7 +806,10 @@ def release_all_on_exit() -> None:
     die of SIGTERM as before, or call the previous handler).  Ctrl-C unwinds
     through ``finally`` blocks and reaches the atexit hook.  SIGKILL cannot be
     caught: such a holder loses its hosts when their TTL passes.  Idempotent;
-    the signal handler is installed only from the main thread."""
+    the signal handler is installed only from the main thread.  Like any
+    Python handler it runs when the main thread next executes bytecode, so a
+    blocking call without a timeout delays it: the harness waits in bounded
+    steps."""
     global _exit_hooks_installed
     if _exit_hooks_installed:
         return

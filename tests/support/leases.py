@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from harness.lab.leases import Holder, Pool, open_store, release_all_on_exit
+from harness.lab.leases import Heartbeat, Holder, Pool, open_store, release_all_on_exit
 from harness.lab.model import HostSpec, Inventory, PowerConfig, SSHConfig
 
 # name -> (tags, capabilities)
@@ -71,16 +71,23 @@ def stress_worker(db: str, hosts: list[str], index: int, iterations: int, short_
 def hold_until_killed(db: str, hosts: list[str], ttl: float, run_id: str, report, mode: str) -> None:
     """Claim a host, report the lease, then (by ``mode``):
     "sleep": sleep until killed; "sigterm": install release_all_on_exit and
-    sleep until SIGTERM; "exit": return without releasing (atexit releases)."""
+    sleep until SIGTERM; "heartbeat": the same with the lease's heartbeat
+    thread running; "exit": return without releasing (atexit releases)."""
     if mode in ("sigterm", "exit"):
         release_all_on_exit()
     pool = make_pool(db, hosts, ttl=ttl)
     lease = pool.claim(Holder.current(run_id=run_id), timeout=30)
+    if mode == "heartbeat":
+        release_all_on_exit()
+        Heartbeat(pool, lease, interval=3600).start()
     report.put(lease)
     if mode == "exit":
         return
+    # Short sleeps, like the harness's own waits: CPython runs a signal
+    # handler only between bytecodes, so a SIGTERM arriving just before a
+    # one-hour sleep began would wait for its end (seen under load in CI).
     while True:
-        time.sleep(3600)
+        time.sleep(0.2)
 
 
 def queued_waiter(db: str, hosts: list[str], name: str, host: str | None, report, release_event,
