@@ -19,6 +19,7 @@ from harness.errors import InfrastructureError, ProductError, XenhilError
 from harness.step import step
 from harness.xen import evidence
 from harness.xen.toolstack import Toolstack
+from harness.xen.dom0_crashes import dom0_uptime
 
 log = logging.getLogger("xenhil.guest")
 
@@ -74,6 +75,7 @@ class Guest:
         self.artifacts_dir = Path(artifacts_dir)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         self.xl = Toolstack(host.ssh, host.name)
+        self.dom0_uptime_at_create: float | None = None
         self.state = GuestState.DEFINED
         self.domid: int | None = None
         self.broken_reason: str | None = None
@@ -115,6 +117,9 @@ class Guest:
         self.host.ssh.put_bytes(text, self.cfg_path)
         (self.artifacts_dir / f"{self.name}.cfg").write_text(text)
         hold = paused or bool(self.companions)
+        # dom0's clock when this guest's life began: crashes of dom0 processes
+        # after it are read back when a check fails (harness.xen.dom0_crashes).
+        self.dom0_uptime_at_create = dom0_uptime(self.host.ssh)
         self.xl.xl("create", *(["-p"] if hold else []), self.cfg_path, timeout=300)
         self.state = GuestState.PAUSED if hold else GuestState.RUNNING
         domid = self._refresh_domid()

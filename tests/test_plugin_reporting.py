@@ -110,6 +110,63 @@ def test_failures_land_in_their_class(pytester: pytest.Pytester, tmp_path: Path)
     assert "xenhil.run_id=" in env
 
 
+EMULATED_CRASH = """
+    import pytest
+    from pathlib import Path
+    from types import SimpleNamespace
+    from harness.errors import ProductError
+    from harness.guest import Guest
+
+    DMESG = Path(%r).read_text()
+
+    class RecordedSSH:
+        def run(self, command, timeout=None, check=False):
+            return SimpleNamespace(stdout=DMESG, stderr="", exit_status=0)
+
+    def a_guest(emulated):
+        guest = Guest.__new__(Guest)   # no host to boot it on: only what the hook reads
+        guest.host = SimpleNamespace(name="vhost1", ssh=RecordedSSH(),
+                                     spec=SimpleNamespace(capabilities={"emulated": emulated}))
+        guest.dom0_uptime_at_create = 3000.0
+        return guest
+
+    @pytest.fixture(params=[True, False], ids=["emulated", "real"])
+    def guest(request):
+        return a_guest(request.param)
+
+    def test_check(guest):
+        raise ProductError("1 QEMU process for split single, seen 0")
+"""
+
+
+def test_product_failures_on_an_emulated_host_whose_dom0_crashed_are_infrastructure(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """The virtual lab's dom0 crashes (harness.xen.dom0_crashes) file a failed
+    check as infrastructure there, naming the crashes; on real hardware the
+    same failure stays a product failure."""
+    recorded = Path(__file__).parent / "data" / "recorded" / "dom0_dmesg_xl_awk_crashes_417_emulated.txt"
+    alluredir = tmp_path / "allure"
+    pytester.makepyfile(test_emulated=EMULATED_CRASH % str(recorded))
+    result = pytester.runpytest(f"--alluredir={alluredir}")
+    result.assert_outcomes(failed=2)
+    by_params = {r["parameters"][0]["value"].strip("'"): r for r in _results_all(alluredir)}
+    emulated, real = by_params["True"], by_params["False"]
+    assert _labels(emulated, "failure_class") == ["infrastructure"]
+    message = emulated["statusDetails"]["message"]
+    assert "dom0 processes crashed while this guest ran on emulated host vhost1" in message
+    assert "xl[3619] segfault at 8" in message
+    assert _labels(real, "failure_class") == ["product"]
+    assert "dom0 processes crashed" not in real["statusDetails"]["message"]
+    import re
+    from harness.results.categories import CATEGORIES
+    first = next(c["name"] for c in CATEGORIES if re.fullmatch(c["messageRegex"], message))
+    assert first.startswith("Infrastructure")
+
+
+def _results_all(alluredir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in alluredir.glob("*-result.json")]
+
+
 def test_category_patterns_match_only_their_class() -> None:
     import re
     from harness.results.categories import CATEGORIES

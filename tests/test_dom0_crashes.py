@@ -1,0 +1,80 @@
+"""dom0 process crashes (harness.xen.dom0_crashes) over dom0 kernel logs
+recorded on the virtual lab, and the reclassification they drive."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from harness.xen.dom0_crashes import (Dom0Crash, emulation_note, guest_emulation_crashes,
+                                      parse_crashes)
+
+RECORDED = Path(__file__).parent / "data" / "recorded"
+
+
+def test_a_device_model_segfault_is_found_with_its_time_and_pid():
+    crashes = parse_crashes((RECORDED / "dom0_dmesg_qemu_segfault_417_emulated.txt").read_text())
+    assert [(c.process, c.pid, c.what, c.uptime) for c in crashes] == [
+        ("xen-qemu-system", 633, "segfault at 0", 300.363933)]
+    assert crashes[0].line.startswith("[  300.363933] xen-qemu-system[633]: segfault at 0 ip")
+
+
+def test_segfaults_and_general_protection_faults_of_every_process_are_found():
+    crashes = parse_crashes((RECORDED / "dom0_dmesg_xl_awk_crashes_417_emulated.txt").read_text())
+    assert [(c.process, c.pid, c.what) for c in crashes] == [
+        ("(udev-worker)", 554, "segfault at 18"),
+        ("systemd-tmpfile", 1389, "general protection fault"),
+        ("xl", 3619, "segfault at 8"),
+        ("awk", 3623, "general protection fault"),
+        ("xl", 3867, "segfault at 7fef88166328"),
+    ]
+
+
+def test_ordinary_kernel_lines_are_not_crashes():
+    text = ("[   12.000001] xenbr0: port 4(vif2.0-emu) entered blocking state\n"
+            "[   13.5] audit: type=1400 audit(0.0:2): apparmor=\"STATUS\" name=\"x[1]\"\n"
+            "[   14.25] systemd[1]: Started session-1.scope.\n")
+    assert parse_crashes(text) == []
+
+
+class RecordingSSH:
+    """Answers `cat /proc/uptime` and `dmesg` from recorded text."""
+
+    def __init__(self, dmesg: str):
+        self.dmesg, self.commands = dmesg, []
+
+    def run(self, command, timeout=None, check=False):
+        self.commands.append(command)
+        out = "4000.00 3000.00\n" if command == ["cat", "/proc/uptime"] else self.dmesg
+        return SimpleNamespace(stdout=out, stderr="", exit_status=0)
+
+
+def fake_guest(emulated, since):
+    dmesg = (RECORDED / "dom0_dmesg_xl_awk_crashes_417_emulated.txt").read_text()
+    host = SimpleNamespace(name="vhost1", ssh=RecordingSSH(dmesg),
+                           spec=SimpleNamespace(capabilities={"emulated": emulated}))
+    return SimpleNamespace(host=host, dom0_uptime_at_create=since)
+
+
+def test_only_crashes_since_the_guest_was_created_count_on_an_emulated_host():
+    guest = fake_guest(True, 3000.0)
+    assert [str(c) for c in guest_emulation_crashes(guest)] == [
+        "xl[3619] segfault at 8 at 3254 s", "awk[3623] general protection fault at 3256 s",
+        "xl[3867] segfault at 7fef88166328 at 3313 s"]
+
+
+def test_real_hardware_never_reclassifies():
+    guest = fake_guest(False, 0.0)
+    assert guest_emulation_crashes(guest) == []
+    assert guest.host.ssh.commands == [], "no dmesg is read on a real host"
+
+
+def test_a_guest_never_created_has_no_window():
+    assert guest_emulation_crashes(fake_guest(True, None)) == []
+
+
+def test_the_note_names_the_class_the_host_and_at_most_three_crashes():
+    crashes = [Dom0Crash(float(i), "xl", 100 + i, "segfault at 8", "") for i in range(5)]
+    note = emulation_note("vhost1", crashes)
+    assert note.startswith("[infrastructure] dom0 processes crashed")
+    assert "vhost1" in note and "xl[100]" in note and "xl[102]" in note and "xl[103]" not in note
+    assert "2 more" in note and "real hardware this stays a product failure" in note
