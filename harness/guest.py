@@ -18,8 +18,8 @@ from typing import Protocol, Sequence
 from harness.errors import InfrastructureError, ProductError, XenhilError
 from harness.step import step
 from harness.xen import evidence
-from harness.xen.toolstack import Toolstack
 from harness.xen.dom0_crashes import dom0_uptime
+from harness.xen.toolstack import Toolstack
 
 log = logging.getLogger("xenhil.guest")
 
@@ -158,12 +158,19 @@ class Guest:
                 # shell, the attached xl console passed nothing on; a fresh one
                 # did).  The guest itself is fine if xl still lists it: attach again.
                 self._close_console()
-                if time.monotonic() >= deadline or self.xl.domain(self.name) is None:
+                if time.monotonic() >= deadline or not self._domain_lives():
                     raise
                 if isinstance(exc, ConsoleStalled):
                     self._end_stuck_relay()
                 log.warning("console of %s %s while it booted; attaching again", self.name,
                             "stalled" if isinstance(exc, ConsoleStalled) else "closed")
+
+    def _domain_lives(self) -> bool:
+        """Listed by xl and not shut down (a triple fault shuts the domain
+        down for a reboot, which the suites' guests preserve): only then is a
+        lost console worth attaching again."""
+        entry = self.xl.domain(self.name)
+        return entry is not None and "shutdown" not in entry.flags
 
     def _reattach_console(self, why: str) -> None:
         """Close the console, end a stuck `xl console` of this domain (it holds
@@ -197,7 +204,7 @@ class Guest:
         except ConsoleClosed as exc:
             # `xl console` ended (stuck relay killed, or the SSH connection
             # under it was replaced) while the domain lives on: attach again.
-            if self.xl.domain(self.name) is None:
+            if not self._domain_lives():
                 raise
             self._reattach_console(f"{'stalled' if isinstance(exc, ConsoleStalled) else 'closed'} "
                                    f"during `{command[:60]}`")

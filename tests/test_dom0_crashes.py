@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from harness.xen.dom0_crashes import (Dom0Crash, emulation_note, guest_emulation_crashes,
-                                      parse_crashes)
+                                      parse_crashes, parse_triple_faults)
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 
@@ -36,23 +36,36 @@ def test_ordinary_kernel_lines_are_not_crashes():
     assert parse_crashes(text) == []
 
 
-class RecordingSSH:
-    """Answers `cat /proc/uptime` and `dmesg` from recorded text."""
+TRIPLE_FAULT_XL_DMESG = RECORDED / "xl_dmesg_guest_triple_fault_417_emulated.txt"
 
-    def __init__(self, dmesg: str):
-        self.dmesg, self.commands = dmesg, []
+
+def test_triple_faults_of_the_guests_domains_only():
+    text = TRIPLE_FAULT_XL_DMESG.read_text()
+    faults = parse_triple_faults(text, [1])
+    assert [(f.domid, f.vcpu) for f in faults] == [(1, 0)]
+    assert faults[0].line == "(XEN) d1v0 Triple fault - invoking HVM shutdown action 1"
+    assert str(faults[0]) == "guest domain 1 vCPU 0 triple fault"
+    assert parse_triple_faults(text, [2, 3]) == []
+
+
+class RecordingSSH:
+    """Answers `cat /proc/uptime`, `dmesg` and `xl dmesg` from recorded text."""
+
+    def __init__(self, dmesg: str, xl_dmesg: str = ""):
+        self.dmesg, self.xl_dmesg, self.commands = dmesg, xl_dmesg, []
 
     def run(self, command, timeout=None, check=False):
         self.commands.append(command)
-        out = "4000.00 3000.00\n" if command == ["cat", "/proc/uptime"] else self.dmesg
+        out = {("cat", "/proc/uptime"): "4000.00 3000.00\n", ("dmesg",): self.dmesg,
+               ("xl", "dmesg"): self.xl_dmesg}[tuple(command)]
         return SimpleNamespace(stdout=out, stderr="", exit_status=0)
 
 
-def fake_guest(emulated, since):
+def fake_guest(emulated, since, domids=()):
     dmesg = (RECORDED / "dom0_dmesg_xl_awk_crashes_417_emulated.txt").read_text()
-    host = SimpleNamespace(name="vhost1", ssh=RecordingSSH(dmesg),
+    host = SimpleNamespace(name="vhost1", ssh=RecordingSSH(dmesg, TRIPLE_FAULT_XL_DMESG.read_text()),
                            spec=SimpleNamespace(capabilities={"emulated": emulated}))
-    return SimpleNamespace(host=host, dom0_uptime_at_create=since)
+    return SimpleNamespace(host=host, dom0_uptime_at_create=since, domids_seen=list(domids))
 
 
 def test_only_crashes_since_the_guest_was_created_count_on_an_emulated_host():
@@ -60,6 +73,12 @@ def test_only_crashes_since_the_guest_was_created_count_on_an_emulated_host():
     assert [str(c) for c in guest_emulation_crashes(guest)] == [
         "xl[3619] segfault at 8 at 3254 s", "awk[3623] general protection fault at 3256 s",
         "xl[3867] segfault at 7fef88166328 at 3313 s"]
+
+
+def test_a_triple_fault_of_one_of_the_guests_domains_counts_too():
+    assert [str(c) for c in guest_emulation_crashes(fake_guest(True, 5000.0, domids=[1]))] == [
+        "guest domain 1 vCPU 0 triple fault"]
+    assert guest_emulation_crashes(fake_guest(True, 5000.0, domids=[4])) == []
 
 
 def test_real_hardware_never_reclassifies():
@@ -75,6 +94,6 @@ def test_a_guest_never_created_has_no_window():
 def test_the_note_names_the_class_the_host_and_at_most_three_crashes():
     crashes = [Dom0Crash(float(i), "xl", 100 + i, "segfault at 8", "") for i in range(5)]
     note = emulation_note("vhost1", crashes)
-    assert note.startswith("[infrastructure] dom0 processes crashed")
+    assert note.startswith("[infrastructure] the guest or dom0 processes crashed")
     assert "vhost1" in note and "xl[100]" in note and "xl[102]" in note and "xl[103]" not in note
     assert "2 more" in note and "real hardware this stays a product failure" in note

@@ -88,8 +88,10 @@ def test_boot_crash_is_recognised_from_the_crashed_state_and_not_from_a_timeout(
     from harness.xen.parsers.xl_list import parse_xl_list
     listing = ("Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
                "Domain-0                                     0  1024     2     r-----     120.1\n"
-               "g1                                           3   256     1     ----c-       9.0\n")
+               "g1                                           3   256     1     ---sc-       9.0\n")
     crashed = parse_xl_list(listing)[1]
-    assert crashed_during_boot(_GuestFake(3, crashed), {}) == "domain 3 in state ----c- (crashed)"
-    running = parse_xl_list(listing.replace("----c-", "-b----"))[1]
+    assert crashed_during_boot(_GuestFake(3, crashed), {}) == "domain 3 in state ---sc- (crash)"
+    rebooted = parse_xl_list(listing.replace("---sc-", "---sr-"))[1]
+    assert crashed_during_boot(_GuestFake(3, rebooted), {}) == "domain 3 in state ---sr- (reboot)"
+    running = parse_xl_list(listing.replace("---sc-", "-b----"))[1]
     assert crashed_during_boot(_GuestFake(3, running), {}) is None  # a slow boot: no retry

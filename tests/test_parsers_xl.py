@@ -51,6 +51,28 @@ def test_xl_list_table():
     assert entries[2].flags == {"paused"} and entries[0].time_s == pytest.approx(45.3)
 
 
+def test_xl_list_shutdown_reasons_and_nameless_dying_domains():
+    """Rows printed for real on the virtual lab while `xl save` tore a guest
+    down (--pssd) and while a rebooted guest was reaped (--psrd): the fifth
+    state character is the shutdown reason, not a flag."""
+    header = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
+    saving = parse_xl_list(header +
+                           "Domain-0                                     0  1024     2     r-----    1406.8\n"
+                           "(null)                                       9     0     1     --pssd      21.2\n")
+    assert (saving[1].name, saving[1].domid, saving[1].mem_mib) == ("(null)", 9, 0)
+    assert saving[1].flags == {"paused", "shutdown", "dying"}
+    assert saving[1].shutdown_reason == "suspend"
+    assert saving[0].shutdown_reason is None
+    rebooted = parse_xl_list(header + "(null)                                       2     0     1     --psrd      33.9\n")
+    assert rebooted[0].shutdown_reason == "reboot" and "crashed" not in rebooted[0].flags
+    crashed = parse_xl_list(header + "g1                                           3   256     1     ---sc-       9.0\n")
+    assert crashed[0].flags == {"shutdown", "crashed"} and crashed[0].shutdown_reason == "crash"
+    powered_off = parse_xl_list(header + "g1                                           3   256     1     ---s--       9.0\n")
+    assert powered_off[0].shutdown_reason == "poweroff"
+    with pytest.raises(UnexpectedOutput, match="NAME ID MEM"):
+        parse_xl_list(header + "g1                                           3   256     1     ---sx-       9.0\n")
+
+
 def test_xl_list_without_header_is_rejected():
     with pytest.raises(UnexpectedOutput, match="header"):
         parse_xl_list("Domain-0  0  1024  2  r-----  45.3\n")

@@ -128,6 +128,7 @@ EMULATED_CRASH = """
         guest.host = SimpleNamespace(name="vhost1", ssh=RecordedSSH(),
                                      spec=SimpleNamespace(capabilities={"emulated": emulated}))
         guest.dom0_uptime_at_create = 3000.0
+        guest.domids_seen = []
         return guest
 
     @pytest.fixture(params=[True, False], ids=["emulated", "real"])

@@ -1,11 +1,12 @@
-"""Crashes of dom0 processes, read from dom0's kernel log.
+"""Crashes of dom0 processes (dom0's kernel log) and of guests (Xen's log).
 
 On the emulated lab (real Xen under QEMU TCG with nested SVM) dom0 processes
 segfault now and then while HVM guests run: seen for xl, the device models,
 awk, udev workers and systemd-tmpfiles, with impossible register values
 (``segfault at 0`` in glibc's byte-copy loop).  Hiding CPU features
-(harness.lab.virtual.quirks.CPU) made it rarer, not gone.  A check that fails
-on such a host while dom0 processes crashed says nothing about the patch, so
+(harness.lab.virtual.quirks.CPU) made it rarer, not gone; guests also
+triple-fault now and then, at boot or later.  A check that fails on such a
+host while dom0 processes or the guest crashed says nothing about the patch, so
 the plugin files it as an infrastructure failure and names the crashes.  On
 real hardware the same lines are product failures (a device model that
 segfaults is a bug) and nothing is reclassified.
@@ -59,26 +60,59 @@ def crashes_since(ssh, uptime: float) -> list[Dom0Crash]:
     return [c for c in parse_crashes(result.stdout) if c.uptime >= uptime]
 
 
-def emulation_note(host_name: str, crashes: list[Dom0Crash]) -> str:
+# "(XEN) d2v0 Triple fault - invoking HVM shutdown action 1"
+_TRIPLE_FAULT = re.compile(r"^\(XEN\) d(?P<domid>\d+)v(?P<vcpu>\d+) Triple fault\b[^\n]*", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class GuestTripleFault:
+    """Xen saw one of the guest's vCPUs triple-fault (it then reboots the
+    domain: "HVM shutdown action 1")."""
+    domid: int
+    vcpu: int
+    line: str
+
+    def __str__(self) -> str:
+        return f"guest domain {self.domid} vCPU {self.vcpu} triple fault"
+
+
+def parse_triple_faults(xl_dmesg: str, domids) -> list[GuestTripleFault]:
+    """Triple faults of the given domains in ``xl dmesg`` output."""
+    wanted = set(domids)
+    return [GuestTripleFault(int(m.group("domid")), int(m.group("vcpu")), m.group(0))
+            for m in _TRIPLE_FAULT.finditer(xl_dmesg) if int(m.group("domid")) in wanted]
+
+
+def emulation_note(host_name: str, crashes: list) -> str:
     """Why a failure on an emulated host whose dom0 saw ``crashes`` is filed
     as infrastructure (the text a reviewer reads under the failure)."""
     shown = "; ".join(str(c) for c in crashes[:3])
     more = f"; {len(crashes) - 3} more" if len(crashes) > 3 else ""
-    return (f"[infrastructure] dom0 processes crashed while this guest ran on emulated host "
+    return (f"[infrastructure] the guest or dom0 processes crashed while this guest ran on emulated host "
             f"{host_name} ({shown}{more}): the virtual lab's known instability (QEMU TCG, "
             f"nested SVM), not the patch; rerun.  On real hardware this stays a product "
-            f"failure.  The crash lines are in the evidence's dom0-dmesg.txt.")
+            f"failure.  The crash lines are in the evidence (dom0-dmesg.txt, xl-dmesg.txt).")
 
 
-def guest_emulation_crashes(guest) -> list[Dom0Crash]:
-    """Crashes of dom0 processes since ``guest`` was created, when its host is
-    emulated; empty on real hardware or when they cannot be read (the
-    failure then keeps its own class)."""
+def guest_emulation_crashes(guest) -> list[Dom0Crash | GuestTripleFault]:
+    """Crashes of dom0 processes since ``guest`` was created, and triple
+    faults of its domains, when its host is emulated; empty on real hardware
+    or when they cannot be read (the failure then keeps its own class).
+    (A triple fault logged before a check cleared ``xl dmesg`` is missed.)"""
     capabilities = getattr(getattr(guest.host, "spec", None), "capabilities", {}) or {}
     since = getattr(guest, "dom0_uptime_at_create", None)
     if capabilities.get("emulated") is not True or since is None:
         return []
+    found: list[Dom0Crash | GuestTripleFault] = []
     try:
-        return crashes_since(guest.host.ssh, since)
+        found += crashes_since(guest.host.ssh, since)
     except (XenhilError, ValueError, OSError):
-        return []
+        pass
+    domids = list(getattr(guest, "domids_seen", None) or [])
+    if domids:
+        try:
+            xl_dmesg = guest.host.ssh.run(["xl", "dmesg"], timeout=60, check=True).stdout
+            found += parse_triple_faults(xl_dmesg, domids)
+        except (XenhilError, ValueError, OSError):
+            pass
+    return found

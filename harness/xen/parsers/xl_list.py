@@ -15,9 +15,16 @@ from dataclasses import dataclass
 
 from harness.xen.parsers.errors import UnexpectedOutput
 
+# State: running, blocked, paused, shutdown, then the *shutdown reason* as one
+# of "-rscwS" (poweroff, reboot, suspend, crash, watchdog, soft_reset; '?'
+# beyond them), then dying.  A domain being saved shows "--pssd", one being
+# torn down after a reboot "--psrd", both named "(null)" once libxl has
+# removed their xenstore name (seen on the virtual lab during `xl save`).
 _ROW = re.compile(r"^(?P<name>.+?)\s+(?P<id>\d+)\s+(?P<mem>\d+)\s+(?P<vcpus>\d+)\s+"
-                  r"(?P<state>[r-][b-][p-][s-][c-][d-])\s+(?P<time>\d+(?:\.\d+)?)(?:\s+(?P<extra>.*))?$")
-STATE_FLAGS = ("running", "blocked", "paused", "shutdown", "crashed", "dying")
+                  r"(?P<state>[r-][b-][p-][s-][-rscwS?][d-])\s+(?P<time>\d+(?:\.\d+)?)"
+                  r"(?:\s+(?P<extra>.*))?$")
+SHUTDOWN_REASONS = {"-": "poweroff", "r": "reboot", "s": "suspend", "c": "crash",
+                    "w": "watchdog", "S": "soft_reset", "?": "unknown"}
 
 
 @dataclass(frozen=True)
@@ -31,8 +38,19 @@ class DomainEntry:
     extra: str = ""     # -v / -Z columns, unparsed
 
     @property
+    def shutdown_reason(self) -> str | None:
+        """Why the domain shut down ("suspend", "crash", ...); None while it has not."""
+        return SHUTDOWN_REASONS[self.state[4]] if self.state[3] == "s" else None
+
+    @property
     def flags(self) -> frozenset[str]:
-        return frozenset(f for f, c in zip(STATE_FLAGS, self.state) if c != "-")
+        """running, blocked, paused, shutdown, dying; "crashed" for a crash shutdown."""
+        flags = {f for f, c in zip(("running", "blocked", "paused", "shutdown"), self.state) if c != "-"}
+        if self.state[5] == "d":
+            flags.add("dying")
+        if self.shutdown_reason == "crash":
+            flags.add("crashed")
+        return frozenset(flags)
 
 
 def parse_xl_list(text: str, source: str = "xl list") -> list[DomainEntry]:
