@@ -16,10 +16,10 @@ from typing import Callable, Mapping, Sequence
 from harness.checks.failure import (CheckFailed, Evidence, Mismatch, fail, fail_if, quote,
                                     save_evidence)
 from harness.checks.mapcache import DataPattern, check_pattern_intact
-from harness.xen.parsers.errors import UnexpectedOutput
 from harness.checks.pci import companion_servers, server_ids_by_model
 from harness.errors import ProductError, TestBugError
 from harness.step import step
+from harness.xen.parsers.errors import UnexpectedOutput
 from harness.xen.parsers.lspci import PciDevice, parse_pci_listing
 from harness.xen.parsers.qemu_trace import parse_trace_log
 from harness.xen.parsers.rangesets import (DomainServers, ServerRanges, format_ranges,

@@ -46,7 +46,7 @@ ACCEL = os.environ.get("XENHIL_VLAB_ACCEL", "tcg,tb-size=256")
 # PKRU (guests printed "Enabled xstate features 0x203"), which HVM guests use
 # and PV dom0 does not, so Xen switches XCR0 and XSAVE layouts on every
 # guest/dom0 context switch.  With it, dom0 processes still segfaulted now and
-# then while a guest ran (`xl list` twice in a minute, during save/restore), `xl
+# then while a guest ran (`xl` twice in a minute in dom0's kernel log), `xl
 # console` died mid-output and guests triple-faulted early in boot.  Same
 # family of failure as AVX; hidden until shown harmless.
 # XENHIL_VLAB_CPU overrides it for experiments.
