@@ -120,7 +120,7 @@ class Guest:
         # dom0's clock when this guest's life began: crashes of dom0 processes
         # after it are read back when a check fails (harness.xen.dom0_crashes).
         self.dom0_uptime_at_create = dom0_uptime(self.host.ssh)
-        self.xl.xl("create", *(["-p"] if hold else []), self.cfg_path, timeout=300)
+        self.xl.create(self.cfg_path, self.name, paused=hold, timeout=300)
         self.state = GuestState.PAUSED if hold else GuestState.RUNNING
         domid = self._refresh_domid()
         for companion in self.companions:

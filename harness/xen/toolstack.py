@@ -3,6 +3,7 @@ output parsed by harness.xen.parsers."""
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 
 from harness.errors import ProductError
@@ -13,6 +14,8 @@ from harness.xen.parsers.xl_list import DomainEntry, parse_xl_list
 
 # A guest config xl must accept when it knows the series' option: dry-run
 # parse only (`xl -N` creates nothing).
+log = logging.getLogger("xenhil.toolstack")
+
 _PROBE_CONFIG = """name = "xenhil-capability-probe"
 type = "hvm"
 memory = 64
@@ -37,6 +40,23 @@ class Toolstack:
         try:
             return self.xl(*args, timeout=timeout)
         except ConnectionLost:
+            return self.xl(*args, timeout=timeout)
+
+    def create(self, config_path: str, name: str, paused: bool = False, timeout: float = 300.0):
+        """`xl create` (``-p``: paused).  When the SSH connection drops under
+        it (seen on the virtual lab while a guest's device model starts),
+        what xl got done is unknown: destroy whatever exists under ``name``
+        and create once more, on a fresh connection."""
+        from harness.errors import ConnectionLost
+        args = ["create", *(["-p"] if paused else []), config_path]
+        try:
+            return self.xl(*args, timeout=timeout)
+        except ConnectionLost as exc:
+            log.warning("%s: connection lost under `xl create` of %s (%s); destroying what "
+                        "exists of it and creating it again", self.host_name, name,
+                        str(exc).splitlines()[0])
+            if self.domain(name) is not None:
+                self.xl("destroy", name, timeout=120)
             return self.xl(*args, timeout=timeout)
 
     @step("xl info on {self.host_name}")
