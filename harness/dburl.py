@@ -3,6 +3,8 @@
 a plain file path, or ``postgresql://...``."""
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 from harness.errors import ConfigError
@@ -28,3 +30,21 @@ def sqlite_path(url: str | Path, what: str) -> Path:
                           help="use sqlite:///ABSOLUTE/PATH, a file path"
                                + (", or postgresql://USER@HOST/DB" if what == "lease store" else ""))
     return Path(text)
+
+
+def enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put a SQLite file in WAL mode (once per file; later opens find it set).
+    The switch needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy wait, when another process opens the
+    new file at the same moment (seen with `pytest -n 2` on a fresh store):
+    try again until ``timeout``, then let the OperationalError through."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness.dburl import enable_wal
 from harness.errors import ConfigError
 from harness.lab.leases import LeaseStoreError, SQLLeaseStore
 
@@ -41,7 +42,7 @@ class SQLiteLeaseStore(SQLLeaseStore):
     def _setup(self) -> None:
         conn = self._connect()
         try:
-            self._locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            self._locked(lambda: enable_wal(conn, self.busy_timeout))
             cur = conn.cursor()
             self._locked(lambda: cur.execute("BEGIN IMMEDIATE"))
             try:

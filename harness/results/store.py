@@ -11,7 +11,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from harness.dburl import sqlite_path
+from harness.dburl import enable_wal, sqlite_path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -62,7 +62,7 @@ class ResultsStore:
         self.path = sqlite_path(url, "results store")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        enable_wal(self.db, 30.0)
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
