@@ -61,7 +61,8 @@ def crashes_since(ssh, uptime: float) -> list[Dom0Crash]:
 
 
 # "(XEN) d2v0 Triple fault - invoking HVM shutdown action 1"
-_TRIPLE_FAULT = re.compile(r"^\(XEN\) d(?P<domid>\d+)v(?P<vcpu>\d+) Triple fault\b[^\n]*", re.MULTILINE)
+_TRIPLE_FAULT = re.compile(r"^\(XEN\) d(?P<domid>\d+)v(?P<vcpu>\d+) (?P<message>Triple fault\b[^\n]*)",
+                           re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class GuestTripleFault:
     domid: int
     vcpu: int
     line: str
+    message: str      # Xen's words: "Triple fault - invoking HVM shutdown action 1"
 
     def __str__(self) -> str:
         return f"guest domain {self.domid} vCPU {self.vcpu} triple fault"
@@ -79,7 +81,8 @@ class GuestTripleFault:
 def parse_triple_faults(xl_dmesg: str, domids) -> list[GuestTripleFault]:
     """Triple faults of the given domains in ``xl dmesg`` output."""
     wanted = set(domids)
-    return [GuestTripleFault(int(m.group("domid")), int(m.group("vcpu")), m.group(0))
+    return [GuestTripleFault(int(m.group("domid")), int(m.group("vcpu")), m.group(0),
+                             m.group("message").strip())
             for m in _TRIPLE_FAULT.finditer(xl_dmesg) if int(m.group("domid")) in wanted]
 
 
@@ -99,16 +102,15 @@ def guest_emulation_crashes(guest) -> list[Dom0Crash | GuestTripleFault]:
     faults of its domains, when its host is emulated; empty on real hardware
     or when they cannot be read (the failure then keeps its own class).
     (A triple fault logged before a check cleared ``xl dmesg`` is missed.)"""
-    capabilities = getattr(getattr(guest.host, "spec", None), "capabilities", {}) or {}
-    since = getattr(guest, "dom0_uptime_at_create", None)
-    if capabilities.get("emulated") is not True or since is None:
+    since = guest.dom0_uptime_at_create
+    if guest.host.spec.capabilities.get("emulated") is not True or since is None:
         return []
     found: list[Dom0Crash | GuestTripleFault] = []
     try:
         found += crashes_since(guest.host.ssh, since)
     except (XenhilError, ValueError, OSError):
         pass
-    domids = list(getattr(guest, "domids_seen", None) or [])
+    domids = guest.domids_seen
     if domids:
         try:
             xl_dmesg = guest.host.ssh.run(["xl", "dmesg"], timeout=60, check=True).stdout

@@ -6,16 +6,16 @@ import json
 import logging
 import shlex
 
-from harness.errors import ProductError
+from harness.errors import ConnectionLost, ProductError
 from harness.step import step
 from harness.xen.parsers.rangesets import parse_ioreq_rangesets
 from harness.xen.parsers.xl_info import XlInfo, parse_xl_info
 from harness.xen.parsers.xl_list import DomainEntry, parse_xl_list
 
-# A guest config xl must accept when it knows the series' option: dry-run
-# parse only (`xl -N` creates nothing).
 log = logging.getLogger("xenhil.toolstack")
 
+# A guest config xl must accept when it knows the series' option: dry-run
+# parse only (`xl -N` creates nothing).
 _PROBE_CONFIG = """name = "xenhil-capability-probe"
 type = "hvm"
 memory = 64
@@ -36,7 +36,6 @@ class Toolstack:
         connection dropped while it ran: on the virtual lab an SSH stream has
         been seen to break right after `xl debug-keys q` (open problem), and a
         read is safe to repeat, unlike what run() may not retry by itself."""
-        from harness.errors import ConnectionLost
         try:
             return self.xl(*args, timeout=timeout)
         except ConnectionLost:
@@ -47,7 +46,6 @@ class Toolstack:
         it (seen on the virtual lab while a guest's device model starts),
         what xl got done is unknown: destroy whatever exists under ``name``
         and create once more, on a fresh connection."""
-        from harness.errors import ConnectionLost
         args = ["create", *(["-p"] if paused else []), config_path]
         try:
             return self.xl(*args, timeout=timeout)
