@@ -166,11 +166,16 @@ class Guest:
                             "stalled" if isinstance(exc, ConsoleStalled) else "closed")
 
     def _domain_lives(self) -> bool:
-        """Listed by xl and not shut down (a triple fault shuts the domain
-        down for a reboot, which the suites' guests preserve): only then is a
-        lost console worth attaching again."""
+        """Listed by xl and not shut down: only then is a lost console worth
+        attaching again.  A domain shut down for a reboot (Xen's answer to a
+        triple fault) lives on when its config lets xl restart it; the
+        suites' guests preserve it instead (on_reboot="preserve")."""
         entry = self.xl.domain(self.name)
-        return entry is not None and "shutdown" not in entry.flags
+        if entry is None:
+            return False
+        if "shutdown" not in entry.flags:
+            return True
+        return entry.shutdown_reason == "reboot" and getattr(self.config, "on_reboot", None) != "preserve"
 
     def _reattach_console(self, why: str) -> None:
         """Close the console, end a stuck `xl console` of this domain (it holds
