@@ -74,7 +74,8 @@ class Guest:
         self.name = config.name
         self.artifacts_dir = Path(artifacts_dir)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        self.xl = Toolstack(host.ssh, host.name)
+        self.xl = Toolstack(host.ssh, host.name,
+                            emulated=host.spec.capabilities.get("emulated") is True)
         self.dom0_uptime_at_create: float | None = None
         self.state = GuestState.DEFINED
         self.domid: int | None = None

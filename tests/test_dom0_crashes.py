@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from harness.xen.dom0_crashes import (Dom0Crash, emulation_note, guest_emulation_crashes,
-                                      parse_crashes, parse_triple_faults)
+                                      parse_crashes, parse_triple_faults, process_death_in_output)
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 
@@ -97,3 +99,26 @@ def test_the_note_names_the_class_the_host_and_at_most_three_crashes():
     assert note.startswith("[infrastructure] the guest or dom0 processes crashed")
     assert "vhost1" in note and "xl[100]" in note and "xl[102]" in note and "xl[103]" not in note
     assert "2 more" in note and "real hardware this stays a product failure" in note
+
+
+@pytest.mark.parametrize("output, expected", [
+    # CI's smoke (stop 9): glibc's heap check first, then libxl naming its child
+    ("Parsing config from /var/lib/xenhil/guests/smoke.cfg\ngot a tsc mode string: \"native\"\n"
+     "malloc(): unsorted double linked list corrupted\nlibxl: error: libxl_exec.c:127:"
+     "libxl_report_child_exitstatus: domain monitoring daemonizing child [461] died due to "
+     "fatal signal Aborted\n", "malloc(): unsorted double linked list corrupted"),
+    ("libxl: error: libxl_exec.c:127:libxl_report_child_exitstatus: domain monitoring "
+     "daemonizing child [461] died due to fatal signal Segmentation fault\n",
+     "libxl: error: libxl_exec.c:127:libxl_report_child_exitstatus: domain monitoring "
+     "daemonizing child [461] died due to fatal signal Segmentation fault"),
+    ("free(): invalid pointer\n", "free(): invalid pointer"),
+    ("double free or corruption (out)\n", "double free or corruption (out)"),
+    ("sh: line 1:   812 Segmentation fault      xl list\n",
+     "sh: line 1:   812 Segmentation fault      xl list"),
+    # xl refusing a config, a domain that is gone: no process died
+    ("Parsing config from /g1.cfg\n/g1.cfg:3: config parsing error near `=': syntax error\n", None),
+    ("libxl: error: libxl_domain.c:1523:libxl_domain_destroy: Domain 7:non-existant domain\n", None),
+    ("", None),
+])
+def test_a_process_death_is_found_in_a_commands_output(output, expected):
+    assert process_death_in_output(output) == expected

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.xen.build import XenBuildError, load_build
+from harness.xen.build import XenBuildError, as_booted_on, load_build
 from harness.xen.provision import grub_entry
 
 
@@ -106,3 +106,30 @@ def test_grub_entry_boots_the_build_once_with_its_command_lines() -> None:
     separate = grub_entry(build, "", "/boot/vmlinuz-x", "/boot/initrd.img-x", "UUID=1")
     assert f"multiboot2 /xenhil/{build.build_id}/xen.gz" in separate
     assert "module2 /vmlinuz-x placeholder" in separate
+
+
+def test_an_emulated_host_boots_the_build_with_eager_fpu_switching() -> None:
+    # Lazy FPU switching loses vector state under the virtual lab's TCG
+    # (harness.lab.virtual.quirks): the build it boots says so in its
+    # command line, and is a build of its own.
+    build = load_build(None)
+    booted = as_booted_on(build, {"emulated": True, "hvm": True})
+    assert booted.xen_cmdline.split() == build.xen_cmdline.split() + ["spec-ctrl=eager-fpu"]
+    assert booted.build_id != build.build_id
+    assert booted.dom0_cmdline == build.dom0_cmdline and booted.files == build.files
+    assert as_booted_on(booted, {"emulated": True}).build_id == booted.build_id  # never twice
+
+
+def test_real_hardware_boots_the_build_as_given() -> None:
+    build = load_build(None, xen_cmdline="console=com1 dom0_mem=2048M")
+    assert as_booted_on(build, {"hvm": True}) is build
+    assert as_booted_on(build, {"emulated": False}) is build
+
+
+def test_the_virtual_hosts_own_entry_switches_fpu_state_eagerly() -> None:
+    from harness.lab.virtual import builder
+    template = builder.recipe_dir() / "dom0" / "grub.cfg.in"
+    rendered = builder.render_grub_cfg(template.read_text(), "6.1.0-50-amd64", "xen-4.17-amd64.gz")
+    assert "multiboot2 /boot/xen-4.17-amd64.gz" in rendered
+    xen_line = next(line for line in rendered.splitlines() if "multiboot2 /boot/xen" in line)
+    assert "spec-ctrl=eager-fpu" in xen_line.split()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.access.ssh import sha256_file
@@ -56,6 +56,19 @@ class XenBuild:
     @property
     def label(self) -> str:
         return f"{self.kind}-{self.build_id}"
+
+
+def as_booted_on(build: XenBuild, capabilities) -> XenBuild:
+    """``build`` as a host with these capabilities boots it: its Xen command
+    line plus the options such a host needs (an emulated host: see
+    harness.lab.virtual.quirks.XEN_CMDLINE_EMULATED).  The result has its own
+    build id, since what boots differs; on real hardware it is ``build``."""
+    from harness.lab.virtual.quirks import xen_cmdline_quirks
+    present = build.xen_cmdline.split()
+    extra = [option for option in xen_cmdline_quirks(capabilities) if option not in present]
+    if not extra:
+        return build
+    return replace(build, xen_cmdline=" ".join([build.xen_cmdline, *extra]))
 
 
 def _validate_cmdline(name: str, value: str) -> None:
