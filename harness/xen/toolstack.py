@@ -7,8 +7,8 @@ import logging
 import shlex
 
 from harness.errors import ConnectionLost, ProductError, RemoteCommandFailed
-from harness.xen.dom0_crashes import process_death_in_output
 from harness.step import step
+from harness.xen.dom0_crashes import process_death_in_output
 from harness.xen.parsers.rangesets import parse_ioreq_rangesets
 from harness.xen.parsers.xl_info import XlInfo, parse_xl_info
 from harness.xen.parsers.xl_list import DomainEntry, parse_xl_list
