@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.results.latency import compare, mann_whitney_greater, subsample, summarize
+from harness.results.latency import (compare, latency_regressions, mann_whitney_greater, subsample,
+                                     summarize)
 from harness.results.plots import latency_distribution_png
 from harness.results.store import Outcome, ResultsStore
 from harness.results.verdicts import KnownIssue, load_known_issues, verdict
@@ -79,6 +80,28 @@ def test_latency_regression_needs_threshold_and_significance() -> None:
     assert not r2.regression and r2.p_value < 0.01
     r3 = compare({**summarize(slower), "samples": slower}, None, 1000, None)
     assert not r3.regression and "no previous run" in r3.text
+
+
+def test_a_latency_regression_says_which_run_and_build_it_is_measured_against(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    store = ResultsStore(f"sqlite:///{tmp_path / 'r.sqlite'}")
+
+    def record(run: str, build: str, qemu_mean: float) -> None:
+        store.record_run(run, build=build)
+        for server, port, mean in (("xen", "0x40", 1000.0), ("0", "0x64", qemu_mean)):
+            samples = [rng.gauss(mean, 300) for _ in range(2000)]
+            store.record_latency(run, "vhost1", "single", build, server, port, summarize(samples),
+                                 samples)
+
+    record("r1", "debian-default-aaaa", 10000)
+    record("r2", "debian-default-aaaa", 10100)   # same build, +1 %: no regression
+    record("r3", "debian-default-bbbb", 12000)   # Xen command line changed, +20 %
+    assert latency_regressions(store, "r2") == []
+    [text] = latency_regressions(store, "r3")
+    store.close()
+    assert text.startswith("vhost1 split=single server=0 port 0x64: round-trip cost above baseline")
+    assert "REGRESSION" in text
+    assert text.endswith("(against run r2; build changed: debian-default-aaaa -> debian-default-bbbb)")
 
 
 def test_subsample_is_bounded_and_repeatable() -> None:

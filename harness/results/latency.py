@@ -121,6 +121,12 @@ def latency_regressions(store, run_id: str, threshold: float = 0.10,
         result = compare(row, previous, base_now["p50_ns"] if base_now else 0.0,
                          base_before["p50_ns"] if base_before else None, threshold, alpha)
         if result.regression:
+            # Which run it is measured against, and whether what booted
+            # changed since (a new build, or the same build with another
+            # Xen command line, has another label): the first question in triage.
+            against = f"against run {previous['run_id']}"
+            if previous.get("build") != row.get("build"):
+                against += f"; build changed: {previous.get('build')} -> {row.get('build')}"
             found.append(f"{row['host']} split={row['split']} server={row['server']} "
-                         f"port {row['port']}: {result.text}")
+                         f"port {row['port']}: {result.text} ({against})")
     return found
