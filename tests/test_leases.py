@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -361,6 +362,25 @@ def test_heartbeat_reports_a_lease_lost_to_another_holder(db):
     assert not beat.alive
     assert not pool.release(lease), "releasing a lost lease is refused, not fatal"
     assert pool.store.leases()["solo"].id == taker.id
+
+
+def test_a_heartbeat_that_found_its_lease_lost_is_not_alive_while_its_thread_finishes(
+        db, monkeypatch):
+    # The thread is held inside its last step (logging the loss): CI once saw
+    # `lost` set and `alive` still true in that window.
+    from harness.lab import leases
+    release_thread = threading.Event()
+    monkeypatch.setattr(leases.log, "error", lambda *args: release_thread.wait(30))
+    pool = make_pool(db, ["solo"], ttl=0.3)
+    lease = pool.claim(Holder.current("stalled"), timeout=0)
+    pool.claim(other("taker"), timeout=30, ttl=60)
+    beat = Heartbeat(pool, lease, interval=0.05).start()
+    try:
+        wait_for(lambda: beat.lost is not None, "the heartbeat to notice", timeout=30)
+        assert beat._thread.is_alive(), "the thread is still in its last step"
+        assert not beat.alive
+    finally:
+        release_thread.set()
 
 
 def test_renew_revives_an_expired_lease_nobody_took(db):

@@ -738,7 +738,10 @@ class Heartbeat:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        """Still renewing: False as soon as the lease is found lost or the
+        heartbeat is stopped, even while its thread is finishing (a caller
+        that saw ``lost`` set must not see it alive; CI did, once)."""
+        return self._thread.is_alive() and self.lost is None and not self._stopped.is_set()
 
     def _run(self) -> None:
         # A SIGTERM sent to the process must land on the main thread: Python
