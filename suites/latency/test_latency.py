@@ -6,9 +6,9 @@ from harness.attach import attach_latency
 from harness.checks.failure import fail
 from harness.checks.latency import measure_latency, record_rows
 from harness.lab.virtual.quirks import latency_samples
-from harness.xen.build import as_booted_on
 from harness.results.latency import latency_regressions
 from harness.results.plots import latency_distribution_png
+from harness.xen.build import as_booted_on
 
 # A port each model owns that is harmless to read: the keyboard controller's
 # status port belongs to the model with `ui`, the first IDE status port to
