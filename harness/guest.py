@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from harness.errors import InfrastructureError, ProductError, XenhilError
+from harness.lab.virtual.quirks import guest_boot_timeout, is_emulated
 from harness.step import step
 from harness.xen import evidence
 from harness.xen.dom0_crashes import dom0_uptime
@@ -74,8 +75,7 @@ class Guest:
         self.name = config.name
         self.artifacts_dir = Path(artifacts_dir)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        self.xl = Toolstack(host.ssh, host.name,
-                            emulated=host.spec.capabilities.get("emulated") is True)
+        self.xl = Toolstack(host.ssh, host.name, emulated=is_emulated(host.spec.capabilities))
         self.dom0_uptime_at_create: float | None = None
         self.state = GuestState.DEFINED
         self.domid: int | None = None
@@ -142,7 +142,6 @@ class Guest:
     @step("wait for guest {self.name}'s shell")
     def wait_ready(self, timeout: float | None = None) -> None:
         if timeout is None:
-            from harness.lab.virtual.quirks import guest_boot_timeout
             timeout = guest_boot_timeout(self.host.spec.capabilities)
         from harness.access.console import ConsoleClosed, ConsoleStalled
         deadline = time.monotonic() + timeout

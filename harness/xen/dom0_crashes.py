@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from harness.errors import XenhilError
+from harness.lab.virtual.quirks import is_emulated
 
 # "[  300.363933] xen-qemu-system[633]: segfault at 0 ip ... error 6 in libc.so.6[...]"
 # "[  412.001000] traps: awk[3623] general protection fault ip:... in libc.so.6[...]"
@@ -127,7 +128,7 @@ def guest_emulation_crashes(guest) -> list[Dom0Crash | GuestTripleFault]:
     or when they cannot be read (the failure then keeps its own class).
     (A triple fault logged before a check cleared ``xl dmesg`` is missed.)"""
     since = guest.dom0_uptime_at_create
-    if guest.host.spec.capabilities.get("emulated") is not True or since is None:
+    if not is_emulated(guest.host.spec.capabilities) or since is None:
         return []
     found: list[Dom0Crash | GuestTripleFault] = []
     try:

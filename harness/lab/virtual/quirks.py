@@ -13,6 +13,12 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+def is_emulated(capabilities: Mapping[str, object]) -> bool:
+    """The host declares ``emulated: true`` (the inventory schema makes it a
+    boolean): every setting below applies only then."""
+    return capabilities.get("emulated") is True
+
+
 # --- the QEMU that plays the physical machine ----------------------------
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -113,7 +119,7 @@ DOM0_CMDLINE = "root=/dev/vda1 ro console=hvc0 earlyprintk=xen"
 def xen_cmdline_quirks(capabilities: Mapping[str, object]) -> tuple[str, ...]:
     """Options a Xen command line needs on a host with these capabilities
     (empty on real hardware)."""
-    return XEN_CMDLINE_EMULATED if capabilities.get("emulated") is True else ()
+    return XEN_CMDLINE_EMULATED if is_emulated(capabilities) else ()
 
 
 # --- timeouts that are long because TCG is slow ---------------------------
@@ -139,12 +145,12 @@ LATENCY_SAMPLES_EMULATED = 5_000
 
 def latency_samples(capabilities: Mapping[str, object], default: int) -> int:
     """Timed accesses per server when the user did not say."""
-    return LATENCY_SAMPLES_EMULATED if capabilities.get("emulated") else default
+    return LATENCY_SAMPLES_EMULATED if is_emulated(capabilities) else default
 
 
 def guest_boot_timeout(capabilities: Mapping[str, object], default: float = 300.0) -> float:
     """How long a guest may take to answer on its console on such a host."""
-    return GUEST_BOOT_TIMEOUT_S if capabilities.get("emulated") is True else default
+    return GUEST_BOOT_TIMEOUT_S if is_emulated(capabilities) else default
 
 
 def qemu_machine_args() -> list[str]:
@@ -169,6 +175,6 @@ def guest_quirks(capabilities: Mapping[str, object]) -> dict[str, object]:
     Empty for real hardware; for an emulated host (``emulated: true``) the
     settings above.  Callers merge this into the guest config; a setting the
     test itself gives wins."""
-    if capabilities.get("emulated") is True:
+    if is_emulated(capabilities):
         return dict(_EMULATED_GUEST_QUIRKS)
     return {}
