@@ -264,6 +264,36 @@ def test_gives_up_after_sshd_is_gone(fresh_sshd_server):
     connection.close()
 
 
+def test_a_session_failing_twice_on_a_live_connection_is_opened_on_a_new_one(fresh_sshd_server,
+                                                                            monkeypatch):
+    # CI hit the window where sshd is gone but paramiko's reader thread has not
+    # noticed yet: the send fails while the transport still looks alive.  That
+    # timing cannot be produced on demand, so the first two session opens fail
+    # as paramiko's send does then (EOFError); the third must go through on a
+    # fresh connection, not give up because the same-connection retry was used.
+    connection = SSHConnection(fresh_sshd_server.ssh_config(), name="racy", retry_delay=0.1)
+    connection.run("true")
+    original = connection._client.get_transport()
+    real_open_session = paramiko.Transport.open_session
+    transports = []
+
+    def fake_send_failure_while_transport_looks_alive(transport, *args, **kwargs):
+        transports.append(transport)
+        if len(transports) <= 2:
+            assert transport.is_active()
+            raise EOFError()
+        return real_open_session(transport, *args, **kwargs)
+
+    monkeypatch.setattr(paramiko.Transport, "open_session",
+                        fake_send_failure_while_transport_looks_alive)
+    result = connection.run("echo still here")
+    monkeypatch.undo()
+    assert result.stdout.strip() == "still here"
+    assert transports[:2] == [original, original]
+    assert transports[2] is not original and connection.state == SSHConnection.CONNECTED
+    connection.close()
+
+
 def test_drop_during_a_command_is_connection_lost(fresh_sshd_server, tmp_path):
     server = fresh_sshd_server
     marker = tmp_path / "command-started"

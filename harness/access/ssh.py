@@ -387,27 +387,38 @@ class SSHConnection:
                     pass
 
     def _open(self, opener, what: str):
-        """Run ``opener(transport)`` to get a channel, reconnecting once if the
-        connection turns out to be dead (e.g. the host's sshd restarted)."""
-        for attempt in (1, 2):
+        """Run ``opener(transport)`` to get a channel.
+
+        A failure on a connection that still looks alive is tried once more on
+        the same connection; then the connection is dropped and opened afresh
+        once (e.g. the host's sshd restarted).  The two are separate
+        allowances: a socket that died a moment before paramiko's reader
+        thread noticed looks alive at first, and must still end in a
+        reconnect (SSHUnreachable when sshd is gone), not in giving up.
+        """
+        retried_on_live_connection = False
+        reconnected = False
+        while True:
             transport = self._ensure_connected()
             try:
                 return opener(transport)
             except paramiko.ChannelException:
                 raise  # the server answered and refused: not a connection problem
             except (paramiko.SSHException, EOFError, OSError) as exc:
-                if transport.is_active() and attempt == 1:
+                if transport.is_active() and not retried_on_live_connection:
                     # The connection is alive, the server was slow to open a
                     # session (a loaded, emulated dom0 forks slowly).  Dropping
                     # it would also kill the other channels on it (a guest's
                     # `xl console`): try once more on the same connection.
-                    log.warning("%s: %s failed on a live connection (%s); retrying",
+                    retried_on_live_connection = True
+                    log.warning("%s: %s failed on a live connection (%r); retrying",
                                 self.where, what, exc)
                     continue
-                self._drop(f"{what} failed: {exc}")
-                if attempt == 2:
+                self._drop(f"{what} failed: {exc!r}")
+                if reconnected:
                     raise ConnectionLost(f"{self.where}: {what} failed after reconnecting: "
-                                         f"{exc}") from exc
+                                         f"{exc!r}") from exc
+                reconnected = True
 
     # -- commands ---------------------------------------------------------------
     @staticmethod
