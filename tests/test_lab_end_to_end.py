@@ -121,13 +121,23 @@ def test_holds(host):
 """
 
 
+def _as_started_from_a_terminal() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored,
+    # and the child inherits that (then Python installs no KeyboardInterrupt
+    # handler and the Ctrl-C below does nothing): the framework's tests run
+    # from nohup or cron hung here.  Ctrl-C comes from a terminal, so start
+    # the run the way a terminal does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_releases_the_lease(real_lab: Path, pytester: pytest.Pytester, tmp_path: Path) -> None:
     started = tmp_path / "started"
     pytester.makepyfile(test_hold=HOLDS_THE_HOST)
     env = dict(os.environ, STARTED=str(started))
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "--lab", str(real_lab), "-p",
                              "no:cacheprovider", "-q"], cwd=pytester.path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_as_started_from_a_terminal)
     try:
         deadline = time.monotonic() + 60
         while not started.exists():
@@ -137,7 +147,12 @@ def test_ctrl_c_releases_the_lease(real_lab: Path, pytester: pytest.Pytester, tm
         held = _xenhil("lab", "status", "--lab", str(real_lab)).stdout
         assert "pid" in held or str(proc.pid) in held, held
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("the run did not stop within 60 s of Ctrl-C; it printed:\n"
+                        + proc.communicate()[0])
     finally:
         if proc.poll() is None:
             proc.kill()
