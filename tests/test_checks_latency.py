@@ -2,11 +2,13 @@
 --dry-run) for the output shape, and hand-made results of known values."""
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from harness.checks.failure import CheckFailed
-from harness.checks.latency import (check_latency_rows, latency_rows, record_rows, time_in_command)
+from harness.checks.latency import (LatencyVerdicts, check_latency_rows, confirmed_latency_regressions,
+                                    latency_rows, record_rows, time_in_command)
 from harness.errors import ConfigError
 from harness.probes import build_xhprobe
 from harness.results.latency import BASELINE_SERVER, percentile
@@ -96,3 +98,66 @@ def test_raw_samples_are_thinned_to_what_a_serial_console_carries(tmp_path):
     assert len(samples) == CONSOLE_SAMPLES
     t = parse_single(out, TimeIn)
     assert t.n == 5000 and len(t.samples) == CONSOLE_SAMPLES  # the summary still covers all 5000
+
+
+# --- a regression must show twice ----------------------------------------------------
+
+RECORDED = Path(__file__).parent / "data" / "recorded"
+
+
+def recorded_rows(variant: str) -> list:
+    def load(name: str) -> TimeIn:
+        return parse_single((RECORDED / f"time_in_{name}_single{variant}_417_emulated.jsonl").read_text(),
+                            TimeIn)
+    return latency_rows({"0": load("qemu_0x64")}, load("pit_0x40"))
+
+
+@pytest.fixture
+def store_with_a_previous_run(tmp_path):
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    store.record_run("before")
+    record_rows(store, "before", "vhost1", "single", "debian-default-x", recorded_rows(""))
+    store.record_run("now")
+    yield store
+    store.close()
+
+
+def test_a_slow_window_the_second_measurement_does_not_show_is_not_a_regression(
+        store_with_a_previous_run):
+    store = store_with_a_previous_run
+    measured_again = []
+
+    def measure_again():
+        measured_again.append(True)
+        return recorded_rows("")          # the second measurement: back to normal
+
+    verdicts = confirmed_latency_regressions(store, "now", "vhost1", "single", "debian-default-x",
+                                             recorded_rows("_slow_window"), measure_again)
+    assert measured_again == [True]
+    assert verdicts.confirmed == []
+    [first] = verdicts.first
+    assert first.startswith("vhost1 split=single server=0 port 0x64: ") and "REGRESSION" in first
+    assert verdicts.unconfirmed == [first]
+    # The run keeps the second measurement: the next run compares with it.
+    qemu = {r["server"]: r for r in store.latency_rows("now")}["0"]
+    assert qemu["p50_ns"] == recorded_rows("")[1].summary["p50_ns"]
+
+
+def test_a_regression_both_measurements_show_fails_with_both_figures(store_with_a_previous_run):
+    verdicts = confirmed_latency_regressions(store_with_a_previous_run, "now", "vhost1", "single",
+                                             "debian-default-x", recorded_rows("_slow_window"),
+                                             lambda: recorded_rows("_slow_window"))
+    [text] = verdicts.confirmed
+    assert verdicts.unconfirmed == []
+    assert text.startswith("vhost1 split=single server=0 port 0x64: round-trip cost above baseline")
+    assert text.count("REGRESSION") == 2 and "; first measurement: round-trip cost" in text
+    assert "(against run before)" in text
+
+
+def test_no_regression_measures_once(store_with_a_previous_run):
+    def measure_again():
+        raise AssertionError("measured again without a regression")
+
+    verdicts = confirmed_latency_regressions(store_with_a_previous_run, "now", "vhost1", "single",
+                                             "debian-default-x", recorded_rows(""), measure_again)
+    assert verdicts == LatencyVerdicts([], [], [])

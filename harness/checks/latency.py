@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from harness.checks.failure import Evidence, Mismatch, fail_if, save_evidence
-from harness.results.latency import BASELINE_SERVER, SUBSAMPLE, subsample
+from harness.results.latency import BASELINE_SERVER, latency_regressions, subsample
 from harness.step import step
 from harness.xen.parsers.probe_output import TimeIn, parse_single
 
@@ -87,6 +87,58 @@ def record_rows(store, run_id: str, host: str, split: str, build: str, rows: Seq
         store.record_latency(run_id, host, split, build, r.server, r.port, r.summary, r.samples)
 
 
+class LatencyRegressionNotConfirmed(UserWarning):
+    """A measurement showed a latency regression that a second one, taken at
+    once on the same guest, did not (shown in pytest's warnings summary, so
+    these are counted, never silent)."""
+
+
+@dataclass(frozen=True)
+class LatencyVerdicts:
+    confirmed: list[str]      # regressions of the second measurement: the test fails
+    unconfirmed: list[str]    # regressions the second measurement did not show
+    first: list[str]          # the first measurement's regressions, as found
+
+
+def confirmed_latency_regressions(store, run_id: str, host: str, split: str, build: str,
+                                  rows: Sequence[LatencyRow],
+                                  measure_again: Callable[[], Sequence[LatencyRow]]) -> LatencyVerdicts:
+    """Record ``rows`` and compare them with the previous run; when that shows
+    a regression, measure again (``measure_again``) and record that instead.
+
+    A regression counts only when the second measurement shows it too (the
+    first one showed one, perhaps on another server of the guest): on the
+    virtual lab one measurement's QEMU round trip was +78 % against the run
+    before while the Xen-internal baseline did not move (the emulator's own
+    scheduling, not Xen or QEMU), and a second measurement costs far less
+    than a guest boot.  A real regression shows twice.  The run keeps the
+    second measurement; the first stays in the evidence and in the text.
+    """
+    def regressions() -> list[str]:
+        prefix = f"{host} split={split} "
+        return [r for r in latency_regressions(store, run_id) if r.startswith(prefix)]
+
+    record_rows(store, run_id, host, split, build, rows)
+    first = regressions()
+    if not first:
+        return LatencyVerdicts([], [], [])
+    record_rows(store, run_id, host, split, build, measure_again())
+    again = regressions()
+
+    def where(text: str) -> str:
+        return text.split(":", 1)[0]   # "host split=S server=N port P"
+
+    # The run's figure is the second measurement (the report lists its
+    # regressions), so every regression it shows fails the test: the guest
+    # regressed in both measurements, if not always on the same server.
+    first_at = {where(t): t for t in first}
+    again_at = {where(t) for t in again}
+    confirmed = [f"{t}; first measurement: {first_at[where(t)].split(': ', 1)[1]}"
+                 if where(t) in first_at else t for t in again]
+    unconfirmed = [t for t in first if where(t) not in again_at]
+    return LatencyVerdicts(confirmed, unconfirmed, first)
+
+
 #: Raw samples brought back over the console per measurement: enough for the
 #: regression test (a rank test over hundreds), few enough for a serial line.
 CONSOLE_SAMPLES = 250
@@ -110,11 +162,13 @@ def time_in_command(port: int, count: int = DEFAULT_COUNT, width: int = 1, raw: 
 @step("measure ioreq latency in guest {guest.name}")
 def measure_latency(guest, ports: Mapping[str, int], *, baseline_port: int = BASELINE_PORT,
                     count: int = DEFAULT_COUNT, probe: str = "xhprobe", raw: bool = True,
-                    check: bool = True, check_values: bool = True) -> list[LatencyRow]:
+                    check: bool = True, check_values: bool = True,
+                    evidence_dir: str = "latency") -> list[LatencyRow]:
     """Run ``xhprobe time-in`` on the baseline port and on one port per
     server (``ports``: model -> port it owns), return the rows (and check
-    them when ``check``)."""
-    out_dir = guest.artifacts_dir / "latency"
+    them when ``check``).  The outputs go to ``evidence_dir`` under the
+    guest's artifacts (a second measurement keeps the first's)."""
+    out_dir = guest.artifacts_dir / evidence_dir
     evidence: dict[str, str] = {}
 
     def one(label: str, port: int) -> TimeIn:
