@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from harness.checks.failure import Evidence, Mismatch, fail_if, save_evidence
-from harness.results.latency import BASELINE_SERVER, latency_regressions, subsample
+from harness.results.latency import BASELINE_SERVER, find_latency_regressions, subsample
 from harness.step import step
 from harness.xen.parsers.probe_output import TimeIn, parse_single
 
@@ -114,29 +114,21 @@ def confirmed_latency_regressions(store, run_id: str, host: str, split: str, bui
     than a guest boot.  A real regression shows twice.  The run keeps the
     second measurement; the first stays in the evidence and in the text.
     """
-    def regressions() -> list[str]:
-        prefix = f"{host} split={split} "
-        return [r for r in latency_regressions(store, run_id) if r.startswith(prefix)]
-
     record_rows(store, run_id, host, split, build, rows)
-    first = regressions()
+    first = find_latency_regressions(store, run_id, host, split)
     if not first:
         return LatencyVerdicts([], [], [])
     record_rows(store, run_id, host, split, build, measure_again())
-    again = regressions()
-
-    def where(text: str) -> str:
-        return text.split(":", 1)[0]   # "host split=S server=N port P"
-
+    again = find_latency_regressions(store, run_id, host, split)
     # The run's figure is the second measurement (the report lists its
     # regressions), so every regression it shows fails the test: the guest
     # regressed in both measurements, if not always on the same server.
-    first_at = {where(t): t for t in first}
-    again_at = {where(t) for t in again}
-    confirmed = [f"{t}; first measurement: {first_at[where(t)].split(': ', 1)[1]}"
-                 if where(t) in first_at else t for t in again]
-    unconfirmed = [t for t in first if where(t) not in again_at]
-    return LatencyVerdicts(confirmed, unconfirmed, first)
+    first_at = {r.where: r for r in first}
+    again_at = {r.where for r in again}
+    confirmed = [f"{r}; first measurement: {first_at[r.where].verdict}" if r.where in first_at
+                 else str(r) for r in again]
+    unconfirmed = [str(r) for r in first if r.where not in again_at]
+    return LatencyVerdicts(confirmed, unconfirmed, [str(r) for r in first])
 
 
 #: Raw samples brought back over the console per measurement: enough for the

@@ -102,10 +102,28 @@ def compare(current: dict, previous: dict | None, baseline_now_ns: float,
 BASELINE_SERVER = "xen"  # the Xen-internal port (PIT): never leaves Xen
 
 
-def latency_regressions(store, run_id: str, threshold: float = 0.10,
-                        alpha: float = 0.01) -> list[str]:
-    """Texts of the latency regressions of a run against each series' previous run."""
-    rows = store.latency_rows(run_id)
+@dataclass(frozen=True)
+class LatencyRegression:
+    host: str
+    split: str
+    server: str
+    port: str
+    verdict: str              # the figures, the test and the run measured against
+
+    @property
+    def where(self) -> str:
+        return f"{self.host} split={self.split} server={self.server} port {self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.verdict}"
+
+
+def find_latency_regressions(store, run_id: str, host: str | None = None, split: str | None = None,
+                             threshold: float = 0.10, alpha: float = 0.01) -> list[LatencyRegression]:
+    """The latency regressions of a run (of one host and split when given)
+    against each series' previous run."""
+    rows = [r for r in store.latency_rows(run_id)
+            if (host is None or r["host"] == host) and (split is None or r["split"] == split)]
     baselines = {(r["host"], r["split"]): r for r in rows if r["server"] == BASELINE_SERVER}
     found = []
     for row in rows:
@@ -127,6 +145,12 @@ def latency_regressions(store, run_id: str, threshold: float = 0.10,
             against = f"against run {previous['run_id']}"
             if previous.get("build") != row.get("build"):
                 against += f"; build changed: {previous.get('build')} -> {row.get('build')}"
-            found.append(f"{row['host']} split={row['split']} server={row['server']} "
-                         f"port {row['port']}: {result.text} ({against})")
+            found.append(LatencyRegression(row["host"], row["split"], row["server"], row["port"],
+                                           f"{result.text} ({against})"))
     return found
+
+
+def latency_regressions(store, run_id: str, threshold: float = 0.10,
+                        alpha: float = 0.01) -> list[str]:
+    """Texts of the latency regressions of a run against each series' previous run."""
+    return [str(r) for r in find_latency_regressions(store, run_id, threshold=threshold, alpha=alpha)]
