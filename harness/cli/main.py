@@ -12,7 +12,7 @@ import sys
 from harness.errors import ConfigError, XenhilError
 
 # Verb modules under harness.cli, each with register(subparsers).
-VERB_MODULES = ["lab", "reserve", "host", "power", "split", "savefile", "report"]
+VERB_MODULES = ["lab", "reserve", "host", "power", "split", "savefile", "report", "build"]
 
 EXIT_USAGE = 2       # bad input: inventory, split string, options
 EXIT_FAILURE = 1     # the action failed (host unreachable, ...)

@@ -10,12 +10,19 @@ Accepted forms of ``--xen-build PATH``:
 - nothing: the host's own Debian Xen packages (``debian-default``), so the
   whole flow runs for real on the virtual lab.
 
+A tree or tarball from ``xenhil build`` carries its manifest at
+``var/lib/xenhil/build-manifest.json`` (sources, patches, compiler,
+options).  It may hold the hypervisor alone (the series touched nothing
+else): the manifest lists the components left to the host's Debian
+packages, and no xl is required then.
+
 Its identity is a hash of everything that gets installed plus the Xen and
 dom0 command lines: the same bytes booted the same way are the same build.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tarfile
 from dataclasses import dataclass, field, replace
@@ -28,6 +35,7 @@ DEFAULT_XEN_CMDLINE = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M log
 DEFAULT_DOM0_CMDLINE = "ro console=hvc0 earlyprintk=xen"
 
 _TARBALL = re.compile(r"\.(tar|tar\.gz|tgz|tar\.xz|txz|tar\.bz2)$")
+MANIFEST = "var/lib/xenhil/build-manifest.json"   # written by `xenhil build`
 
 
 class XenBuildError(ConfigError):
@@ -43,6 +51,8 @@ class XenBuild:
     xen_cmdline: str = DEFAULT_XEN_CMDLINE
     dom0_cmdline: str = DEFAULT_DOM0_CMDLINE
     notes: tuple[str, ...] = field(default=())
+    manifest: str = ""                 # a `xenhil build` manifest: its path, "" for other builds
+    xenhil_build: str = ""             # that build's key (the manifest's xenhil_build)
 
     @property
     def build_id(self) -> str:
@@ -108,14 +118,48 @@ def _from_dist(tree: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
     if not hypervisors:
         raise XenBuildError(f"--xen-build {tree}: no hypervisor: expected boot/xen-*.gz "
                             f"under {root}", help="run `make dist` (or `make dist-xen`) first")
-    tools = [p for p in (root / "usr/sbin/xl", root / "usr/local/sbin/xl") if p.exists()]
-    if not tools:
+    manifest = _read_manifest(tree, (root / MANIFEST).read_bytes() if (root / MANIFEST).is_file() else None)
+    names = {str(p.relative_to(root)) for p in root.rglob("xl")}
+    if not _has_tools(names, manifest):
         raise XenBuildError(f"--xen-build {tree}: no tools: expected usr/sbin/xl or "
                             f"usr/local/sbin/xl under {root}", help="run `make dist-tools` too")
     files = tuple(sorted((str(p.relative_to(root)), sha256_file(p))
                          for p in root.rglob("*") if p.is_file() and not p.is_symlink()))
     return XenBuild("dist", tree, str(hypervisors[-1].relative_to(root)), files,
-                    xen_cmdline, dom0_cmdline)
+                    xen_cmdline, dom0_cmdline, **_manifest_fields(root / MANIFEST, manifest))
+
+
+def _read_manifest(where, data: bytes | None) -> dict | None:
+    if data is None:
+        return None
+    try:
+        manifest = json.loads(data)
+        manifest["xenhil_build"], manifest.get("packaged", [])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise XenBuildError(f"--xen-build {where}: unreadable {MANIFEST}: {exc}",
+                            help="rebuild it with `xenhil build`") from None
+    return manifest
+
+
+def _has_tools(names: set[str], manifest: dict | None) -> bool:
+    """xl where a dist tree has it, or where Debian's layout has it (a
+    `xenhil build` replaces Debian's tools file for file); none needed when
+    the manifest leaves the tools to the host's packages."""
+    if manifest is not None and "tools" in manifest.get("packaged", []):
+        return True
+    return any(re.fullmatch(r"(\./)?usr/(local/)?sbin/xl|(\./)?usr/lib/xen-[0-9.]+/bin/xl", n)
+               for n in names)
+
+
+def _manifest_fields(path, manifest: dict | None) -> dict:
+    if manifest is None:
+        return {}
+    return {"manifest": str(path), "xenhil_build": str(manifest["xenhil_build"]),
+            "notes": (f"xenhil build {manifest['xenhil_build']}: "
+                      f"{', '.join(manifest.get('components', {}))} built from "
+                      + ", ".join(f"{s['package']} {s['version']}" for s in manifest.get("sources", {}).values())
+                      + f", {sum(len(v) for v in manifest.get('patches', {}).values())} patch(es); "
+                      f"left to the host's packages: {', '.join(manifest.get('packaged', [])) or 'none'}",)}
 
 
 def _from_tarball(tarball: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
@@ -128,20 +172,25 @@ def _from_tarball(tarball: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuil
                     raise XenBuildError(f"--xen-build {tarball}: unsafe member path {m.name!r}",
                                         help="make the tarball from inside the dist tree")
             files = []
+            manifest_bytes = None
             for m in members:
-                fh = tar.extractfile(m)
-                files.append((m.name, hashlib.sha256(fh.read()).hexdigest()))
+                data = tar.extractfile(m).read()
+                files.append((m.name, hashlib.sha256(data).hexdigest()))
+                if m.name.removeprefix("./") == MANIFEST:
+                    manifest_bytes = data
     except tarfile.TarError as exc:
         raise XenBuildError(f"--xen-build {tarball}: not a readable tarball: {exc}") from None
     hypervisors = [n for n in names if re.search(r"(^|/)boot/xen[^/]*\.gz$", n)]
     if not hypervisors:
         raise XenBuildError(f"--xen-build {tarball}: no boot/xen*.gz inside",
                             help="tar the `make dist` output (dist/install) including boot/")
-    if not any(re.search(r"(^|/)usr/(local/)?sbin/xl$", n) for n in names):
+    manifest = _read_manifest(tarball, manifest_bytes)
+    if not _has_tools(set(names), manifest):
         raise XenBuildError(f"--xen-build {tarball}: no usr/sbin/xl inside",
                             help="include the tools install tree (make dist-tools)")
     return XenBuild("tarball", tarball, sorted(hypervisors)[-1], tuple(sorted(files)),
-                    xen_cmdline, dom0_cmdline)
+                    xen_cmdline, dom0_cmdline,
+                    **_manifest_fields(f"{tarball}:{MANIFEST}", manifest))
 
 
 def _from_debs(folder: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:

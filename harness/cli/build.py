@@ -1,0 +1,159 @@
+"""``xenhil build``: Debian's Xen 4.17 / QEMU 7.2 sources plus a patch series
+into a build that ``--xen-build`` takes; ``--list`` and ``--prune`` the cache.
+
+    xenhil build --xen-series PATCHES/ -o build.tar.gz
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from harness.build import cache as bcache
+from harness.build import engine, sources
+from harness.build.recipes import COMPONENTS
+from harness.build.series import parse_series
+from harness.errors import ConfigError
+
+
+def default_cache() -> Path:
+    from harness.lab.virtual.builder import cache_dir
+    return cache_dir()
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "build", help="build Xen/QEMU from Debian's sources plus a patch series",
+        description="Fetch Debian 12's xen and qemu source packages, apply a patch series "
+                    "(a folder with a quilt `series` file, an mbox, a .patch, or git:REPO:A..B), "
+                    "build what the series touches, and print the dist tree for --xen-build. "
+                    "The same inputs answer from the cache. Exit 2 on bad input (a patch that "
+                    "does not apply, a missing build dependency), 1 when a compile fails.")
+    parser.add_argument("--xen-series", default=None, metavar="SERIES",
+                        help="patches for Xen (hypervisor and tools)")
+    parser.add_argument("--qemu-series", default=None, metavar="SERIES", help="patches for QEMU")
+    parser.add_argument("--components", default="auto",
+                        help=f"auto (what the series touches; the hypervisor always), all, or a "
+                             f"comma list of {', '.join(COMPONENTS)}; components not built stay "
+                             f"the host's Debian packages")
+    parser.add_argument("--xen-version", default=None,
+                        help="Debian version of the xen source (default: newest that downloads)")
+    parser.add_argument("--qemu-version", default=None, help="Debian version of the qemu source")
+    parser.add_argument("-o", "--output", default=None, metavar="PATH",
+                        help="also write the build here: a tarball (.tar, .tar.gz, .tar.xz) or "
+                             "a symlink to the dist tree")
+    parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--cache", default=None, type=Path,
+                        help="cache folder (default: $XENHIL_CACHE or /var/cache/xenhil)")
+    parser.add_argument("--max-size", type=float, default=bcache.DEFAULT_LIMIT_GB, metavar="GB",
+                        help="cache size limit, pruned least recently used first after a build "
+                             "and by --prune (default %(default)s; $XENHIL_BUILD_CACHE_GB)")
+    parser.add_argument("--list", action="store_true", help="list the cached builds and exit")
+    parser.add_argument("--prune", action="store_true",
+                        help="prune the cache to --max-size (--max-size 0 empties it) and exit")
+    parser.add_argument("--fetch-sources", action="store_true",
+                        help="only fetch and unpack the source packages (scripts/setup does this)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=cmd_build)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def cmd_list(cache: Path, as_json: bool) -> int:
+    found = bcache.entries(cache)
+    if as_json:
+        print(json.dumps([{"kind": e.kind, "name": e.name, "path": str(e.path), "size": e.size,
+                           "last_used": e.last_used} for e in found], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"xenhil build cache ({bcache.cache_root(cache)})")
+    for col in ("kind", "key", "what", "size", "last used"):
+        table.add_column(col)
+    for e in sorted(found, key=lambda e: (e.kind, -e.last_used)):
+        what = ""
+        if e.kind == "builds" and e.manifest:
+            m = e.manifest
+            patches = sum(len(v) for v in m.get("patches", {}).values())
+            what = f"{'+'.join(m['components'])}, {patches} patch(es)"
+        table.add_row(e.kind, e.name, what, _gb(e.size), bcache.age(e.last_used))
+    Console().print(table)
+    print(f"total {_gb(sum(e.size for e in found))}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    cache = args.cache or default_cache()
+    limit = int(args.max_size * 1e9)
+    if args.list:
+        return cmd_list(cache, args.json)
+    if args.prune:
+        removed = bcache.prune(cache, limit, remove_all=args.max_size == 0)
+        for e in removed:
+            print(f"removed {e.kind}/{e.name} ({_gb(e.size)})")
+        print(f"cache now {_gb(sum(e.size for e in bcache.entries(cache)))} (limit {_gb(limit)})")
+        return 0
+    if args.fetch_sources:
+        for package, version in (("xen", args.xen_version), ("qemu", args.qemu_version)):
+            src = sources.fetch(cache, package, version, progress=print)
+            print(f"{package} {src.version}: {src.folder}")
+            for name, sha in src.files.items():
+                print(f"  {sha}  {name}")
+        return 0
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: needs at least 1")
+    request = engine.Request(
+        xen_series=parse_series(args.xen_series) if args.xen_series else [],
+        qemu_series=parse_series(args.qemu_series) if args.qemu_series else [],
+        components=args.components, xen_version=args.xen_version,
+        qemu_version=args.qemu_version, jobs=args.jobs)
+    show = None if args.json else (lambda m: print(m, file=sys.stderr))
+    builder = engine.Builder(cache, engine.Reporter(show=show))
+    result = builder.build(request)
+    bcache.prune(cache, limit, keep={result.path})
+    output = None
+    if args.output:
+        out = Path(args.output)
+        if engine.is_tarball_name(out.name):
+            output = engine.write_tarball(result.dist, out)
+        else:
+            if out.is_symlink() or not out.exists():
+                out.unlink(missing_ok=True)
+                out.symlink_to(result.dist)
+                output = out
+            else:
+                raise ConfigError(f"-o {out}: exists and is not a symlink", help="remove it or pick another path")
+    if args.json:
+        print(json.dumps({"key": result.key, "dist": str(result.dist), "cached": result.cached,
+                          "output": str(output) if output else None, "times": result.times,
+                          "built": result.components_built}, indent=2))
+        return 0
+    _summary(result, output)
+    return 0
+
+
+def _summary(result: engine.Result, output: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    m = result.manifest
+    if result.cached:
+        console.print(f"build {result.key}: from the cache in {result.times['cache answer']:.1f} s")
+    else:
+        table = Table(title=f"build {result.key}: time per stage")
+        table.add_column("stage")
+        table.add_column("seconds", justify="right")
+        for stage, secs in result.times.items():
+            table.add_row(stage, f"{secs:.1f}")
+        table.add_row("total", f"{sum(result.times.values()):.1f}")
+        console.print(table)
+    console.print(f"components built: {', '.join(m['components'])}; "
+                  f"left to the host's Debian packages: {', '.join(m['packaged']) or 'none'}")
+    console.print(f"dist tree (--xen-build): {result.dist}")
+    console.print(f"manifest: {result.path / 'manifest.json'}")
+    if output:
+        console.print(f"written: {output}")
