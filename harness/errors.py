@@ -32,6 +32,25 @@ class XenhilError(Exception):
             self.help = help
         # name -> path (or short text) of evidence gathered for this failure
         self.evidence: dict[str, str] = dict(evidence or {})
+        # Stages (harness.budgets.stage) the failure passed through, outermost first.
+        self.stages: list[str] = []
+        self._bare_message: str | None = None
+
+    def within(self, stage: str) -> None:
+        """Say that this failure happened inside ``stage`` (harness.budgets.stage
+        calls it as the failure leaves each stage).  The message then starts
+        with the stages, outermost first ("guest boot of split single on h1,
+        attempt 2 of 3: console ... timed out"), so a reviewer reads where the
+        lab failed before what failed.  The text lives in ``args``, where the
+        report's secret scrubbing (harness.secrets) reaches it."""
+        if not self.stages:
+            if len(self.args) != 1 or not isinstance(self.args[0], str):
+                return  # a message that is not one text: leave it as it is
+            self._bare_message = self.args[0]
+        if self._bare_message is None:
+            return
+        self.stages.insert(0, stage)
+        self.args = (f"{' > '.join(self.stages)}: {self._bare_message}",)
 
     def __str__(self) -> str:
         # The "[class]" prefix is what the Allure categories match on
@@ -98,7 +117,28 @@ class RemoteCommandFailed(InfrastructureError):
         super().__init__(msg, **kw)
 
 
-class ConsoleTimeout(InfrastructureError):
+class TimeLimitExceeded(InfrastructureError):
+    """A wait ran out of its budget (harness/budgets.py): the lab was too slow,
+    or hung.  The message starts with the stage it ran out in."""
+
+    help = ("A wait ran out of time: the message names the stage, the evidence has each "
+            "stage's budget and time spent. Rerun; if the lab is merely slow, raise that "
+            "stage's budget in harness/budgets.py.")
+
+
+class TestTimeLimitExceeded(TimeLimitExceeded):
+    """The limit of a whole test (pytest-timeout's, set by the plugin from
+    harness/budgets.py) ran out; raised in place of pytest-timeout's plain
+    failure so the stage it ran out in is named."""
+
+    __test__ = False  # not a test class, despite the name
+    help = ("The test as a whole ran out of time. The innermost stage named is where the time "
+            "went: if it overran its own budget, that wait is not bounded (a xenhil bug: report "
+            "it with this message); otherwise the stages add up to more than the test's limit "
+            "and harness/budgets.py must give the test more.")
+
+
+class ConsoleTimeout(TimeLimitExceeded):
     help = "The console did not show what was awaited in time: read the tail and the transcript."
 
 
@@ -112,7 +152,7 @@ class PowerError(InfrastructureError):
     help = "Check the BMC address, user and password reference in the inventory, and that the BMC answers."
 
 
-class ReservationTimeout(InfrastructureError):
+class ReservationTimeout(TimeLimitExceeded):
     help = "All matching hosts stayed leased; wait, add hosts, or raise --reserve-timeout."
 
 

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Protocol, Sequence
 
+from harness import budgets
+from harness.budgets import COMMAND_ECHO_S, CONSOLE_STALL_S
 from harness.errors import InfrastructureError, ProductError, XenhilError
-from harness.lab.virtual.quirks import guest_boot_timeout, is_emulated
+from harness.lab.virtual.quirks import is_emulated
 from harness.step import step
 from harness.xen import evidence
 from harness.xen.dom0_crashes import dom0_uptime
@@ -25,12 +27,9 @@ from harness.xen.toolstack import Toolstack
 log = logging.getLogger("xenhil.guest")
 
 GUEST_DIR = "/var/lib/xenhil/guests"
-#: Silence (after the guest's first output) that counts as a stuck console
-#: relay while waiting for the shell; longer than any quiet stretch of a boot.
-CONSOLE_STALL_S = 150.0
-#: How long a shell may take to echo a typed command line before the
-#: console counts as stalled (a loaded emulated guest echoes within seconds).
-COMMAND_ECHO_S = 60.0
+# CONSOLE_STALL_S (silence after the guest's first output that counts as a
+# stuck console relay) and COMMAND_ECHO_S (how long a shell may take to echo
+# a typed line) are budgets, with their reasons, in harness/budgets.py.
 
 
 class GuestState(enum.Enum):
@@ -121,7 +120,8 @@ class Guest:
         # dom0's clock when this guest's life began: crashes of dom0 processes
         # after it are read back when a check fails (harness.xen.dom0_crashes).
         self.dom0_uptime_at_create = dom0_uptime(self.host.ssh)
-        self.xl.create(self.cfg_path, self.name, paused=hold, timeout=300)
+        self.xl.create(self.cfg_path, self.name, paused=hold,
+                       timeout=budgets.seconds("xl create", self.host.spec.capabilities))
         self.state = GuestState.PAUSED if hold else GuestState.RUNNING
         domid = self._refresh_domid()
         for companion in self.companions:
@@ -142,7 +142,7 @@ class Guest:
     @step("wait for guest {self.name}'s shell")
     def wait_ready(self, timeout: float | None = None) -> None:
         if timeout is None:
-            timeout = guest_boot_timeout(self.host.spec.capabilities)
+            timeout = budgets.seconds("guest boot", self.host.spec.capabilities)
         from harness.access.console import ConsoleClosed, ConsoleStalled
         deadline = time.monotonic() + timeout
         while True:
@@ -201,6 +201,13 @@ class Guest:
         and register writes are).  A command that times out after
         CONSOLE_STALL_S of silence is not repeated (it may just be slow); the
         console is re-attached for the next one."""
+        # A stage, so that when the test's own limit runs out in here the
+        # report names this command (its own timeout names it otherwise).
+        with budgets.stage(f"guest command `{command[:60]}` in {self.name}",
+                           budgets.guest_command_s(timeout), names_failures=False):
+            return self._run(command, timeout, check)
+
+    def _run(self, command: str, timeout: float, check: bool) -> str:
         from harness.access.console import ConsoleClosed, ConsoleStalled
         from harness.errors import ConsoleTimeout
         try:
@@ -271,7 +278,8 @@ class Guest:
             except XenhilError as exc:  # the domain goes anyway; the leak check judges
                 log.warning("detaching %s from %s: %s", companion.name, self.name, exc)
         if self.xl.domain(self.name) is not None:
-            self.xl.xl("destroy", self.name, timeout=120)
+            self.xl.xl("destroy", self.name,
+                       timeout=budgets.seconds("xl destroy", self.host.spec.capabilities))
         self.state = GuestState.DESTROYED
 
     @step("leak check after guest {self.name}")

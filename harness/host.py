@@ -18,12 +18,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from harness import budgets
 from harness.access.console import ConsoleClosed
-from harness.errors import ConfigError, HostBroken, InfrastructureError, XenhilError
+from harness.errors import ConfigError, HostBroken, InfrastructureError, TimeLimitExceeded, XenhilError
 from harness.lab.model import HostSpec
 from harness.step import step
 
 log = logging.getLogger("xenhil.host")
+
+
+class HostBootTimeout(TimeLimitExceeded):
+    help = "Read the serial transcript: did Xen or dom0 fail to boot?"
 
 
 class HostState(enum.Enum):
@@ -171,7 +176,17 @@ class Host:
 
     @latching
     @step("bring {self.name} to dom0 ready")
-    def ensure_ready(self, boot_timeout: float = 600.0) -> None:
+    def ensure_ready(self, boot_timeout: float | None = None) -> None:
+        """``boot_timeout``: power-on to dom0's SSH (default: the host's "dom0
+        boot" budget, harness/budgets.py)."""
+        if boot_timeout is None:
+            boot_timeout = budgets.seconds("dom0 boot", self.spec.capabilities)
+        # A stage: a failure, or the test's limit running out, names it.
+        with budgets.stage(f"bringing {self.name} to dom0 ready",
+                           budgets.host_ready_s(self.spec.capabilities)):
+            self._ensure_ready(boot_timeout)
+
+    def _ensure_ready(self, boot_timeout: float) -> None:
         if self.state is HostState.DOM0_READY and self._ssh_answers():
             return
         if self.state is HostState.UNKNOWN:
@@ -187,8 +202,10 @@ class Host:
 
     @latching
     @step("reboot {self.name}")
-    def reboot(self, boot_timeout: float = 600.0) -> None:
+    def reboot(self, boot_timeout: float | None = None) -> None:
         """Reboot cleanly over SSH when it answers, else power-cycle."""
+        if boot_timeout is None:
+            boot_timeout = budgets.seconds("dom0 boot", self.spec.capabilities)
         if self.state is HostState.DOM0_READY and self._ssh_answers():
             try:
                 self.ssh.run("systemctl reboot || reboot", timeout=20)
@@ -218,9 +235,8 @@ class Host:
                     log.warning("%s: serial console closed while dom0 boots", self.name)
             else:
                 time.sleep(3)
-        raise InfrastructureError(
+        raise HostBootTimeout(
             f"{self.name}: dom0 did not answer SSH within {timeout:.0f}s",
-            help="Read the serial transcript: did Xen or dom0 fail to boot?",
             evidence={"console transcript": str(self.artifacts_dir)})
 
     def close(self) -> None:

@@ -5,6 +5,12 @@ State lives in ``config.stash[XENHIL]`` (one :class:`RunState` per process).
 Under pytest-xdist the controller makes the run id and hands it to each
 worker through ``workerinput``, so every worker's leases and artifacts carry
 the same run id and their own worker id.
+
+Time limits: a test on a lab host gets pytest-timeout's limit from
+harness/budgets.py (the sum of the stages it may wait in, for the lab's
+hosts), unless --timeout, $PYTEST_TIMEOUT or a timeout marker says
+otherwise; when a test's limit runs out, its failure names the stage it ran
+out in and is infrastructure (:func:`_timed_phase`).
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import budgets
+from harness.errors import XenhilError
 from harness.lab.model import KNOWN_CAPABILITIES
 
 pytest_plugins = ["fixtures.lab", "fixtures.guest", "fixtures.reporting"]
@@ -114,12 +122,108 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 problems.append(f"{item.nodeid}: requires_tags takes tag strings only")
     if problems:
         raise pytest.UsageError("invalid xenhil markers:\n  " + "\n  ".join(problems))
+    _set_time_limits(config, items)
+
+
+# --- time limits (harness/budgets.py) ------------------------------------------
+
+BUDGET = pytest.StashKey[budgets.ItemBudget]()
+_HOSTS = pytest.StashKey[list]()
+
+
+def _lab_hosts(config: pytest.Config) -> list:
+    """The inventory's hosts (their capabilities decide the budgets), or []
+    without a valid inventory: the ``lab`` fixture then reports what is wrong."""
+    if _HOSTS not in config.stash:
+        hosts: list = []
+        path = config.stash[XENHIL].options["--lab"]
+        if path:
+            from harness.lab.inventory import load_inventory
+            try:
+                hosts = list(load_inventory(path).hosts.values())
+            except (XenhilError, OSError):
+                hosts = []
+        config.stash[_HOSTS] = hosts
+    return config.stash[_HOSTS]
+
+
+def _user_set_timeout(config: pytest.Config) -> bool:
+    """--timeout or $PYTEST_TIMEOUT: the user's limit for every test.  (The
+    ini file's ``timeout`` is the project's default for tests without a lab
+    host; a lab test's derived limit replaces it.)"""
+    return (config.getoption("timeout", None) is not None
+            or bool(os.environ.get("PYTEST_TIMEOUT")))
+
+
+def _set_time_limits(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give each test on a lab host its budget and, through a timeout marker,
+    pytest-timeout's limit: the largest over the inventory's hosts that could
+    serve it, so it exceeds the sum of the stages the test may wait in."""
+    hosts = _lab_hosts(config)
+    if not hosts:
+        return
+    from fixtures.lab import wanted_host
+    reservation = float(config.stash[XENHIL].options["--reserve-timeout"])
+    has_timeout = config.pluginmanager.hasplugin("timeout")
+    user_set = _user_set_timeout(config)
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "host" not in names:
+            continue
+        tags, capabilities = wanted_host(item)
+        fitting = [h for h in hosts if h.matches(tags, capabilities)] or hosts
+        budget = max((budgets.item_budget(h.capabilities, reservation,
+                                          provisions="xen_host" in names,
+                                          boots_guest="guest" in names) for h in fitting),
+                     key=lambda b: b.limit_s)
+        item.stash[BUDGET] = budget
+        if has_timeout and not user_set and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(budget.limit_s))
+
+
+def _timed_phase(phase: str, budget_s: float | None):
+    """Run a phase of a test as a stage.  pytest-timeout's failure when the
+    test's limit runs out ("Failed: Timeout (>900.0s)", which the report once
+    filed as "unclassified") becomes TestTimeLimitExceeded: infrastructure,
+    naming the stages it ran out in and their times (harness.budgets)."""
+    try:
+        with budgets.stage(phase, budget_s, names_failures=False):
+            return (yield)
+    except BaseException as exc:
+        if budgets.pytest_timeout_limit(exc) is None:
+            raise
+        raise budgets.time_limit_error(exc) from exc
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item):
+    budget = item.stash.get(BUDGET, None)
+    return (yield from _timed_phase("setup", budget.setup_s if budget else None))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item):
+    budget = item.stash.get(BUDGET, None)
+    return (yield from _timed_phase("test body", budget.body_s if budget else None))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem):
+    budget = item.stash.get(BUDGET, None)
+    return (yield from _timed_phase("teardown", budget.teardown_s if budget else None))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash[XENHIL]
     lab = state.options["--lab"] or "(none: tests needing a host will fail with a hint)"
-    return [f"xenhil: run {state.run_id}, lab {lab}, artifacts {state.artifacts}"]
+    lines = [f"xenhil: run {state.run_id}, lab {lab}, artifacts {state.artifacts}"]
+    hosts = _lab_hosts(config)
+    if hosts and config.pluginmanager.hasplugin("timeout") and not _user_set_timeout(config):
+        reservation = float(state.options["--reserve-timeout"])
+        kinds = {budgets.describe(h.capabilities, reservation) for h in hosts}
+        lines += [f"xenhil: time limit of a test on a lab host (harness/budgets.py), {k}"
+                  for k in sorted(kinds)]
+    return lines
 
 
 def provenance(config: pytest.Config) -> dict[str, str]:

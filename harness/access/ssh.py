@@ -21,6 +21,9 @@ Rules it keeps, so that results are reproducible and safe:
 - A command that outlives its timeout raises :class:`CommandTimeout` and is
   killed on the host, with its children (found by an ``XENHIL_RUN`` token in
   their environment: sshd ignores "signal" requests for root sessions).
+- Every wait is bounded (budgets in harness/budgets.py), also those paramiko
+  leaves open: the answer to an exec, pty or subsystem request (a hung sshd
+  never answers; paramiko would wait forever) and each SFTP reply.
 
 :func:`connection_for` keeps one connection per host per *process*: pytest-xdist
 workers and forked children never share their parent's socket.
@@ -29,9 +32,12 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import hashlib
+import heapq
 import itertools
 import logging
+import math
 import os
 import re
 import select
@@ -42,10 +48,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, NoReturn, Sequence
+from typing import Iterator, Mapping, NoReturn, Sequence
 
 import paramiko
 
+from harness import budgets
 from harness.errors import (
     ConfigError,
     ConnectionLost,
@@ -54,6 +61,7 @@ from harness.errors import (
     RemoteCommandFailed,
     SSHError,
     TestBugError,
+    TimeLimitExceeded,
 )
 from harness.lab.model import SSHConfig
 from harness.secrets import register_private_key
@@ -76,7 +84,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 # --- failures ------------------------------------------------------------
 
-class CommandTimeout(InfrastructureError):
+class CommandTimeout(TimeLimitExceeded):
     """A remote command did not finish in time."""
 
     help = ("The command outlived its timeout: read the output tail; raise the timeout if the "
@@ -97,6 +105,105 @@ class SSHUnreachable(ConnectionLost, SSHError):
 
     help = ("The host did not accept an SSH connection: check that it is powered and booted "
             "(xenhil power HOST status, its console), and its address/port in the inventory.")
+
+
+class SFTPTimeout(TimeLimitExceeded):
+    """An SFTP request got no answer in time (a hung host or sshd)."""
+
+    help = ("The host stopped answering a file transfer: check that it is alive (power "
+            "status, console) and that its disk is not full, then rerun.")
+
+
+class NoAnswerToRequest(paramiko.SSHException):
+    """sshd did not answer a channel request (exec, pty, subsystem) in time.
+    An SSHException, so that :meth:`SSHConnection._open` tries again and then
+    on a new connection, as for any session that could not be started."""
+
+
+class _Watchdog:
+    """Runs an action when a deadline passes, unless cancelled first; one
+    thread for every bounded request of the process (a timer thread per
+    command cost 0.25 ms, a tenth of a command's round trip)."""
+
+    def __init__(self) -> None:
+        self._seq = itertools.count()
+        self._reset()
+        # A forked child (an xdist worker, multiprocessing) has no copy of the
+        # thread, and its lock may have been held at the fork: start afresh.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, dict, object]] = []
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, delay: float, action) -> dict:
+        """Call ``action()`` in ``delay`` seconds; the returned handle's
+        ``cancelled`` set to True (under the caller's own lock) prevents it."""
+        handle = {"cancelled": False}
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="xenhil-ssh-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            entry = (time.monotonic() + delay, next(self._seq), handle, action)
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:  # wake the thread only for a new earliest deadline
+                self._cond.notify()
+        return handle
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, _, handle, action = self._heap[0]
+                left = deadline - time.monotonic()
+                if left > 0 and not handle["cancelled"]:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._heap)
+                if not handle["cancelled"]:
+                    action()
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _answered(chan: paramiko.Channel, request, what: str, timeout: float) -> None:
+    """Send a channel request (``request()``, e.g. ``chan.exec_command(line)``)
+    and wait at most ``timeout`` s for sshd's answer.
+
+    paramiko waits for that answer without a time limit, so a dom0 whose sshd
+    stopped answering (the connection itself alive) held a command forever:
+    an `xl list` that waited until the test's own limit, 18 minutes.  When no
+    answer came in time the channel is closed, which wakes paramiko's wait."""
+    lock = threading.Lock()
+    state = {"answered": False, "expired": False}
+
+    def expire() -> None:
+        with lock:
+            if state["answered"]:
+                return
+            state["expired"] = True
+        # In a thread of its own: closing sends a message, which could block
+        # on a wedged connection and hold up every other deadline.
+        threading.Thread(target=chan.close, name="xenhil-ssh-close", daemon=True).start()
+
+    handle = _WATCHDOG.schedule(timeout, expire)
+    try:
+        request()
+    except paramiko.SSHException as exc:
+        if state["expired"]:
+            raise NoAnswerToRequest(f"no answer to {what} within {timeout:g}s") from exc
+        raise
+    finally:
+        with lock:
+            state["answered"] = True
+            handle["cancelled"] = True
+    if state["expired"]:  # answered just as the channel was being closed: unusable
+        raise NoAnswerToRequest(f"no answer to {what} within {timeout:g}s")
 
 
 class TransferVerificationFailed(InfrastructureError):
@@ -204,15 +311,23 @@ class SSHConnection:
     CONNECTED = "connected"
     CLOSED = "closed"
 
-    def __init__(self, config: SSHConfig, name: str = "", connect_timeout: float = 10.0,
-                 retries: int = 3, retry_delay: float = 1.0, *, via: "SSHConnection | None" = None):
+    def __init__(self, config: SSHConfig, name: str = "",
+                 connect_timeout: float = budgets.SSH_CONNECT_S,
+                 retries: int = budgets.SSH_CONNECT_ATTEMPTS,
+                 retry_delay: float = budgets.SSH_RETRY_DELAY_S, *,
+                 via: "SSHConnection | None" = None, channel_timeout: float | None = None,
+                 sftp_timeout: float = budgets.SFTP_REPLY_S):
         if retries < 1:
             raise ConfigError(f"retries must be at least 1, got {retries}")
         self.config = config
         self.name = name or f"{config.user}@{config.address}:{config.port}"
         self.connect_timeout = connect_timeout
-        # Opening a session makes the host's sshd fork: slow on a loaded host.
-        self.channel_timeout = max(30.0, 3 * connect_timeout)
+        # Opening a session, and sshd's answer to the exec request, may take
+        # this long: the host's sshd forks, slowly on a loaded host.
+        self.channel_timeout = (max(budgets.SSH_CHANNEL_S, 3 * connect_timeout)
+                                if channel_timeout is None else channel_timeout)
+        # How long one SFTP request (a chunk of a copy, a stat) may wait for its answer.
+        self.sftp_timeout = sftp_timeout
         self.retries = retries
         self.retry_delay = retry_delay
         self.via = via
@@ -221,6 +336,11 @@ class SSHConnection:
         self._sftp: paramiko.SFTPClient | None = None
         self._pkey: paramiko.PKey | None = None
         self._lock = threading.RLock()
+        # One SFTP operation at a time: paramiko's SFTPClient matches each
+        # reply to the thread reading, so two threads sharing it (guests
+        # created at once through one connection) took each other's replies
+        # and both waited for ever on their own.
+        self._sftp_busy = threading.Lock()
 
     def __repr__(self) -> str:
         through = f" via {self.via.name}" if self.via else ""
@@ -452,12 +572,20 @@ class SSHConnection:
         non-zero exit.  Raises CommandTimeout after ``timeout`` seconds, and
         ConnectionLost if the connection drops while the command runs.
         """
+        if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
+            # Every wait is bounded: a command without a limit could hold a
+            # test until its own limit, with no stage to blame.
+            raise TestBugError(f"run(): timeout must be a finite number of seconds, got {timeout!r}")
         line = self._command_line(cmd)
         shown = line if not env else f"[env {','.join(env)}] {line}"
         title = f"{self.name}$ {shown}"
         if len(title) > _TITLE_CHARS:
             title = title[:_TITLE_CHARS - 3] + "..."
-        with step_context(title):
+        # A stage, so that when the test's own limit runs out in here the
+        # report names this command (its own timeout names it otherwise).
+        with step_context(title), budgets.stage(f"ssh command `{_short(shown)}` on {self.name}",
+                                                budgets.ssh_command_s(timeout),
+                                                names_failures=False):
             result = self._run(self._env_prefix(env) + line, shown, timeout, input)
             log.debug("%s: exit %d in %.3fs: %s", self.name, result.exit_status,
                       result.duration, shown)
@@ -479,7 +607,8 @@ class SSHConnection:
         def opener(transport: paramiko.Transport) -> paramiko.Channel:
             chan = transport.open_session(timeout=self.channel_timeout)
             try:
-                chan.exec_command(line)
+                _answered(chan, lambda: chan.exec_command(line), "the exec request",
+                          self.channel_timeout)
             except BaseException:
                 chan.close()
                 raise
@@ -554,7 +683,7 @@ class SSHConnection:
         killer = (f"pids=$(grep -lzx {pattern} /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); "
                   f'[ -z "$pids" ] || kill -KILL $pids 2>/dev/null; true')
         try:
-            self._run(killer, "(stop timed-out command)", 15.0, None)
+            self._run(killer, "(stop timed-out command)", budgets.SSH_KILL_S, None)
         except Exception:  # noqa: BLE001 - the timeout is what gets reported
             log.info("%s: could not stop a timed-out command", self.where, exc_info=True)
 
@@ -567,8 +696,10 @@ class SSHConnection:
         def opener(transport: paramiko.Transport) -> paramiko.Channel:
             chan = transport.open_session(timeout=self.channel_timeout)
             try:
-                chan.get_pty(term=term, width=width, height=height)
-                chan.exec_command(cmd)
+                _answered(chan, lambda: chan.get_pty(term=term, width=width, height=height),
+                          "the pty request", self.channel_timeout)
+                _answered(chan, lambda: chan.exec_command(cmd), "the exec request",
+                          self.channel_timeout)
             except BaseException:
                 chan.close()
                 raise
@@ -597,7 +728,8 @@ class SSHConnection:
         """A connection to a guest whose ``config.address`` this host can reach;
         it travels inside this connection and pins the guest's own host key."""
         return SSHConnection(config, name=name, connect_timeout=self.connect_timeout,
-                             retries=self.retries, retry_delay=self.retry_delay, via=self)
+                             retries=self.retries, retry_delay=self.retry_delay, via=self,
+                             channel_timeout=self.channel_timeout, sftp_timeout=self.sftp_timeout)
 
     # -- files ---------------------------------------------------------------------
     def _sftp_client(self) -> paramiko.SFTPClient:
@@ -605,9 +737,39 @@ class SSHConnection:
             if self._sftp is not None and not self._sftp.get_channel().get_transport().is_active():
                 self._drop("SFTP session lost")
             if self._sftp is None:
-                self._sftp = self._open(lambda t: paramiko.SFTPClient.from_transport(
-                    t, window_size=None), "opening SFTP")
+                self._sftp = self._open(self._open_sftp, "opening SFTP")
             return self._sftp
+
+    def _open_sftp(self, transport: paramiko.Transport) -> paramiko.SFTPClient:
+        """paramiko's SFTPClient.from_transport, with every wait bounded."""
+        chan = transport.open_session(timeout=self.channel_timeout)
+        try:
+            _answered(chan, lambda: chan.invoke_subsystem("sftp"), "the sftp subsystem request",
+                      self.channel_timeout)
+            # Every later SFTP reply (and the version exchange now) waits at
+            # most this long; paramiko raises socket.timeout then.
+            chan.settimeout(self.sftp_timeout)
+            return paramiko.SFTPClient(chan)
+        except BaseException:
+            chan.close()
+            raise
+
+    @contextlib.contextmanager
+    def _sftp_waits(self, what: str) -> Iterator[None]:
+        """An SFTP reply that did not come within sftp_timeout is a typed
+        failure, and the session is dropped (its request stream is out of step).
+        Holds the connection's SFTP for the whole operation."""
+        try:
+            with self._sftp_busy:
+                yield
+        except TimeoutError as exc:  # socket.timeout
+            with self._lock:
+                sftp, self._sftp = self._sftp, None
+            if sftp is not None:
+                with contextlib.suppress(Exception):
+                    sftp.close()
+            raise SFTPTimeout(f"{self.where}: {what}: no SFTP answer within "
+                              f"{self.sftp_timeout:g}s") from exc
 
     def remote_sha256(self, remote: str) -> str:
         result = self.run(["sha256sum", "--", remote], timeout=600, check=True)
@@ -627,10 +789,11 @@ class SSHConnection:
         local = Path(local)
         expected = sha256_file(local)
         partial = f"{remote}.xenhil-part"
-        sftp = self._sftp_client()
-        sftp.put(str(local), partial)
-        if mode is not None:
-            sftp.chmod(partial, mode)
+        with self._sftp_waits(f"copying {local} to {partial}"):
+            sftp = self._sftp_client()
+            sftp.put(str(local), partial)
+            if mode is not None:
+                sftp.chmod(partial, mode)
         self.verify_remote(partial, expected)
         self.run(["mv", "-f", "--", partial, remote], check=True)
         return expected
@@ -640,7 +803,8 @@ class SSHConnection:
         """Copy a file from the host, verified by sha256; returns the digest."""
         local = Path(local)
         expected = self.remote_sha256(remote)
-        self._sftp_client().get(remote, str(local))
+        with self._sftp_waits(f"copying {remote} to {local}"):
+            self._sftp_client().get(remote, str(local))
         seen = sha256_file(local)
         if seen != expected:
             raise TransferVerificationFailed(
@@ -653,17 +817,18 @@ class SSHConnection:
         expected = hashlib.sha256(data).hexdigest()
         partial = f"{remote}.xenhil-part"
         with step_context(f"{self.name}: write {len(data)} bytes to {remote}"):
-            sftp = self._sftp_client()
-            with sftp.open(partial, "wb") as f:
-                f.write(data)
-            if mode is not None:
-                sftp.chmod(partial, mode)
+            with self._sftp_waits(f"writing {partial}"):
+                sftp = self._sftp_client()
+                with sftp.open(partial, "wb") as f:
+                    f.write(data)
+                if mode is not None:
+                    sftp.chmod(partial, mode)
             self.verify_remote(partial, expected)
             self.run(["mv", "-f", "--", partial, remote], check=True)
         return expected
 
     def read_bytes(self, remote: str) -> bytes:
-        with self._sftp_client().open(remote, "rb") as f:
+        with self._sftp_waits(f"reading {remote}"), self._sftp_client().open(remote, "rb") as f:
             return f.read()
 
     def read_text(self, remote: str, encoding: str = "utf-8") -> str:
@@ -683,6 +848,12 @@ class SSHConnection:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _short(command: str, limit: int = 60) -> str:
+    """A command as a stage names it: its first line, cut."""
+    first = command.splitlines()[0] if command else command
+    return first if len(first) <= limit and first == command else first[:limit - 3] + "..."
 
 
 def _text(data: bytes | bytearray) -> str:

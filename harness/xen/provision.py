@@ -23,6 +23,7 @@ import shlex
 import time
 from pathlib import Path
 
+from harness import budgets
 from harness.access.ssh import sha256_file
 from harness.errors import InfrastructureError, XenhilError
 from harness.host import HostState
@@ -167,6 +168,9 @@ def reboot_and_follow(host, boot_timeout: float) -> None:
         # No banner: the clean reboot did not happen (hung dom0); power-cycle.
         with step_context(f"power-cycle {host.name} over its BMC"):
             host.power.cycle()
+        # The boot after the power cycle gets the whole boot budget, not
+        # what the failed reboot left of it (which left dom0 60 s).
+        started = time.monotonic()
         console.expect(XEN_BANNER, timeout=boot_timeout)
     left = max(boot_timeout - (time.monotonic() - started), 60)
     host.wait_for_dom0(left)
@@ -197,8 +201,20 @@ def verify(host, build: XenBuild) -> dict:
     return facts
 
 
-def provision(host, build: XenBuild, boot_timeout: float = 600.0) -> bool:
-    """Make ``host`` run ``build``.  Returns False when it already did."""
+def provision(host, build: XenBuild, boot_timeout: float | None = None) -> bool:
+    """Make ``host`` run ``build``.  Returns False when it already did.
+    ``boot_timeout``: one boot, reboot to dom0's SSH (default: the host's
+    "dom0 boot" budget, harness/budgets.py)."""
+    capabilities = host.spec.capabilities
+    if boot_timeout is None:
+        boot_timeout = budgets.seconds("dom0 boot", capabilities)
+    # A stage: a failure, or the test's limit running out, names it.
+    with budgets.stage(f"provisioning {build.label} on {host.name}",
+                       budgets.provisioning_s(capabilities)):
+        return _provision(host, build, boot_timeout)
+
+
+def _provision(host, build: XenBuild, boot_timeout: float) -> bool:
     host.raise_if_broken()
     try:
         if running_build(host) == build.build_id:
