@@ -1,0 +1,48 @@
+"""One SSHConnection used by several threads at once, against a real sshd.
+
+The stability benchmark boots guests at once from threads of one process,
+and the host's connection is shared by name (``connection_for``); two
+threads writing their guests' configs through its one SFTP session took
+each other's replies and both waited for ever."""
+from __future__ import annotations
+
+import os
+import threading
+
+from harness.access.ssh import SSHConnection
+from tests.support.sshd import sshd_factory, sshd_server  # noqa: F401  (fixtures)
+
+THREADS = 4
+WRITES = 15
+
+
+def test_threads_writing_files_through_one_connection_all_finish(sshd_server, tmp_path):
+    conn = SSHConnection(sshd_server.ssh_config(), name="shared")
+    errors: list[BaseException] = []
+    written: dict[str, bytes] = {}
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(WRITES):
+                data = os.urandom(200 + 997 * i + n)
+                remote = str(tmp_path / f"t{n}-{i}.bin")
+                conn.put_bytes(data, remote)
+                assert conn.read_bytes(remote) == data
+                written[remote] = data
+        except BaseException as exc:  # reported below, with the thread's number
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,), daemon=True) for n in range(THREADS)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        stuck = [t.name for t in threads if t.is_alive()]
+        assert not stuck, f"threads still waiting for their SFTP replies after 120 s: {stuck}"
+        assert not errors, errors
+        assert len(written) == THREADS * WRITES
+        for remote, data in written.items():
+            assert (tmp_path / os.path.basename(remote)).read_bytes() == data
+    finally:
+        conn.close()
