@@ -210,7 +210,12 @@ def failing_lines(log: Path, limit: int = 30) -> str:
     return "\n".join(lines[i] for i in picked)
 
 
-def run_logged(cmd: tuple[str, ...] | list[str], cwd: Path, log: Path, env: dict, what: str) -> None:
+CONFIGURE_HELP = ("a configure step failed: most often a missing -dev package or option the "
+                  "failing lines name (scripts/setup installs the recipes' packages); read the log")
+
+
+def run_logged(cmd: tuple[str, ...] | list[str], cwd: Path, log: Path, env: dict, what: str,
+               help: str | None = None) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as fh:
         fh.write(f"\n$ (cd {cwd} && {' '.join(cmd)})\n")
@@ -221,7 +226,7 @@ def run_logged(cmd: tuple[str, ...] | list[str], cwd: Path, log: Path, env: dict
     if rc != 0:
         raise BuildFailed(f"{what} failed (exit {rc}): {' '.join(cmd)}\n"
                           f"--- failing lines ---\n{failing_lines(log)}\n--- full log: {log}",
-                          evidence={"build log": str(log)})
+                          evidence={"build log": str(log)}, help=help)
 
 
 def missing_packages(debs: tuple[str, ...]) -> list[str]:
@@ -332,9 +337,12 @@ def elf_build_id(path: Path) -> str:
 def _install(name: str, src: Path, out: Path, log: Path, env: dict, jobs: int) -> dict:
     """Install a built component into ``out``; returns facts for the manifest."""
     if name == "xen":
+        # boot/xen.gz, not boot/xen-<version>.gz: provisioning unpacks the tree
+        # over /, and the host's Debian build is found as /boot/xen-*.gz (the
+        # newest by version): a xen-4.17-xenhil.gz there would become it.
         (out / "boot").mkdir(parents=True)
-        shutil.copyfile(src / "xen/xen.gz", out / "boot/xen-4.17-xenhil.gz")
-        shutil.copyfile(src / "xen/.config", out / "boot/xen-4.17-xenhil.config")
+        shutil.copyfile(src / "xen/xen.gz", out / "boot/xen.gz")
+        shutil.copyfile(src / "xen/.config", out / "boot/xen.config")
         return {"elf_build_id": elf_build_id(src / "xen/xen-syms")}
     elif name == "qemu":
         target = out / R.QEMU_PATH
@@ -392,7 +400,8 @@ def component_keys(name: str, recipe: R.Recipe, src: sources.SourcePackage,
     work_key = _key({"recipe": name, "recipe_version": R.RECIPE_VERSION, "package": src.package,
                      "version": src.version, "dsc": src.dsc_sha256, "options": recipe.options,
                      "compiler": compiler})
-    ckey = _key({"work": work_key, "overrides": {k: (_sha(v) if v is not None else None)
+    ckey = _key({"work": work_key, "install": R.INSTALL_VERSION,
+                 "overrides": {k: (_sha(v) if v is not None else None)
                                                  for k, v in sorted(relevant.items())}})
     return work_key, ckey
 
@@ -445,7 +454,8 @@ class Builder:
             if not (work / "configured").exists():
                 with self.reporter.stage(f"{name}: configure"):
                     for cmd in recipe.configure:
-                        run_logged(cmd, work / "src", log, env, f"{name}: configure")
+                        run_logged(cmd, work / "src", log, env, f"{name}: configure",
+                                   help=CONFIGURE_HELP)
                 (work / "configured").write_text(json.dumps(recipe.options))
             with self.reporter.stage(f"{name}: compile"):
                 for cmd in recipe.build:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 
-RECIPE_VERSION = 1      # bump when a recipe changes what it produces
+RECIPE_VERSION = 1      # bump when a recipe changes how it compiles (new object trees)
+INSTALL_VERSION = 2     # bump when only what a component installs changes (new component keys)
 XEN_LEAF = "xen-4.17"   # Debian's per-version folder under /usr/lib
 MULTIARCH = "x86_64-linux-gnu"
 QEMU_PATH = "usr/libexec/xen-qemu-system-i386"   # where Debian's libxl runs QEMU from
@@ -65,6 +66,8 @@ QEMU_CONFIGURE = (
     "--disable-install-blobs", "--disable-docs", "--disable-tools", "--without-default-features",
     "--enable-xen", "--enable-xen-pci-passthrough", "--target-list=i386-softmmu",
     "--disable-tcg", "--disable-kvm", "--audio-drv-list=", "--enable-vnc",
+    # QEMU 7.2 requires libfdt for i386-softmmu (its microvm machine).
+    "--enable-fdt=system",
 )
 
 
@@ -99,7 +102,7 @@ def recipes(jobs: int) -> dict[str, Recipe]:
         "qemu": Recipe(
             "qemu", "qemu",
             COMMON_DEBS + ("meson", "ninja-build", "pkg-config", "libglib2.0-dev",
-                           "libpixman-1-dev", "zlib1g-dev", "libxen-dev"),
+                           "libpixman-1-dev", "zlib1g-dev", "libxen-dev", "libfdt-dev"),
             configure=(("mkdir", "-p", "b"),
                        ("sh", "-c", "cd b && ../configure " + " ".join(
                            f"'{a}'" for a in QEMU_CONFIGURE))),

@@ -60,7 +60,7 @@ def register(subparsers) -> None:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def cmd_list(cache: Path, as_json: bool) -> int:
@@ -73,7 +73,7 @@ def cmd_list(cache: Path, as_json: bool) -> int:
     from rich.table import Table
     table = Table(title=f"xenhil build cache ({bcache.cache_root(cache)})")
     for col in ("kind", "key", "what", "size", "last used"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("key", "size"), justify="right" if col == "size" else "left")
     for e in sorted(found, key=lambda e: (e.kind, -e.last_used)):
         what = ""
         if e.kind == "builds" and e.manifest:
