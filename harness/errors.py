@@ -158,3 +158,24 @@ class ReservationTimeout(TimeLimitExceeded):
 
 class HostBroken(InfrastructureError):
     help = "An earlier step broke this host for the rest of the run; see the first failure's reason."
+
+
+class CapabilityProbeFailed(InfrastructureError):
+    """A capability probe (harness.xen.toolstack.Toolstack.supports_device_models,
+    harness.probe_dm.companion.probe_unavailable) could not tell whether the
+    host has the capability: its command failed in a way a host that merely
+    lacks it does not (xl exited non-zero, printed no domain config, the
+    probe's own code crashed in dom0).  A failure, never a "capability
+    missing" skip: a skip would hide that nothing was tested."""
+
+    help = ("The host could not answer a capability question: read the command's output in the "
+            "message; a host that lacks the capability answers cleanly and is skipped instead.")
+
+
+# --- warnings ------------------------------------------------------------
+
+class XenhilWarning(UserWarning):
+    """Something a run got past that a reviewer must still see (a guest booted
+    again, a device model replaced, a regression not confirmed): each
+    subclass is counted in pytest's summary and in the report's triage
+    summary (fixtures/reporting.py records them in the results store)."""

@@ -70,6 +70,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--artifacts", default="artifacts",
                     help="folder for transcripts, logs and evidence (default: artifacts/)")
     group.addoption("--run-id", default=None, help="run id (default: time stamp + random)")
+    group.addoption("--require-run", action="append", default=[], metavar="MARKER",
+                    help="tests carrying this marker must run: one that skips fails instead, "
+                         "with its skip reason (repeatable; scripts/test-framework passes "
+                         "--require-run real_xen)")
 
 
 def _new_run_id() -> str:
@@ -213,10 +217,33 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem):
     return (yield from _timed_phase("teardown", budget.teardown_s if budget else None))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """--require-run MARKER: a skip of a test carrying MARKER becomes a failure
+    that keeps the skip's reason (an expected failure, xfail, stays one)."""
+    outcome = yield
+    report = outcome.get_result()
+    required = item.config.getoption("--require-run")
+    if not required or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    marks = [m for m in required if item.get_closest_marker(m) is not None]
+    if not marks:
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    report.outcome = "failed"
+    report.longrepr = (f"xenhil: a test marked {', '.join(marks)} skipped during {call.when}, "
+                       f"in a run where such tests must run (--require-run "
+                       f"{' --require-run '.join(marks)}).\nskip reason: {reason}")
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash[XENHIL]
     lab = state.options["--lab"] or "(none: tests needing a host will fail with a hint)"
     lines = [f"xenhil: run {state.run_id}, lab {lab}, artifacts {state.artifacts}"]
+    for marker in config.getoption("--require-run"):
+        lines.append(f"xenhil: tests marked {marker} must run: a skip of one fails it")
     hosts = _lab_hosts(config)
     if hosts and config.pluginmanager.hasplugin("timeout") and not _user_set_timeout(config):
         reservation = float(state.options["--reserve-timeout"])

@@ -108,8 +108,23 @@ def triage_summary(store: ResultsStore, run_id: str, known: list[KnownIssue] = (
          [f"  {h}: {len(t)} test(s), first {t[0]}" for h, t in sorted(broken_hosts.items())]),
         ("Latency regressions", latency_lines),
     ]
+    sections.append(("Warnings (counted, not failures)", _warning_lines(store.warnings(run_id))))
     for title, lines in sections:
         out.append(f"{title}:")
         out.extend(lines or ["  none"])
         out.append("")
     return "\n".join(out)
+
+
+def _warning_lines(rows: list[dict], examples: int = 3) -> list[str]:
+    """Counted warnings by kind (a device model that died between tests, a
+    guest booted again, ...), each with its first few occurrences."""
+    by_kind: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_kind[row["kind"]].append(row)
+    lines = []
+    for kind, items in sorted(by_kind.items()):
+        lines.append(f"  {kind}: {len(items)}")
+        for row in items[:examples]:
+            lines.append(f"      {row['test'] or '(no test)'}: {row['message'][:200]}")
+    return lines

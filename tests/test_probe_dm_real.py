@@ -66,7 +66,7 @@ class ProbeGuest:
 def probe_host(request):
     if not request.config.getoption("--lab"):
         pytest.skip("needs a running lab: `xenhil lab up --virtual 1`, then --lab lab/virtual.yaml "
-                    "(not part of CI yet: this guest-level test has not passed on the virtual lab)")
+                    "(scripts/test-framework brings one up)")
     lab = request.getfixturevalue("lab")
     lease = lab.claim(set(), {}, timeout=1800)
     try:

@@ -1,7 +1,8 @@
 """The virtual lab: recipe pieces (fast) and one real end-to-end boot (real_xen).
 
-The real test starts one emulated host (QEMU TCG, real Xen 4.17, Debian dom0)
-through the same paths a real lab uses: serial transcript, IPMI power through
+The real test uses one emulated host (QEMU TCG, real Xen 4.17, Debian dom0):
+the running virtual lab's given with --lab (scripts/test-framework's), or one
+it starts itself.  It goes through the same paths a real lab uses: serial transcript, IPMI power through
 the virtual BMC, SSH with a pinned host key, ``xl create`` of an HVM guest
 and its console.  Minutes per boot: select with ``-m real_xen``.
 
@@ -197,17 +198,56 @@ def _record(name: str, data: bytes | str) -> None:
         path.write_text(data)
 
 
+def _virtual_lab_behind(inventory: str | None) -> tuple[Path, launcher.VirtualHost] | None:
+    """The running virtual lab that wrote ``inventory`` (`xenhil lab up`): its
+    state dir and first host, or None for another kind of inventory.  Its
+    lease store lies in its state dir, whose state names the inventory."""
+    if not inventory:
+        return None
+    import yaml
+    from harness.dburl import sqlite_path
+    try:
+        url = (yaml.safe_load(Path(inventory).read_text()) or {}).get("lease_db", "")
+        state_dir = sqlite_path(url, "lease store").parent if url.startswith("sqlite:") else None
+    except (OSError, yaml.YAMLError, ConfigError):
+        return None
+    state = launcher.read_state(state_dir) if state_dir else None
+    if not state or not state.get("hosts") or not state.get("inventory"):
+        return None
+    if Path(state["inventory"]).resolve() != Path(inventory).resolve():
+        return None
+    return state_dir, launcher.VirtualHost.from_json(state["hosts"][0])
+
+
 @pytest.fixture(scope="module")
-def vlab():
+def vlab(request):
+    """One virtual host: the running lab's given with --lab (scripts/test-framework
+    brings one up for all real-Xen tests: a boot of its own costs minutes), held
+    through a lease like any test's host; else one started here on address base
+    40 and stopped at the end."""
     reason = _missing_real_prerequisites()
     if reason:
         pytest.skip(reason)
+    timings: dict[str, float] = {}
+    shared = _virtual_lab_behind(request.config.getoption("--lab"))
+    if shared is not None:
+        state, host = shared
+        lab = request.getfixturevalue("lab")
+        lease = lab.claim(set(), {}, timeout=1800)
+        try:
+            assert lease.host == host.name, f"leased {lease.host}, the lab's first host is {host.name}"
+            image = builder.build(progress=print)    # the cached image the lab runs: its keys
+            yield {"host": host, "spec": lab.inventory.host(host.name), "state": state,
+                   "timings": timings, "keys": image.keys, "shared": True}
+        finally:
+            lab.release(lease)
+            print("virtual lab timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+        return
     # Not under pytest's basetemp: concurrent pytest runs prune old basetemps,
     # which would delete a running host's disk.  Logs stay for inspection.
     import tempfile
     state = Path(tempfile.mkdtemp(prefix="xenhil-vlab-test-"))
     inventory = state / "virtual.yaml"
-    timings: dict[str, float] = {}
     t0 = time.monotonic()
     image = builder.build(progress=print)
     timings["build_s"] = time.monotonic() - t0
@@ -219,7 +259,7 @@ def vlab():
         timings["up_to_dom0_ssh_s"] = time.monotonic() - t0
         from harness.lab.inventory import load_inventory
         yield {"host": hosts[0], "spec": load_inventory(inventory).host("vhost1"),
-               "state": state, "timings": timings, "keys": image.keys}
+               "state": state, "timings": timings, "keys": image.keys, "shared": False}
     finally:
         launcher.down(state, progress=print)
         print("virtual lab timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
@@ -349,6 +389,11 @@ def test_virtual_host_end_to_end(vlab):
     # Down: nothing of the lab keeps running.
     pids = _pids_of(host)
     assert pids, "the BMC and QEMU pid files exist while the lab is up"
+    if vlab["shared"]:
+        # The lab belongs to whoever brought it up (scripts/test-framework
+        # stops it and checks these pids are gone); it must still be whole.
+        assert all(Path(f"/proc/{p}").exists() for p in pids), pids
+        return
     assert launcher.down(vlab["state"], progress=print) == 1
     time.sleep(0.5)
     alive = [p for p in pids if Path(f"/proc/{p}").exists()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from harness.checks.failure import Evidence, Mismatch, fail_if, save_evidence
+from harness.errors import XenhilWarning
 from harness.results.latency import BASELINE_SERVER, find_latency_regressions, subsample
 from harness.step import step
 from harness.xen.parsers.probe_output import TimeIn, parse_single
@@ -87,7 +88,7 @@ def record_rows(store, run_id: str, host: str, split: str, build: str, rows: Seq
         store.record_latency(run_id, host, split, build, r.server, r.port, r.summary, r.samples)
 
 
-class LatencyRegressionNotConfirmed(UserWarning):
+class LatencyRegressionNotConfirmed(XenhilWarning):
     """A measurement showed a latency regression that a second one, taken at
     once on the same guest, did not (shown in pytest's warnings summary, so
     these are counted, never silent)."""

@@ -112,17 +112,32 @@ class ProbeCompanion:
         return out
 
 
+#: The probe's check in dom0 answers "this host lacks it" with one of these:
+#: python3 absent (the shell's exit 127), or a Xen library missing
+#: (harness.probe_dm.xenlibs.XenLibraryMissing, naming its Debian package).
+_PROBE_ABSENT = ("XenLibraryMissing",)
+
+
 def probe_unavailable(host) -> str | None:
     """None when dom0 can run the probe (python3 and the three Xen libraries);
-    else why not, in one line."""
-    try:
-        directory = install(host)
-    except XenhilError as exc:
-        return f"cannot install the probe in dom0: {exc}"
-    result = host.ssh.run(f"cd {shlex.quote(directory)} && python3 -c "
-                          + shlex.quote("from harness.probe_dm.xenlibs import XenLibs; XenLibs()"),
-                          timeout=60)
-    if result.exit_status != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        return lines[-1] if lines else f"python3 exited {result.exit_status}"
-    return None
+    else why not, in one line.  Only a clean "no" is an answer: an SSH
+    failure, a failed copy of the probe, or the check crashing in another
+    way raises (CapabilityProbeFailed, or the access error itself), since a
+    "capability missing" skip would hide that nothing was tested."""
+    from harness.errors import CapabilityProbeFailed
+    directory = install(host)
+    check = ("cd " + shlex.quote(directory) + " && python3 -c "
+             + shlex.quote("from harness.probe_dm.xenlibs import XenLibs; XenLibs()"))
+    result = host.ssh.run(check, timeout=60)
+    if result.exit_status == 0:
+        return None
+    output = (result.stderr or "") + (result.stdout or "")
+    lines = output.strip().splitlines()
+    if result.exit_status == 127:
+        return "python3 is not installed in dom0"
+    for line in reversed(lines):
+        if any(line.startswith(f"{kind}:") or f".{kind}:" in line for kind in _PROBE_ABSENT):
+            return line.strip()
+    raise CapabilityProbeFailed(
+        f"{host.name}: capability probe probe: the check in dom0 exited {result.exit_status} "
+        f"without saying what is missing; output (tail):\n" + "\n".join(lines[-20:]))

@@ -44,6 +44,13 @@ CREATE TABLE IF NOT EXISTS latency (
     samples TEXT NOT NULL DEFAULT '[]',      -- a bounded random subsample, for the statistical test
     PRIMARY KEY (run_id, host, split, server, port)
 );
+CREATE TABLE IF NOT EXISTS warnings (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    kind TEXT NOT NULL,                      -- the XenhilWarning subclass: DeviceModelDied, ...
+    test TEXT NOT NULL DEFAULT '',           -- pytest node id it was raised in
+    message TEXT NOT NULL DEFAULT ''
+);
 """
 
 
@@ -95,7 +102,18 @@ class ResultsStore:
             (run_id, host, split, build, server, port, summary["n"], summary["p50_ns"],
              summary["p90_ns"], summary["p99_ns"], summary["max_ns"], json.dumps(samples)))
 
+    def record_warning(self, run_id: str, kind: str, test: str = "", message: str = "") -> None:
+        from harness.secrets import scrub
+        self.db.execute("INSERT INTO warnings (run_id, kind, test, message) VALUES (?,?,?,?)",
+                        (run_id, kind, test, scrub(message)[:2000]))
+
     # -- reading ------------------------------------------------------------
+    def warnings(self, run_id: str) -> list[dict]:
+        """The run's counted warnings (harness.errors.XenhilWarning), in order."""
+        cur = self.db.execute("SELECT kind, test, message FROM warnings WHERE run_id=? ORDER BY seq",
+                              (run_id,))
+        return [dict(zip(("kind", "test", "message"), row)) for row in cur.fetchall()]
+
     def history(self, test: str, before_run: str) -> list[Outcome]:
         """Earlier outcomes of one test, newest first."""
         seq = self.run_seq(before_run)

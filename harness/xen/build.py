@@ -53,6 +53,17 @@ class XenBuild:
     notes: tuple[str, ...] = field(default=())
     manifest: str = ""                 # a `xenhil build` manifest: its path, "" for other builds
     xenhil_build: str = ""             # that build's key (the manifest's xenhil_build)
+    # Components that manifest's build compiled with patches applied (xen,
+    # tools, qemu): () for an unpatched or foreign build.
+    patched_components: tuple[str, ...] = ()
+
+    @property
+    def carries_series(self) -> bool:
+        """A `xenhil build` with patches in the toolstack or QEMU, where the
+        multiple-ioreq-server series lives (xl's device_models, QEMU's
+        per-model servers): a run of it tests the series.  A hypervisor-only
+        series (lab/series/hello) does not count."""
+        return bool({"tools", "qemu"} & set(self.patched_components))
 
     @property
     def build_id(self) -> str:
@@ -154,7 +165,12 @@ def _has_tools(names: set[str], manifest: dict | None) -> bool:
 def _manifest_fields(path, manifest: dict | None) -> dict:
     if manifest is None:
         return {}
+    # Xen's patches reach the hypervisor and tools it built, QEMU's reach QEMU.
+    patches = manifest.get("patches", {})
+    patched = tuple(c for c in manifest.get("components", {})
+                    if patches.get("qemu" if c == "qemu" else "xen"))
     return {"manifest": str(path), "xenhil_build": str(manifest["xenhil_build"]),
+            "patched_components": patched,
             "notes": (f"xenhil build {manifest['xenhil_build']}: "
                       f"{', '.join(manifest.get('components', {}))} built from "
                       + ", ".join(f"{s['package']} {s['version']}" for s in manifest.get("sources", {}).values())

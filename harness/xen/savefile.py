@@ -100,6 +100,10 @@ class SaveFileError:
     offset: int
     expected: str
     found: str
+    #: What was read before the failure, once past the libxl stream header
+    #: (records and libxc streams so far): a cut copy, like the recorded
+    #: head of a real save, still shows its header, config and first records.
+    partial: "SaveFile | None" = None
 
     def _init_where(self, path: str, offset: int, expected: str, found: str) -> str:
         self.path, self.offset, self.expected, self.found = path, offset, expected, found
@@ -361,6 +365,19 @@ def _parse(f: BinaryIO, path: str) -> SaveFile:
     records: list[SaveRecord] = []
     libxc: list[LibxcStream] = []
     xs_data: dict[tuple[int, int], dict[str, str]] = {}
+    try:
+        _walk_libxl(r, path, lo, records, libxc, xs_data, warnings)
+    except CorruptSaveFile as exc:
+        exc.partial = SaveFile(path, r.pos, order, mandatory, optional, optlen, config, libxl_offset,
+                               version, options, records, libxc, xs_data, warnings)
+        raise
+    return SaveFile(path, r.pos, order, mandatory, optional, optlen, config, libxl_offset, version, options,
+                    records, libxc, xs_data, warnings)
+
+
+def _walk_libxl(r: _Reader, path: str, lo: str, records: list[SaveRecord], libxc: list[LibxcStream],
+                xs_data: dict[tuple[int, int], dict[str, str]], warnings: list[str]) -> None:
+    """The libxl records up to END and the end of the file, into the lists given."""
     while True:
         offset = r.pos
         rtype, length = struct.unpack(lo + "II", r.read(8, "a libxl record header (an END record "
@@ -391,13 +408,11 @@ def _parse(f: BinaryIO, path: str) -> SaveFile:
             warnings.append(f"non-zero padding after the {name} record at offset {offset}")
         records.append(SaveRecord(offset, "libxl", rtype, name, length, emu_id, emu_index, magic_seen))
         if rtype == LIBXL_REC_LIBXC_CONTEXT:
-            libxc.append(_walk_libxc(r, path))
+            _walk_libxc(r, path, libxc)
         elif rtype == LIBXL_REC_END:
             break
     if not r.at_eof():
         raise CorruptSaveFile(path, r.pos, "end of file after the libxl END record", "more data")
-    return SaveFile(path, r.pos, order, mandatory, optional, optlen, config, libxl_offset, version, options,
-                    records, libxc, xs_data, warnings)
 
 
 def _xenstore_pairs(body: bytes, path: str, offset: int) -> dict[str, str]:
@@ -411,7 +426,9 @@ def _xenstore_pairs(body: bytes, path: str, offset: int) -> dict[str, str]:
     return {parts[i].decode("latin-1"): parts[i + 1].decode("latin-1") for i in range(0, len(parts), 2)}
 
 
-def _walk_libxc(r: _Reader, path: str) -> LibxcStream:
+def _walk_libxc(r: _Reader, path: str, streams: list[LibxcStream]) -> LibxcStream:
+    """One libxc stream, appended to ``streams`` once its headers are read
+    (so a failure inside it leaves the records read so far there)."""
     start = r.pos
     marker, ident, version, options, _, _ = struct.unpack(">QIIHHI", r.read(24, "the libxc image header "
                                                                                  "(after LIBXC_CONTEXT)"))
@@ -427,6 +444,7 @@ def _walk_libxc(r: _Reader, path: str) -> LibxcStream:
         raise CorruptSaveFile(path, start + 24, "a libxc domain type 1-4", str(dtype))
     stream = LibxcStream(start, version, options, bool(options & LIBXC_OPT_BIG_ENDIAN), dtype, page_shift,
                          major, minor)
+    streams.append(stream)
     while True:
         offset = r.pos
         rtype, length = struct.unpack(xo + "II", r.read(8, "a libxc record header (the libxc stream ends "

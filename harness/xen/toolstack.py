@@ -105,11 +105,26 @@ class Toolstack:
     @step("probe {self.host_name}'s xl for device_models")
     def supports_device_models(self) -> bool:
         """True when xl's parser knows the series' ``device_models`` option: the
-        dry-run JSON of a config carrying it then mentions it."""
+        dry-run JSON of a config carrying it then mentions it; False when xl
+        printed the domain config without it (Debian's 4.17: an unknown key is
+        ignored).  Anything else is no answer, and raises
+        CapabilityProbeFailed (an SSH failure raises its own error): xl
+        exiting non-zero or printing no domain config says nothing about the
+        option, and a skip for "capability missing" would hide it."""
+        from harness.errors import CapabilityProbeFailed
         path = "/tmp/xenhil-capability-probe.cfg"
         self.ssh.put_bytes(_PROBE_CONFIG, path)
-        result = self.ssh.run(f"xl -N create {shlex.quote(path)} 2>&1", timeout=60)
-        return result.exit_status == 0 and "device_models" in result.stdout
+        command = f"xl -N create {shlex.quote(path)}"
+        result = self.ssh.run(f"{command} 2>&1", timeout=60)
+        output = result.stdout or ""
+        parsed = _dry_run_json(output)
+        if result.exit_status != 0 or parsed is None:
+            why = (f"exited {result.exit_status}" if result.exit_status != 0
+                   else "printed no domain config (JSON)")
+            raise CapabilityProbeFailed(
+                f"{self.host_name}: capability probe device_models: `{command}` {why}; "
+                f"output (tail):\n{output[-1500:]}")
+        return "device_models" in json.dumps(parsed)
 
     def qemu_pids(self, domid: int) -> list[int]:
         """Device-model processes serving a domain (qemu-xen started by libxl
@@ -120,6 +135,19 @@ class Toolstack:
 
     def xenstore_exists(self, path: str) -> bool:
         return self.ssh.run(["xenstore-exists", path], timeout=30).exit_status == 0
+
+
+def _dry_run_json(output: str) -> dict | None:
+    """The domain config ``xl -N create`` printed (a JSON object after xl's
+    "Parsing config from ..." line), or None when there is none."""
+    start = output.find("{")
+    if start < 0:
+        return None
+    try:
+        parsed, _ = json.JSONDecoder().raw_decode(output[start:])
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def require_hvm(info: XlInfo, host_name: str) -> None:

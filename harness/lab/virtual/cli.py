@@ -4,7 +4,7 @@ Both take the parsed arguments and return an exit status:
 
 - ``up_command(args)``: ``args.virtual`` (host count), optional
   ``args.state_dir`` and ``args.inventory`` (default ``lab/virtual/state`` and
-  ``lab/virtual.yaml``), ``args.no_wait``.
+  ``lab/virtual.yaml``), ``args.no_wait``, ``args.address_base``.
 - ``down_command(args)``: optional ``args.state_dir``.
 """
 from __future__ import annotations
@@ -23,6 +23,9 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inventory to write (default lab/virtual.yaml)")
     parser.add_argument("--no-wait", action="store_true",
                         help="return once QEMU runs, without waiting for dom0 SSH")
+    parser.add_argument("--address-base", type=int, default=launcher.ADDRESS_BASE, metavar="B",
+                        help=f"host K listens on 127.0.0.(B+K) (default {launcher.ADDRESS_BASE}); "
+                             "another base lets a second lab run beside the first")
 
 
 def add_down_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +36,8 @@ def add_down_arguments(parser: argparse.ArgumentParser) -> None:
 def up_command(args: argparse.Namespace) -> int:
     hosts = launcher.up(args.virtual, getattr(args, "state_dir", None),
                         inventory=getattr(args, "inventory", None),
-                        wait=not getattr(args, "no_wait", False))
+                        wait=not getattr(args, "no_wait", False),
+                        address_base=getattr(args, "address_base", launcher.ADDRESS_BASE))
     inventory = getattr(args, "inventory", None) or launcher.default_inventory_path()
     for h in hosts:
         print(f"{h.name}: ssh root@{h.address} -p {h.ssh_port}   serial {h.address}:{h.serial_port}"
