@@ -319,3 +319,70 @@ def attach_evidence(evidence: dict[str, str], *, artifact_dir: Path | None = Non
         attached.append(name)
     return attached
 
+
+
+# --- the run's files, once more at its end -------------------------------------
+
+#: A file up to this size holding a secret is rewritten scrubbed; a larger
+#: one (checked in chunks) is withheld whole: patching it in place is not safe.
+SWEEP_REWRITE_MAX = 64 << 20
+#: SQLite files and their journals are never rewritten: the stores scrub
+#: what they write (harness.results.store), a byte patch would corrupt them.
+_NOT_SWEPT_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+def scrub_files(targets: Sequence[Path | str]) -> list[Path]:
+    """Scrub every regular file under ``targets`` (folders or files) that
+    holds a registered secret or a private-key block: the last line of
+    defence at the end of a run, for what was written without passing
+    through the scrubber (a console transcript, a tool's own log).  Returns
+    the files rewritten."""
+    import os
+    import stat
+
+    from harness.secrets import registered_secrets
+    secrets = registered_secrets()
+    changed: list[Path] = []
+    paths: list[Path] = []
+    for target in targets:
+        target = Path(target)
+        if target.is_file():
+            paths.append(target)
+        elif target.is_dir():
+            for root, _, names in os.walk(target):
+                paths.extend(Path(root) / name for name in names)
+    for path in paths:
+        try:
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode) or path.name.endswith(_NOT_SWEPT_SUFFIXES):
+                continue
+            with path.open("rb") as f:
+                if f.read(16) == b"SQLite format 3\0":
+                    continue
+            if info.st_size <= SWEEP_REWRITE_MAX:
+                data = path.read_bytes()
+                if contains_secret(data):
+                    _write_scrubbed(path, data)
+                    changed.append(path)
+            elif _large_file_holds(path, secrets):
+                path.write_bytes(b"[xenhil: withheld, this file contained a secret]\n")
+                changed.append(path)
+        except OSError as exc:
+            log.warning("could not check %s for secrets: %s", path, exc.strerror)
+    if changed:
+        log.warning("masked secrets in %d file(s) written unscrubbed during the run: %s",
+                    len(changed), ", ".join(str(p) for p in changed[:5]))
+    return changed
+
+
+def _large_file_holds(path: Path, secrets: frozenset[str]) -> bool:
+    needles = [s.encode() for s in secrets] + [b"PRIVATE KEY-----"]
+    overlap = max(len(n) for n in needles) - 1
+    tail = b""
+    with path.open("rb") as f:
+        while chunk := f.read(4 << 20):
+            data = tail + chunk
+            if any(n in data for n in needles):
+                return True
+            tail = data[-overlap:]
+    return False

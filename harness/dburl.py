@@ -17,18 +17,25 @@ def is_postgres(url: str) -> bool:
 
 
 def sqlite_path(url: str | Path, what: str) -> Path:
-    """The SQLite file a URL names; ConfigError naming ``what`` otherwise."""
+    """The SQLite file a URL names; ConfigError naming ``what`` otherwise.
+    A URL is only ever shown redacted (it may hold a password), and a libpq
+    keyword DSN ("host=... password=...") is refused, not taken for a file
+    name."""
+    from harness.options import KEYWORD_DSN, shown
     text = str(url)
     if text.startswith("sqlite://"):
         path = text[len("sqlite://"):]
         if not path:
-            raise ConfigError(f"{what} URL {text!r} names no file",
+            raise ConfigError(f"{what} URL {shown(text)} names no file",
                               help="write sqlite:///ABSOLUTE/PATH (three slashes)")
         return Path(path)
+    postgres = ", or postgresql://USER@HOST/DB" if what == "lease store" else ""
     if "://" in text:
-        raise ConfigError(f"{what} URL {text!r}: unknown scheme",
-                          help="use sqlite:///ABSOLUTE/PATH, a file path"
-                               + (", or postgresql://USER@HOST/DB" if what == "lease store" else ""))
+        raise ConfigError(f"{what} URL {shown(text)}: unknown scheme",
+                          help="use sqlite:///ABSOLUTE/PATH, a file path" + postgres)
+    if KEYWORD_DSN.match(text) or not text.strip():
+        raise ConfigError(f"{what}: a keyword DSN or an empty string is not a store URL",
+                          help="use sqlite:///ABSOLUTE/PATH, a file path" + postgres)
     return Path(text)
 
 

@@ -15,7 +15,6 @@ out in and is infrastructure (:func:`_timed_phase`).
 from __future__ import annotations
 
 import datetime
-import getpass
 import json
 import os
 import secrets
@@ -27,7 +26,7 @@ import pytest
 
 from harness import budgets
 from harness.errors import XenhilError
-from harness.lab.model import KNOWN_CAPABILITIES
+from harness.lab.model import KNOWN_CAPABILITIES, os_user
 
 pytest_plugins = ["fixtures.lab", "fixtures.guest", "fixtures.reporting"]
 
@@ -39,6 +38,9 @@ class RunState:
     artifacts: Path                   # artifacts/<run id>/
     options: dict = field(default_factory=dict)
     lab: object | None = None         # fixtures.lab.LabSession, made on first use
+    # Credential references of --lab that cannot be resolved in this process
+    # (one line each, no value): hosts using them fail at first use.
+    unresolved: list = field(default_factory=list)
 
 
 XENHIL = pytest.StashKey[RunState]()
@@ -58,9 +60,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lab-db", default=None,
                     help="lease store URL: sqlite:///PATH (default: next to the inventory) "
                          "or postgresql://...")
-    group.addoption("--reserve-timeout", type=float, default=1800.0,
+    # Numbers are checked at start-up (harness.options): one usage error.
+    group.addoption("--reserve-timeout", default=1800.0,
                     help="seconds a test waits for a matching host before failing (default 1800)")
-    group.addoption("--lease-ttl", type=float, default=120.0,
+    group.addoption("--lease-ttl", default=120.0,
                     help="seconds a lease lives without a heartbeat before others may reclaim it")
     group.addoption("--xen-build", default=None,
                     help="Xen build to install: a `make dist` tree or tarball, or .deb files "
@@ -81,9 +84,11 @@ def _new_run_id() -> str:
     return now.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    options = _checked_options(config)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         run_id = workerinput["xenhil_run_id"]
@@ -92,11 +97,38 @@ def pytest_configure(config: pytest.Config) -> None:
         run_id = config.getoption("--run-id") or _new_run_id()
         worker = "main"
     artifacts = Path(config.getoption("--artifacts")).resolve() / run_id
-    config.stash[XENHIL] = RunState(
-        run_id=run_id, worker=worker, artifacts=artifacts,
-        options={name: config.getoption(name) for name in (
-            "--lab", "--lab-db", "--reserve-timeout", "--lease-ttl",
-            "--xen-build", "--series")})
+    state = RunState(run_id=run_id, worker=worker, artifacts=artifacts, options=options)
+    config.stash[XENHIL] = state
+    _register_lab_secrets(config, state)
+
+
+def _checked_options(config: pytest.Config) -> dict:
+    """The xenhil options, checked once before anything acts (harness.options):
+    a bad one is one usage error, not an error per test or an INTERNALERROR."""
+    from harness.options import check_pytest_options, one_line
+    names = ("--lab", "--lab-db", "--reserve-timeout", "--lease-ttl", "--xen-build", "--series",
+             "--run-id", "--artifacts", "--results-db")
+    raw = {name: config.getoption(name, None) for name in names}
+    try:
+        checked = check_pytest_options(raw)
+    except XenhilError as exc:
+        raise pytest.UsageError(one_line(exc)) from None
+    return {name: checked[name] for name in ("--lab", "--lab-db", "--reserve-timeout",
+                                             "--lease-ttl", "--xen-build", "--series")}
+
+
+def _register_lab_secrets(config: pytest.Config, state: RunState) -> None:
+    """Resolve every credential --lab references and register it for masking
+    (harness.lab.credentials), in this process (the controller and each
+    xdist worker run this), before any test code runs."""
+    path = state.options["--lab"]
+    if not path:
+        return
+    from harness.lab.credentials import register_inventory_secrets
+    from harness.lab.inventory import load_inventory
+    inventory = load_inventory(path)      # checked by _checked_options
+    config.stash[_HOSTS] = list(inventory.hosts.values())
+    state.unresolved = register_inventory_secrets(inventory)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -242,6 +274,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash[XENHIL]
     lab = state.options["--lab"] or "(none: tests needing a host will fail with a hint)"
     lines = [f"xenhil: run {state.run_id}, lab {lab}, artifacts {state.artifacts}"]
+    lines += [f"xenhil: credential not resolvable here (a host using it fails when it needs it): "
+              f"{line}" for line in state.unresolved]
     for marker in config.getoption("--require-run"):
         lines.append(f"xenhil: tests marked {marker} must run: a skip of one fails it")
     hosts = _lab_hosts(config)
@@ -253,12 +287,26 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run's own files, once more at its very end (controller only, after
+    the workers): a secret written without passing through the scrubber is
+    masked there too (harness.attach.scrub_files)."""
+    if hasattr(config, "workerinput") or XENHIL not in config.stash:
+        return
+    from harness.attach import scrub_files
+    state = config.stash[XENHIL]
+    targets = [state.artifacts, getattr(config.option, "allure_report_dir", None),
+               getattr(config.option, "log_file", None), getattr(config.option, "xmlpath", None)]
+    scrub_files([Path(t) for t in targets if t])
+
+
 def provenance(config: pytest.Config) -> dict[str, str]:
     """Who ran what where: recorded with every run's results."""
     state = config.stash[XENHIL]
     return {
         "xenhil.run_id": state.run_id,
-        "xenhil.user": getpass.getuser(),
+        "xenhil.user": os_user(),
         "xenhil.machine": socket.gethostname(),
         "xenhil.lab": str(state.options["--lab"] or ""),
         "xenhil.xen_build": _build_label(config),

@@ -65,9 +65,12 @@ def render_html(results_dir: Path, out_dir: Path, name: str = "xenhil") -> Path:
 
 
 def run_id_of(results_dir: Path) -> str | None:
+    from harness.safeio import read_text
     env = Path(results_dir) / "environment.properties"
     if env.exists():
-        for line in env.read_text().splitlines():
+        text = read_text(env, "environment.properties", limit=1 << 20,
+                         fix="pass a results folder written by pytest --alluredir")
+        for line in text.splitlines():
             if line.startswith("xenhil.run_id="):
                 return line.split("=", 1)[1].strip()
     return None

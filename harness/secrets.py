@@ -5,19 +5,84 @@ Passwords resolved from the inventory's credential references
 (``CredentialRef.resolve()``) and private keys loaded by the SSH layer are
 registered here; :func:`scrub` replaces each with ``***`` and masks every PEM
 private-key block.  No allure or pytest import: every layer may use it.
+
+A secret is registered in every form a test or a tool may write it in
+(:data:`SECRET_FORMS`: as it is, repr/JSON escaped, URL escaped, hex,
+base64 at each of its three alignments, a long prefix), so the scrubber
+masks each of them and the end-of-job scan (harness.results.secret_scan)
+looks for each of them.
+
+:func:`redact_inline` is for text that may *hold* a secret nobody
+registered (a store URL with a password, a command line with ``-P``): what
+error messages print instead of such a value.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 import threading
-from typing import Any, Iterable
+import urllib.parse
+from typing import Any, Callable, Iterable
 
 log = logging.getLogger("xenhil.secrets")
 
 MASK = "***"
 MIN_SECRET_LEN = 4
+#: Encoded forms (and prefixes) shorter than this are not masked: "4142" (hex
+#: of a 2-byte tail) would wreck reports.  The value itself keeps MIN_SECRET_LEN.
+MIN_FORM_LEN = 8
+#: A prefix of a secret counts as the secret when it is at least this long
+#: and at least half of it (a test printing ``password[:12]``).
+MIN_PREFIX_LEN = 8
+
+
+def _base64_cores(raw: bytes, encode: Callable[[bytes], bytes]) -> list[str]:
+    """The base64 characters that depend on ``raw`` alone, at each of the
+    three alignments it may have inside a longer encoded stream."""
+    cores = []
+    for shift in range(3):
+        text = encode(b"\0" * shift + raw + b"\0\0").decode("ascii")
+        first = -(-8 * shift // 6)                  # first char made of raw's bits only
+        last = (8 * (shift + len(raw))) // 6        # one past the last such char
+        cores.append(text[first:last])
+    return cores
+
+
+def _prefix(value: str) -> str | None:
+    length = max(MIN_PREFIX_LEN, -(-len(value) // 2))
+    return value[:length] if length < len(value) else None
+
+
+#: Every form a secret is masked and scanned in: name -> how it is written.
+#: Change the forms here only; masking (register_secret) and the scan
+#: (harness.results.secret_scan) both use this table.
+SECRET_FORMS: dict[str, Callable[[str], Iterable[str]]] = {
+    "plain": lambda v: [v, v.strip()],
+    "repr-escaped": lambda v: [repr(v)[1:-1]],
+    "JSON-escaped": lambda v: [json.dumps(v)[1:-1], json.dumps(v, ensure_ascii=False)[1:-1],
+                               json.dumps(json.dumps(v)[1:-1])[1:-1]],
+    "URL-escaped": lambda v: [urllib.parse.quote(v, safe=""), urllib.parse.quote(v),
+                              urllib.parse.quote_plus(v)],
+    "hex": lambda v: [v.encode().hex(), v.encode().hex().upper()],
+    "base64": lambda v: _base64_cores(v.encode(), base64.b64encode)
+                        + _base64_cores(v.encode(), base64.urlsafe_b64encode),
+    "prefix": lambda v: [p for p in [_prefix(v)] if p],
+}
+_AS_GIVEN = ("plain", "repr-escaped", "JSON-escaped")   # kept down to MIN_SECRET_LEN
+
+
+def secret_forms(value: str) -> dict[str, str]:
+    """Each text ``value`` may be written as -> the name of that form
+    (``plain`` first wins when two forms give the same text)."""
+    found: dict[str, str] = {}
+    for name, make in SECRET_FORMS.items():
+        shortest = MIN_SECRET_LEN if name in _AS_GIVEN else MIN_FORM_LEN
+        for text in make(value):
+            if len(text) >= shortest and text not in found:
+                found[text] = name
+    return found
 
 # PEM private keys of any kind (RSA, EC, OPENSSH, ENCRYPTED, plain PKCS#8),
 # also inside reprs where newlines are written "\\n".  A block cut off before
@@ -34,6 +99,7 @@ PRIVATE_KEY_BLOCK = re.compile(
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+_ordered_cache: list[str] | None = None
 _too_short_warned: set[int] = set()
 
 
@@ -51,17 +117,15 @@ def register_secret(value: str | None) -> str | None:
             log.warning("a credential of %d characters is too short to be scrubbed from reports; "
                         "use at least %d characters", len(value), MIN_SECRET_LEN)
         return value
-    variants = {value}
-    # The same value as it appears inside Python reprs (assertion messages,
-    # --showlocals) and JSON strings, where quotes and backslashes are escaped.
-    variants.add(repr(value)[1:-1])
-    variants.add(json.dumps(value)[1:-1])
-    variants.add(json.dumps(value, ensure_ascii=False)[1:-1])
-    # A secret with a trailing newline (read from a file) is also a secret without it.
-    if value.strip() != value and len(value.strip()) >= MIN_SECRET_LEN:
-        variants.add(value.strip())
+    # Every form of SECRET_FORMS: reprs (assertion messages, --showlocals),
+    # JSON strings, URL escaping, hex, base64, a long prefix; a secret with a
+    # trailing newline (read from a file) is also a secret without it.
+    global _ordered_cache
+    forms = secret_forms(value)
     with _lock:
-        _secrets.update(v for v in variants if len(v) >= MIN_SECRET_LEN)
+        if not forms.keys() <= _secrets:
+            _secrets.update(forms)
+            _ordered_cache = None
     return value
 
 
@@ -83,9 +147,14 @@ def registered_secrets() -> frozenset[str]:
 # --- scrubbing -----------------------------------------------------------------
 
 def _ordered(secrets: Iterable[str] | None) -> list[str]:
-    values = registered_secrets() if secrets is None else {s for s in secrets if s}
     # Longest first: a secret containing another must be replaced whole.
-    return sorted(values, key=len, reverse=True)
+    global _ordered_cache
+    if secrets is None:
+        with _lock:
+            if _ordered_cache is None:
+                _ordered_cache = sorted(_secrets, key=len, reverse=True)
+            return _ordered_cache
+    return sorted({s for s in secrets if s}, key=len, reverse=True)
 
 
 def scrub(text: str, secrets: Iterable[str] | None = None) -> str:
@@ -203,3 +272,41 @@ class ScrubbingLogFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
         return True
+
+
+# --- inline secrets nobody registered ------------------------------------------
+
+#: Where a secret hides in text that is not itself a secret, each with the
+#: part to keep (group 1) before the masked value.  Change the rules here only.
+INLINE_SECRET_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
+    # scheme://user:PASSWORD@host: the password runs to the last '@' before the path
+    ("URL password", re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^\s]*(?=@[^@\s]*(?:\s|$))")),
+    # libpq keyword DSNs and URL queries: password=..., sslpassword=...
+    ("password keyword", re.compile(r"((?:^|[\s?&;])[A-Za-z_]*(?:password|passwd|pwd|secret|token)\s*=\s*)"
+                                    r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;]*)",
+                                    re.IGNORECASE)),
+    # command lines: -P VALUE, -PVALUE, --password VALUE, --password=VALUE, sshpass -p VALUE
+    ("password option", re.compile(r"((?:^|\s)(?:-P|--pass(?:word|wd)?|--pw|-pw|--secret|--token|"
+                                   r"(?<=sshpass )-p)(?:\s+|=)?)(?!-)[^\s]+")),
+)
+
+
+def redact_inline(text: str) -> str:
+    """``text`` with every value that :data:`INLINE_SECRET_PATTERNS` says may
+    be a secret replaced by ``***``, and every registered secret scrubbed:
+    what an error message may print of a URL, DSN or command line."""
+    if not text:
+        return text
+    text = scrub(text)
+    for _, pattern in INLINE_SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + MASK, text)
+    return text
+
+
+def inline_secret_kind(text: str) -> str | None:
+    """The name of the first INLINE_SECRET_PATTERNS rule ``text`` matches
+    (``"URL password"``, ...), None when it holds no inline secret."""
+    for name, pattern in INLINE_SECRET_PATTERNS:
+        if pattern.search(text):
+            return name
+    return None

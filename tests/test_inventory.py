@@ -340,8 +340,12 @@ def test_credential_ref_resolves_from_file(tmp_path: Path):
     secret = tmp_path / "secret"
     secret.write_text("from-file\n")
     assert CredentialRef(file=secret).resolve() == "from-file"
-    with pytest.raises(ConfigError, match="cannot be read"):
+    with pytest.raises(ConfigError, match="missing cannot be read: it does not exist"):
         CredentialRef(file=tmp_path / "missing").resolve()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)   # would block a plain read forever
+    with pytest.raises(ConfigError, match="is a FIFO"):
+        CredentialRef(file=fifo).resolve()
     with pytest.raises(ConfigError, match="empty credential reference"):
         CredentialRef().resolve()
 

@@ -7,13 +7,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.cli.common import add_lab_options, lab_path
+from harness.cli.common import add_lab_options, load_lab
 from harness.errors import ConfigError
+from harness.options import argparse_seconds
 
 
 def _host_spec(args: argparse.Namespace):
-    from harness.lab.inventory import load_inventory
-    return load_inventory(lab_path(args)).host(args.host)
+    return load_lab(args).host(args.host)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = verbs.add_parser("run", help="run a command over SSH; its exit status is passed through")
     add_lab_options(run)
     run.add_argument("host")
-    run.add_argument("--timeout", type=float, default=600.0)
+    run.add_argument("--timeout", type=argparse_seconds("--timeout (host run)"), default=600.0,
+                     metavar="SEC", help="the command's time limit (default 600)")
     run.add_argument("--artifacts", default="artifacts/cli", help=argparse.SUPPRESS)
     # The command comes after "--" (main() passes it through untouched), so
     # options may also follow HOST.

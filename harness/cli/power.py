@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.cli.common import add_lab_options, lab_path
+from harness.cli.common import add_lab_options, load_lab
 
 
 def _power(args: argparse.Namespace) -> int:
     from harness.host import Host
-    from harness.lab.inventory import load_inventory
 
-    spec = load_inventory(lab_path(args)).host(args.host)
+    spec = load_lab(args).host(args.host)
     driver = Host(spec, Path("artifacts/cli")).power
     if args.action == "status":
         print(f"{spec.name}: {driver.status()}")

@@ -1,4 +1,17 @@
-"""``xenhil report RESULTS_DIR -o HTML_DIR``: the HTML report and the triage summary."""
+"""``xenhil report RESULTS_DIR -o HTML_DIR``: the HTML report and the triage summary.
+
+Every input is checked before anything is written (results folder, output
+folder, results store, known issues, run id, and for ``--scan-secrets`` the
+inventory, each of its secrets and every folder to scan): bad input is one
+line and exit 2, with nothing written.
+
+``--scan-secrets INVENTORY`` then proves that none of that lab's secrets,
+in any form (harness.results.secret_scan), reached the results, the report,
+the results store or the ``--scan-also`` folders and files: exit 1 on a
+leak, 2 when it cannot check (a secret not resolvable here, a folder that
+does not exist).  The inventory's secrets are registered first, so the
+triage text is masked like every other output.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,47 +20,85 @@ from pathlib import Path
 from harness.errors import ConfigError
 
 
-def _report(args: argparse.Namespace) -> int:
-    from harness.report import render_html, run_id_of, triage_summary
-    from harness.results.store import ResultsStore
+def _inputs(args: argparse.Namespace) -> dict:
+    """Every input checked, nothing written yet."""
+    from harness.dburl import sqlite_path
+    from harness.options import check_input_path, check_output_folder, check_store_url
+    from harness.report import run_id_of
     from harness.results.verdicts import load_known_issues
 
-    results = Path(args.results_dir)
-    index = render_html(results, Path(args.output))
-    print(f"HTML report: {index}")
+    results = check_input_path("RESULTS_DIR", args.results_dir, folder=True)
+    if not any(results.glob("*-result.json")):
+        raise ConfigError(f"RESULTS_DIR {results}: no Allure results here",
+                          help="run pytest with --alluredir=DIR first and pass that DIR")
+    output = check_output_folder("-o/--output", args.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"-o/--output {output}: is a file, not a folder", help="give a folder")
+    db = args.results_db or f"sqlite://{Path(args.artifacts).resolve() / 'results.sqlite'}"
+    check_store_url("--results-db", db, postgres=False)
+    db_path = sqlite_path(db, "results store")
+    if not db_path.is_file():
+        raise ConfigError(f"--results-db: results store {db_path} does not exist",
+                          help="pass the run's --artifacts folder (its results.sqlite) or --results-db")
+    known = load_known_issues(Path(args.known_issues) if args.known_issues else None)
     run_id = args.run or run_id_of(results)
     if run_id is None:
-        raise ConfigError(f"{results}: no xenhil.run_id in environment.properties",
+        raise ConfigError(f"RESULTS_DIR {results}: no xenhil.run_id in environment.properties",
                           help="pass --run RUN_ID")
-    db = args.results_db or f"sqlite://{Path(args.artifacts).resolve() / 'results.sqlite'}"
-    store = ResultsStore(db)
+    scan = None
+    if args.scan_secrets:
+        from harness.lab.inventory import load_inventory
+        from harness.results.secret_scan import inventory_secrets
+        inventory_path = check_input_path("--scan-secrets", args.scan_secrets, folder=False)
+        also = [check_input_path("--scan-also", p) for p in args.scan_also]
+        secrets = inventory_secrets(load_inventory(inventory_path))   # registered for masking too
+        targets = [results, output, db_path] + [p for p in _store_companions(db_path)] + also
+        scan = (inventory_path, secrets, targets)
+    return {"results": results, "output": output, "db": db, "known": known, "run_id": run_id,
+            "scan": scan}
+
+
+def _store_companions(db_path: Path) -> list[Path]:
+    """The store's write-ahead log, which holds its newest rows until a checkpoint."""
+    wal = db_path.with_name(db_path.name + "-wal")
+    return [wal] if wal.is_file() else []
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.report import render_html, triage_summary
+    from harness.results.store import ResultsStore
+    from harness.secrets import scrub
+
+    inputs = _inputs(args)
+    store = ResultsStore(inputs["db"], create=False)
     try:
-        summary = triage_summary(store, run_id, load_known_issues(
-            Path(args.known_issues) if args.known_issues else None))
+        summary = scrub(triage_summary(store, inputs["run_id"], inputs["known"]))
+    except KeyError:
+        raise ConfigError(f"--run {inputs['run_id']}: not in the results store {inputs['db']}",
+                          help="pass the run id the results carry, or the right --results-db") from None
     finally:
         store.close()
+    index = render_html(inputs["results"], inputs["output"])
+    print(f"HTML report: {index}")
     print(summary)
-    (Path(args.output) / "triage.txt").write_text(summary)
-    if args.scan_secrets:
-        return _scan_secrets(Path(args.scan_secrets), [results, Path(args.output)] + [
-            Path(p) for p in args.scan_also])
+    (inputs["output"] / "triage.txt").write_text(summary)
+    if inputs["scan"]:
+        return _scan_secrets(*inputs["scan"])
     return 0
 
 
-def _scan_secrets(inventory_path: Path, folders: list[Path]) -> int:
-    from harness.lab.inventory import load_inventory
-    from harness.results.secret_scan import inventory_secrets, scan
+def _scan_secrets(inventory_path: Path, secrets: dict[str, str], targets: list[Path]) -> int:
+    from harness.results.secret_scan import scan, scanned_files
 
-    secrets = inventory_secrets(load_inventory(inventory_path))
-    leaks = scan(folders, secrets)
-    shown = ", ".join(str(f) for f in folders)
+    leaks = scan(targets, secrets)
+    shown = ", ".join(str(f) for f in targets)
     if leaks:
         for leak in leaks:
             print(f"SECRET LEAK: {leak.path} holds the {leak.what}")
         print(f"secret scan: {len(leaks)} leak(s) of {inventory_path}'s secrets under {shown}")
         return 1
-    print(f"secret scan: none of {inventory_path}'s {len(secrets)} secret value(s) "
-          f"appears under {shown}")
+    print(f"secret scan: none of {inventory_path}'s {len(secrets)} secret value(s), in any "
+          f"form, appears in the {scanned_files(targets)} files under {shown}")
     return 0
 
 
@@ -62,8 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--known-issues", default="known-issues.yaml" if Path("known-issues.yaml").exists() else None,
                         help="YAML list of {test, reason, link}: expected failures")
     report.add_argument("--scan-secrets", metavar="INVENTORY", default=None,
-                        help="fail (exit 1) if a secret this inventory references appears in "
-                             "the results or the report")
-    report.add_argument("--scan-also", action="append", default=[], metavar="DIR",
-                        help="another folder to scan (e.g. the run's artifacts)")
+                        help="fail (exit 1) if a secret this inventory references appears, in any "
+                             "form, in the results, the report, the results store or --scan-also; "
+                             "exit 2 if one cannot be checked")
+    report.add_argument("--scan-also", action="append", default=[], metavar="PATH",
+                        help="another folder or file to scan (e.g. the run's artifacts)")
     report.set_defaults(func=_report)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.common import add_lab_options, lab_path
+from harness.cli.common import add_lab_options, load_lab
 from harness.errors import ConfigError
 from harness.lab.model import KNOWN_CAPABILITIES
+from harness.options import argparse_seconds, shown
 
 INTERACTIVE_RUN = "interactive"
 DEFAULT_INTERACTIVE_TTL = 4 * 3600.0
@@ -31,9 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="the host must have this capability value, e.g. cpu_vendor=amd, "
                               "iommu=true (repeatable)")
     reserve.add_argument("--host", default=None, help="this host and no other")
-    reserve.add_argument("--ttl", type=float, default=DEFAULT_INTERACTIVE_TTL, metavar="SEC",
+    reserve.add_argument("--ttl", type=argparse_seconds("--ttl"), default=DEFAULT_INTERACTIVE_TTL,
+                         metavar="SEC",
                          help="lease lifetime (default 4 h); nothing renews it")
-    reserve.add_argument("--timeout", type=float, default=DEFAULT_INTERACTIVE_TIMEOUT, metavar="SEC",
+    reserve.add_argument("--timeout", type=argparse_seconds("--timeout"),
+                         default=DEFAULT_INTERACTIVE_TIMEOUT, metavar="SEC",
                          help="how long to wait in line for a busy host (default 60; 0: do not wait)")
     reserve.set_defaults(func=reserve_command)
 
@@ -53,23 +56,23 @@ def parse_capabilities(items: list[str]) -> dict[str, object]:
         key, sep, text = item.partition("=")
         key, text = key.strip(), text.strip()
         if not sep or not key:
-            raise ConfigError(f"--capability {item!r}: expected KEY=VALUE",
+            raise ConfigError(f"--capability {shown(item)}: expected KEY=VALUE",
                               help=f"for example --capability cpu_vendor=amd; keys: {known}")
         kind = KNOWN_CAPABILITIES.get(key)
         if kind is None:
-            raise ConfigError(f"--capability {item!r}: unknown capability {key!r}",
+            raise ConfigError(f"--capability {shown(item)}: unknown capability {shown(key)}",
                               help=f"use one of: {known}")
         if kind is bool:
             lowered = text.lower()
             if lowered not in ("true", "false", "yes", "no", "1", "0"):
-                raise ConfigError(f"--capability {item!r}: {key} is true or false",
+                raise ConfigError(f"--capability {shown(item)}: {key} is true or false",
                                   help=f"write {key}=true or {key}=false")
             value: object = lowered in ("true", "yes", "1")
         elif kind is int:
             try:
                 value = int(text)
             except ValueError:
-                raise ConfigError(f"--capability {item!r}: {key} is a whole number",
+                raise ConfigError(f"--capability {shown(item)}: {key} is a whole number",
                                   help=f"write e.g. {key}=16") from None
         else:
             value = text
@@ -79,10 +82,9 @@ def parse_capabilities(items: list[str]) -> dict[str, object]:
 
 def open_pool(args: argparse.Namespace, ttl: float = 60.0):
     """The inventory named by --lab/$XENHIL_LAB and its lease pool."""
-    from harness.lab.inventory import load_inventory
     from harness.lab.leases import Pool, open_store, resolve_store_url
 
-    inventory = load_inventory(lab_path(args))
+    inventory = load_lab(args)
     store = open_store(resolve_store_url(getattr(args, "lab_db", None), inventory))
     return Pool(store, inventory, ttl=ttl)
 

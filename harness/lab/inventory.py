@@ -57,6 +57,7 @@ import jsonschema
 import yaml
 
 from harness.errors import ConfigError
+from harness.secrets import inline_secret_kind, redact_inline
 from harness.lab.model import (KNOWN_CAPABILITIES, CredentialRef, HostSpec, Inventory,
                                PowerConfig, SerialConfig, SSHConfig)
 
@@ -72,11 +73,18 @@ HOST_KEY_TYPES = (
     "ssh-rsa", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com", "ssh-dss",
 )
 
+# Bounds on the YAML, so that a hostile file is refused in bounded time and
+# memory (an inventory of 1000 hosts is about 30 000 events, 6 levels deep).
+MAX_YAML_EVENTS = 100_000        # scalars, mappings, sequences, aliases
+MAX_YAML_DEPTH = 32              # nested mappings/sequences
+MAX_YAML_NODES = 200_000         # nodes once aliases are expanded (alias bombs)
+
 # Which virtualisation extension each CPU vendor has.
 _VIRT_OF_VENDOR = {"intel": "vmx", "amd": "svm"}
 
 # Field names whose values are secrets: never echoed, and never accepted inline.
 _SECRET_FIELDS = ("password", "passphrase")
+
 _SECRET_WORDS = re.compile(r"pass|secret|token|pwd", re.IGNORECASE)
 
 # Fixes for a missing required field, by field name.
@@ -300,22 +308,44 @@ def _read_yaml(path: Path, shown: str) -> _Document | list[Problem]:
     def fail(message: str, fix: str, line: int | None = None) -> list[Problem]:
         return [Problem(file=shown, message=message, fix=fix, line=line)]
 
+    from harness.safeio import LIMITS, file_type
     try:
-        text = path.read_text(encoding="utf-8")
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         return fail("the inventory file does not exist",
                     "give the path of a lab inventory (e.g. lab/example.yaml) or set XENHIL_LAB")
-    except IsADirectoryError:
+    except OSError as exc:
+        return fail(f"cannot read the file: {exc.strerror}", "check its permissions")
+    kind = file_type(mode)
+    if kind == "a directory":
         return fail("this is a directory, not an inventory file", "give a lab/NAME.yaml file")
+    if kind is not None:
+        # A FIFO would block the read forever, /dev/zero never ends.
+        return fail(f"this is {kind}, not an inventory file", "give a lab/NAME.yaml file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(LIMITS["inventory"] + 1)
+    except OSError as exc:
+        return fail(f"cannot read the file: {exc.strerror}", "check its permissions")
+    if len(raw) > LIMITS["inventory"]:
+        return fail(f"the file is larger than {LIMITS['inventory'] >> 20} MiB, too large for an "
+                    "inventory", "give the lab's inventory file (a 1000-host lab is about 300 KiB)")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return fail(f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})",
                     "save the inventory as UTF-8")
-    except OSError as exc:
-        return fail(f"cannot read the file: {exc.strerror}", "check its permissions")
 
     loader = _InventoryLoader(text)
     try:
+        shape = _shape_problem(text)
+        if shape is not None:
+            return fail(*shape)
         node = loader.get_single_node()
+        if node is not None and _expanded_size(node) > MAX_YAML_NODES:
+            return fail(f"the YAML expands to more than {MAX_YAML_NODES} values through its "
+                        "aliases (*name), or an alias refers to itself",
+                        "write the values out instead of nesting aliases of aliases")
         lines: dict[tuple, int] = {}
         duplicates: list[tuple[tuple, int, int]] = []
         if node is not None:
@@ -335,7 +365,11 @@ def _read_yaml(path: Path, shown: str) -> _Document | list[Problem]:
                     "fix the YAML at that line (indentation, a missing ':', unbalanced quotes "
                     "or brackets)", line=mark.line + 1 if mark else None)
     except yaml.YAMLError as exc:
-        return fail(f"YAML error: {exc}", "fix the YAML syntax")
+        # Not its text: it may quote a line holding a secret.
+        return fail(f"YAML error ({type(exc).__name__})", "fix the YAML syntax")
+    except RecursionError:
+        return fail(f"the YAML is nested too deeply (more than {MAX_YAML_DEPTH} levels)",
+                    "an inventory is a few levels deep: fix the brackets or indentation")
     finally:
         loader.dispose()
 
@@ -355,6 +389,71 @@ def _read_yaml(path: Path, shown: str) -> _Document | list[Problem]:
                                   "keep one of them")
         document.problems.append(replace(problem, line=again))
     return document
+
+
+def _shape_problem(text: str) -> tuple[str, str, int] | None:
+    """(message, fix, line) when the YAML is deeper or longer than any
+    inventory, found from its event stream (which, unlike composing, is not
+    recursive and keeps nothing), before anything is built from it."""
+    loader = _InventoryLoader(text)
+    depth = events = 0
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            events += 1
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    return (f"the YAML is nested more than {MAX_YAML_DEPTH} levels deep",
+                            "an inventory is a few levels deep: fix the brackets or indentation",
+                            event.start_mark.line + 1)
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            if events > MAX_YAML_EVENTS:
+                return (f"the YAML has more than {MAX_YAML_EVENTS} values, far more than any "
+                        "inventory", "give the lab's inventory file", event.start_mark.line + 1)
+    finally:
+        loader.dispose()
+    return None
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes the document has once every alias is expanded, without
+    expanding them (each node's size is counted once); a node that contains
+    itself counts as unbounded."""
+    sizes: dict[int, int] = {}
+    unbounded = MAX_YAML_NODES + 1
+    # Iterative post-order: an alias bomb can be deep in aliases but not in nesting.
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    active: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            active.discard(key)
+            children = _children(node)
+            sizes[key] = min(unbounded, 1 + sum(sizes.get(id(c), unbounded) for c in children))
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            return unbounded     # an alias to an enclosing node: a recursive structure
+        active.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in active:
+                return unbounded
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes.get(id(root), unbounded)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _record_lines(node: yaml.Node, path: tuple, lines: dict, duplicates: list, depth: int) -> None:
@@ -438,7 +537,8 @@ def _show(value: Any, path: tuple) -> str:
     """A value for a message, or nothing when it may be a secret or is long."""
     if _is_secret_path(path) or isinstance(value, (dict, list)) or value is None:
         return ""
-    text = repr(value) if isinstance(value, str) else str(value)
+    # A URL's password, a command's -P value, password=...: masked.
+    text = repr(redact_inline(value)) if isinstance(value, str) else str(value)
     return f" {text}" if len(text) <= 80 else f" {text[:77]}..."
 
 
@@ -531,14 +631,17 @@ def _translate(error: jsonschema.ValidationError, ctx: _Context) -> list[Problem
 
     if kind in ("enum", "const"):
         allowed = error.validator_value if kind == "enum" else [error.validator_value]
-        message = (f"{instance!r} is not allowed" if not _is_secret_path(path)
-                   else "value not allowed") + f" (allowed: {', '.join(map(str, allowed))})"
+        value = _show(instance, path).strip()
+        message = (f"{value} is not allowed" if value else "value not allowed") \
+            + f" (allowed: {', '.join(map(str, allowed))})"
         if name == "kind" and len(path) >= 2:
-            message = f"unknown {path[-2]} kind {instance!r} (allowed: {', '.join(allowed)})"
+            message = (f"unknown {path[-2]} kind{' ' + value if value else ''} "
+                       f"(allowed: {', '.join(map(str, allowed))})")
         return [ctx.problem(path, message, fix)]
 
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        return [ctx.problem(path, f"{instance!r} is out of range", fix)]
+        return [ctx.problem(path, f"{_show(instance, path).strip() or 'the value'} is out of range",
+                            fix)]
 
     if kind == "pattern":
         what = {"name": "host name", "address": "address", "host": "address",
@@ -560,7 +663,7 @@ def _translate(error: jsonschema.ValidationError, ctx: _Context) -> list[Problem
             if key in seen:
                 repeated.append(item)
             seen.add(key)
-        shown = ", ".join(repr(r) for r in repeated)
+        shown = ", ".join(_show(r, path).strip() or "a value" for r in repeated)
         return [ctx.problem(path, f"repeated item(s): {shown}", "list each item once")]
 
     if kind in ("minProperties", "maxProperties"):
@@ -580,7 +683,8 @@ def _translate(error: jsonschema.ValidationError, ctx: _Context) -> list[Problem
                             f"{how}remove it (or change kind)")]
 
     # Anything else: jsonschema's words, unless the value may be a secret.
-    message = error.message if not _is_secret_path(path) else f"invalid value ({kind})"
+    message = (error.message if not _is_secret_path(path) and _show(instance, path)
+               and len(error.message) <= 200 else f"invalid value ({kind})")
     return [ctx.problem(path, message, fix)]
 
 
@@ -619,8 +723,47 @@ def _ssh_endpoint(host: dict) -> tuple[str, int] | None:
     return address.lower(), port
 
 
-def _semantic_problems(ctx: _Context, unpinned: list) -> list[Problem]:
+# Where an inline secret hides in a command line, and how to pass it instead
+# (commands run without a shell: $VAR is not expanded; arguments show in ps).
+_COMMAND_SECRET_FIX = {
+    "power": ("pass it through the environment or a file, never the command line: ipmitool -E "
+              "(reads IPMI_PASSWORD) or -f FILE, or use power kind ipmi with password: "
+              "{env: NAME}"),
+    "serial": ("pass it through the environment or a file, never the command line: ipmitool -E "
+               "(reads IPMI_PASSWORD) or -f FILE, or use serial kind ipmi-sol with password: "
+               "{env: NAME}"),
+}
+
+
+def _inline_secret_problems(ctx: _Context) -> list[Problem]:
+    """Passwords written where the schema takes a plain string: a store URL
+    with a password part or a keyword DSN, a command line with a password
+    option, a password= keyword or a URL with a password."""
     problems: list[Problem] = []
+    lease_db = ctx.data.get("lease_db")
+    if isinstance(lease_db, str) and inline_secret_kind(lease_db):
+        problems.append(ctx.problem(
+            ("lease_db",), f"the lease store URL holds a password ({inline_secret_kind(lease_db)})",
+            "leave the password out of the URL (postgresql://USER@HOST/DATABASE): libpq reads it "
+            "from ~/.pgpass or PGPASSWORD"))
+    for index, host in _hosts(ctx):
+        power, serial = host.get("power"), host.get("serial")
+        lines: list[tuple[tuple, str, str]] = []
+        if isinstance(power, dict) and isinstance(power.get("commands"), dict):
+            lines += [(("hosts", index, "power", "commands", action), line, "power")
+                      for action, line in power["commands"].items() if isinstance(line, str)]
+        if isinstance(serial, dict) and isinstance(serial.get("command"), str):
+            lines.append((("hosts", index, "serial", "command"), serial["command"], "serial"))
+        for path, line, section in lines:
+            kind = inline_secret_kind(line)
+            if kind:
+                problems.append(ctx.problem(path, f"inline secret in a command line ({kind})",
+                                            _COMMAND_SECRET_FIX[section]))
+    return problems
+
+
+def _semantic_problems(ctx: _Context, unpinned: list) -> list[Problem]:
+    problems: list[Problem] = _inline_secret_problems(ctx)
     hosts = _hosts(ctx)
     for index, host in hosts:
         problems += _check_host(ctx, index, host, unpinned)

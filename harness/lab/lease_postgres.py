@@ -14,7 +14,6 @@ file or PGPASSWORD.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from typing import Any, Iterator
 
@@ -26,9 +25,10 @@ LOCK_KEY = 0x78656E68
 
 
 def redact(url: str) -> str:
-    """The URL without its password (user:PASSWORD@ and password=...)."""
-    url = re.sub(r"(://[^/:@]*):[^@/]*@", r"\1:***@", url)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+    """The URL without its password (user:PASSWORD@, to the last '@', and
+    password=...): harness.secrets.redact_inline."""
+    from harness.secrets import redact_inline
+    return redact_inline(url)
 
 
 class PostgresLeaseStore(SQLLeaseStore):

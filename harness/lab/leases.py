@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import getpass
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from harness.errors import ConfigError, InfrastructureError, ReservationTimeout
-from harness.lab.model import HostSpec, Inventory
+from harness.lab.model import HostSpec, Inventory, os_user
 from harness.step import step
 
 log = logging.getLogger("xenhil.leases")
@@ -69,11 +69,9 @@ class Holder:
         worker id of this process (PYTEST_XDIST_WORKER) or "main"."""
         if worker is None:
             worker = os.environ.get("PYTEST_XDIST_WORKER") or "main"
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):  # no passwd entry (containers)
-            user = f"uid{os.getuid()}"
-        return cls(user=user, machine=socket.gethostname(), pid=os.getpid(),
+        # From the operating system, not $LOGNAME: releasing without --force
+        # trusts this name.
+        return cls(user=os_user(), machine=socket.gethostname(), pid=os.getpid(),
                    worker=worker, run_id=run_id)
 
     @property
@@ -529,6 +527,10 @@ def describe_request(tags: Sequence[str], capabilities: dict | None, host: str |
 
 # --- the pool -------------------------------------------------------------
 
+def _finite_positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 # Leases held by this process, for release on exit: lease id -> (pool, lease).
 _HELD: dict[str, tuple["Pool", Lease]] = {}
 
@@ -539,8 +541,9 @@ class Pool:
     def __init__(self, store: LeaseStore, inventory: Inventory, ttl: float = DEFAULT_TTL, *,
                  waiter_ttl: float = DEFAULT_WAITER_TTL,
                  poll_interval: float = DEFAULT_POLL_INTERVAL):
-        if ttl <= 0:
-            raise ConfigError(f"lease TTL must be positive, got {ttl}", help="pass --lease-ttl SECONDS > 0")
+        if not _finite_positive(ttl):
+            raise ConfigError(f"lease TTL must be a finite number of seconds above 0, got {ttl}",
+                              help="pass --lease-ttl SECONDS > 0")
         self.store = store
         self.inventory = inventory
         self.ttl = float(ttl)
@@ -578,6 +581,14 @@ class Pool:
         """Lease a free matching host, waiting (in FIFO order) up to ``timeout`` s."""
         candidates = self.candidates(tags, capabilities, host)
         ttl = self.ttl if ttl is None else float(ttl)
+        # inf or nan must never reach the store (a lease that never expires,
+        # a deadline no clock reaches).
+        if not _finite_positive(ttl):
+            raise ConfigError(f"lease TTL must be a finite number of seconds above 0, got {ttl}",
+                              help="pass a TTL in seconds, e.g. 120")
+        if not (math.isfinite(timeout) and timeout >= 0):
+            raise ConfigError(f"reservation timeout must be a finite number of seconds, got {timeout}",
+                              help="pass a timeout in seconds, e.g. 600 (0: do not wait)")
         deadline = time.monotonic() + timeout
         ticket: int | None = None
         last_attempt = float("-inf")

@@ -8,6 +8,7 @@ the moment of use, so an inventory object can be logged or reported safely.
 from __future__ import annotations
 
 import os
+import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,17 @@ KNOWN_CAPABILITIES: dict[str, type] = {
     # settings of harness.lab.virtual.quirks (e.g. tsc_mode="native").
     "emulated": bool,
 }
+
+
+def os_user() -> str:
+    """The name of the user this process runs as, from the operating system
+    (the effective uid's passwd entry), never from $LOGNAME/$USER, which
+    anyone can set: lease holders and run provenance use it."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (containers)
+        return f"uid{uid}"
 
 
 @dataclass(frozen=True)
@@ -47,11 +59,11 @@ class CredentialRef:
                                   help=f"export {self.env}=... before running, or reference a file")
             return register_secret(value)
         if self.file:
-            try:
-                return register_secret(self.file.read_text().strip())
-            except OSError as exc:
-                raise ConfigError(f"credential file {self.file} cannot be read: {exc.strerror}",
-                                  help="create the file (mode 0600) or fix its path") from None
+            from harness.safeio import read_text
+            # Bounded and never blocking: a FIFO or /dev/zero is refused, not read.
+            return register_secret(read_text(self.file, "credential file",
+                                             fix="create the file with the secret (mode 0600) "
+                                                 "or fix its path").strip())
         raise ConfigError("empty credential reference", help="give env: or file:")
 
     def __repr__(self) -> str:  # the reference is safe to show, the value never is

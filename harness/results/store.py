@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 
 from harness.dburl import enable_wal, sqlite_path
+from harness.errors import ConfigError
+from harness.secrets import scrub
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -65,12 +67,25 @@ class Outcome:
 
 
 class ResultsStore:
-    def __init__(self, url: str):
+    """Everything written here is scrubbed of the registered secrets
+    (harness.secrets) first: the store is read by the triage text and the
+    verdicts, and copied around with the artifacts."""
+
+    def __init__(self, url: str, create: bool = True):
         self.path = sqlite_path(url, "results store")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        enable_wal(self.db, 30.0)
-        self.db.executescript(SCHEMA)
+        if not create and not self.path.is_file():
+            raise ConfigError(f"results store {self.path} does not exist",
+                              help="pass the run's --artifacts folder or --results-db")
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            enable_wal(self.db, 30.0)
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"results store {self.path} cannot be used: {exc}",
+                              help="move the damaged file aside (a new store is created) or "
+                                   "pass the right --results-db") from None
 
     def close(self) -> None:
         self.db.close()
@@ -80,7 +95,8 @@ class ResultsStore:
                    facts: dict | None = None, started: float | None = None) -> int:
         self.db.execute(
             "INSERT OR IGNORE INTO runs (run_id, started, build, series, facts) VALUES (?,?,?,?,?)",
-            (run_id, started or time.time(), build, series, json.dumps(facts or {})))
+            (run_id, started or time.time(), scrub(build), scrub(series),
+             scrub(json.dumps(facts or {}))))
         return self.run_seq(run_id)
 
     def run_seq(self, run_id: str) -> int:
@@ -93,7 +109,7 @@ class ResultsStore:
                        host: str = "", split: str = "", message: str = "") -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?)",
-            (run_id, test, outcome, failure_class, host, split, message[:2000]))
+            (run_id, test, outcome, failure_class, host, split, scrub(message)[:2000]))
 
     def record_latency(self, run_id: str, host: str, split: str, build: str, server: str,
                        port: str, summary: dict, samples: list[float]) -> None:

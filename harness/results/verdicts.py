@@ -46,7 +46,18 @@ def load_known_issues(path: Path | None) -> list[KnownIssue]:
     """``known-issues.yaml``: a list of {test, reason, link}."""
     if path is None or not path.exists():
         return []
-    data = yaml.safe_load(path.read_text()) or []
+    from harness.safeio import read_text
+    text = read_text(path, "known issues file", fix="pass --known-issues a YAML list of "
+                     "{test, reason, link}")
+    try:
+        data = yaml.safe_load(text) or []
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: known issues file is not "
+                          "valid YAML", help="fix the YAML at that line") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: known issues file is nested too deeply",
+                          help="write a flat list of {test, reason, link}") from None
     if not isinstance(data, list):
         raise ConfigError(f"{path}: expected a list of {{test, reason, link}} entries",
                           help="write e.g. `- {test: 'suites/pci/test_x.py::test_y', reason: ..., link: ...}`")

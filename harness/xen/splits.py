@@ -92,6 +92,11 @@ class Grammar:
     path_requires_name: bool = True
     # CHOICE: a model owning nothing would start a QEMU that emulates nothing.
     reject_empty_model: bool = True
+    # CHOICE: bounds that keep a hostile split cheap to refuse: the longest
+    # model string (name, flags, vifs and a PATH_MAX path= fit well within)
+    # and the most models read before giving up (MAX_MODELS is the real limit).
+    max_model_length: int = 4096 + 256
+    max_models_read: int = 4 * 8
 
 
 GRAMMAR = Grammar()
@@ -159,11 +164,29 @@ class SplitProblem:
     def render(self) -> str:
         if self.model_index is None:
             return f"device_models: {self.message}\n    fix: {self.fix}"
-        shown = _printable(self.model_text)
-        width = max(1, self.end - self.start)
-        caret = " " * (5 + self.start) + "^" * width
         return (f"device_models[{self.model_index}] (model {self.model_index + 1}): {self.message}\n"
-                f"    '{shown}'\n{caret}\n    fix: {self.fix}")
+                + "\n".join(self.pointer()) + f"\n    fix: {self.fix}")
+
+    def one_line(self) -> str:
+        """The problem on one line: where, what, and the fix (the command line's error line)."""
+        where = ("device_models" if self.model_index is None
+                 else f"device_models[{self.model_index}] (model {self.model_index + 1})")
+        return f"{where}: {self.message}; fix: {self.fix}"
+
+    def pointer(self) -> list[str]:
+        """The model text and a caret line under the offending span, cut to
+        SHOWN_CONTEXT characters around it (a model string may be huge)."""
+        if self.model_index is None:
+            return []
+        begin = max(0, self.start - SHOWN_CONTEXT)
+        stop = min(len(self.model_text), max(min(self.end, self.start + SHOWN_CONTEXT),
+                                             self.start + 1) + SHOWN_CONTEXT)
+        left = "..." if begin else ""
+        right = "..." if stop < len(self.model_text) else ""
+        shown = _printable(self.model_text[begin:stop])
+        width = max(1, min(self.end, stop) - self.start)
+        caret = " " * (5 + len(left) + self.start - begin) + "^" * width
+        return [f"    '{left}{shown}{right}'", caret]
 
 
 class SplitError(ConfigError):
@@ -182,6 +205,10 @@ class SplitError(ConfigError):
 
     def messages(self) -> list[str]:
         return [p.message for p in self.problems]
+
+
+#: Characters of a model string shown on each side of a problem's span.
+SHOWN_CONTEXT = 60
 
 
 def _printable(text: str) -> str:
@@ -358,7 +385,14 @@ def _split_with_offsets(text: str, sep: str, base: int = 0) -> list[tuple[str, i
     return out
 
 
+def _short(text: str) -> str:
+    """A message with each quoted value cut to SHOWN_CONTEXT characters."""
+    return re.sub(r"""(['"])([^'"]{%d})[^'"]{4,}\1""" % SHOWN_CONTEXT, r"\1\2...\1", text)
+
+
 def _suggest(word: str, choices: Iterable[str]) -> str:
+    if len(word) > 2 * GRAMMAR.max_identifier_length:   # difflib is quadratic: no suggestion
+        return ""
     close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
     return close[0] if close else ""
 
@@ -375,10 +409,10 @@ class _Parser:
     # -- reporting
     def at(self, d: _Draft, start: int, end: int, message: str, fix: str) -> None:
         end = min(end, max(len(d.text), start + 1))
-        self.problems.append(SplitProblem(message, fix, d.index, d.text, start, end))
+        self.problems.append(SplitProblem(_short(message), _short(fix), d.index, d.text, start, end))
 
     def whole(self, message: str, fix: str) -> None:
-        self.problems.append(SplitProblem(message, fix))
+        self.problems.append(SplitProblem(_short(message), _short(fix)))
 
     # -- one model
     def parse_model(self, index: int, text: str) -> _Draft:
@@ -392,6 +426,12 @@ class _Parser:
         if text.strip(g.skipped_leading) == "":
             self.at(d, 0, len(text), "empty model string",
                     "remove the empty string from the list, or give the model flags or vifs=")
+            return d
+        if len(text) > g.max_model_length:
+            self.at(d, g.max_model_length, len(text),
+                    f"model string of {len(text)} characters, longer than {g.max_model_length}",
+                    "a model string is a few items: name=, flags, vifs= and an absolute path=")
+            self.misspelt.add(UI)   # unread: whether it owns ui is unknown
             return d
         for raw, offset in _split_with_offsets(text, g.item_separator):
             item_text = raw.lstrip(g.skipped_leading)
@@ -624,6 +664,10 @@ def parse_split(specs: Sequence[str] | None, *,
     if len(specs) == 0:
         parser.whole("device_models is an empty list",
                      "remove the option for the single split (one QEMU does all), or list models")
+        raise SplitError(parser.problems, source=source)
+    if len(specs) > GRAMMAR.max_models_read:
+        parser.whole(f"{len(specs)} models, but Xen allows at most {MAX_MODELS} ioreq servers "
+                     "per domain", f"merge models until at most {MAX_MODELS} remain")
         raise SplitError(parser.problems, source=source)
     drafts = [parser.parse_model(i, text) for i, text in enumerate(specs)]
     parser.check_split(drafts, guest_classes)
