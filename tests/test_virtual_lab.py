@@ -11,6 +11,7 @@ With ``XENHIL_RECORD=1`` it also refreshes the real outputs under
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -414,3 +415,23 @@ def test_guest_host_key_converts_to_dropbears_format(tmp_path):
         out = subprocess.run([dropbearkey, "-y", "-f", str(tmp_path / "db")], capture_output=True,
                              text=True, check=True).stdout
         assert " ".join(pin.split()[:2]) in out
+
+
+def test_a_lab_just_stopped_does_not_block_the_next_one(tmp_path):
+    """`xenhil lab down && xenhil lab up` at once: the stopped lab's closed SSH
+    connections linger in TIME_WAIT on the host's address and port, which a
+    bind without SO_REUSEADDR takes for a port in use (seen here: "vhost1:
+    127.0.0.11:22/tcp is in use" with nothing listening)."""
+    import socket
+    host = launcher.plan_hosts(1, tmp_path, address_base=90)[0]
+    listener = socket.create_server((host.address, 0))
+    host = dataclasses.replace(host, ssh_port=listener.getsockname()[1])
+    client = socket.create_connection((host.address, host.ssh_port))
+    served, _ = listener.accept()
+    served.close()        # the side bound to the host's port closes first: TIME_WAIT there
+    listener.close()
+    client.close()
+    launcher._check_free(host)   # no VirtualLabError
+    with socket.create_server((host.address, host.ssh_port)):
+        with pytest.raises(launcher.VirtualLabError, match="in use"):
+            launcher._check_free(host)   # a real listener is still refused

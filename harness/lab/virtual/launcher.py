@@ -248,6 +248,11 @@ def _check_free(host: VirtualHost) -> None:
     for kind, port in ((socket.SOCK_STREAM, host.ssh_port), (socket.SOCK_STREAM, host.serial_port),
                        (socket.SOCK_DGRAM, host.bmc_port)):
         with socket.socket(socket.AF_INET, kind) as s:
+            if kind == socket.SOCK_STREAM:
+                # As QEMU's hostfwd listener does: connections of the lab just
+                # stopped linger in TIME_WAIT for a minute and must not make
+                # `lab down && lab up` fail.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host.address, port))
             except OSError as exc:
