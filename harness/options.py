@@ -147,7 +147,10 @@ def check_store_url(option: str, url: str, *, postgres: bool) -> str:
                           help="give sqlite:///ABSOLUTE/PATH, a file path"
                                + (", or postgresql://USER@HOST/DATABASE" if postgres else ""))
     from harness.dburl import sqlite_path
-    path = sqlite_path(text, store)
+    try:
+        path = sqlite_path(text, store)
+    except ConfigError as exc:
+        raise ConfigError(f"{option}: {exc.args[0]}", help=exc.help) from None
     _check_store_file(option, path)
     return text
 

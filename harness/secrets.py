@@ -281,6 +281,8 @@ class ScrubbingLogFilter(logging.Filter):
 INLINE_SECRET_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
     # scheme://user:PASSWORD@host: the password runs to the last '@' before the path
     ("URL password", re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^\s]*(?=@[^@\s]*(?:\s|$))")),
+    # user:PASSWORD@host without a scheme (an address field, an scp/ssh target)
+    ("user:password@host", re.compile(r"((?:^|(?<=[\s'\"]))[A-Za-z0-9_.-]+:)[^\s@'\"/]+(?=@[A-Za-z0-9])")),
     # libpq keyword DSNs and URL queries: password=..., sslpassword=...
     ("password keyword", re.compile(r"((?:^|[\s?&;])[A-Za-z_]*(?:password|passwd|pwd|secret|token)\s*=\s*)"
                                     r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;]*)",

@@ -178,15 +178,22 @@ def test_cli_inspect_prints_records_and_json(tmp_path, capsys):
     assert doc["libxc"][0]["record_list"][-1]["type_name"] == "END"
 
 
-def test_cli_exit_codes_tell_bad_input_from_broken_file(tmp_path, capsys):
+def test_cli_exit_codes_a_file_that_is_not_what_it_claims_is_bad_input(tmp_path, capsys):
+    """Issue 15's convention: at the command line a damaged save file is bad
+    input (exit 2, one line with the offset); read by a suite, the same damage
+    is a malformed stream the product wrote (CorruptSaveFile, a ProductError)."""
+    from harness.errors import ProductError
     other = tmp_path / "notes.txt"
     other.write_text("hello")
     assert xenhil_main(["savefile", "inspect", str(other)]) == 2
     assert "expected the xl save magic" in capsys.readouterr().err
     cut = tmp_path / "cut.sav"
     cut.write_bytes(SaveFileBuilder().build()[:500])
-    assert xenhil_main(["savefile", "inspect", str(cut)]) == 1
-    assert "file truncated?" in capsys.readouterr().err
+    assert xenhil_main(["savefile", "inspect", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert "file truncated?" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ProductError):
+        parse_savefile(cut)
 
 
 def test_a_recorded_save_file_is_there():

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.secrets import ScrubbingLogFilter
     for handler in logging.getLogger().handlers:
         handler.addFilter(ScrubbingLogFilter())
+    _register_lab_secrets(args)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
@@ -93,6 +94,23 @@ def main(argv: list[str] | None = None) -> int:
               "in xenhil: report it with the output of the same command run with -v",
               file=sys.stderr)
         return EXIT_BUG
+
+
+def _register_lab_secrets(args: argparse.Namespace) -> None:
+    """Every secret the lab (--lab, else $XENHIL_LAB) references, registered
+    for masking before the verb does anything, whatever the verb: a secret
+    typed into any argument is then masked in every message.  Best effort: a
+    verb that needs the lab reports its problems itself."""
+    import os
+    path = getattr(args, "lab", None) or os.environ.get("XENHIL_LAB")
+    if not path:
+        return
+    try:
+        from harness.lab.credentials import register_inventory_secrets
+        from harness.lab.inventory import load_inventory
+        register_inventory_secrets(load_inventory(path))
+    except Exception:  # the verb's own checks say what is wrong
+        pass
 
 
 def _print_error(exc: ConfigError) -> None:

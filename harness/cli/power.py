@@ -11,6 +11,8 @@ def _power(args: argparse.Namespace) -> int:
     from harness.host import Host
 
     spec = load_lab(args).host(args.host)
+    if spec.power.password is not None:
+        spec.power.password.resolve()        # an unusable reference fails before anything is made
     driver = Host(spec, Path("artifacts/cli")).power
     if args.action == "status":
         print(f"{spec.name}: {driver.status()}")

@@ -80,11 +80,11 @@ def parse_capabilities(items: list[str]) -> dict[str, object]:
     return result
 
 
-def open_pool(args: argparse.Namespace, ttl: float = 60.0):
+def open_pool(args: argparse.Namespace, ttl: float = 60.0, inventory=None):
     """The inventory named by --lab/$XENHIL_LAB and its lease pool."""
     from harness.lab.leases import Pool, open_store, resolve_store_url
 
-    inventory = load_lab(args)
+    inventory = inventory if inventory is not None else load_lab(args)
     store = open_store(resolve_store_url(getattr(args, "lab_db", None), inventory))
     return Pool(store, inventory, ttl=ttl)
 
@@ -96,8 +96,11 @@ def reserve_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ttl {args.ttl:g}: must be positive", help="pass --ttl SECONDS, e.g. 14400")
     if args.timeout < 0:
         raise ConfigError(f"--timeout {args.timeout:g}: must be 0 or more", help="pass --timeout SECONDS")
+    inventory = load_lab(args)               # its secrets registered before any message
     capabilities = parse_capabilities(args.capability)
-    pool = open_pool(args, ttl=args.ttl)
+    if args.host:
+        inventory.host(args.host)            # an unknown name, before the store is opened
+    pool = open_pool(args, ttl=args.ttl, inventory=inventory)
     me = Holder.current(run_id=INTERACTIVE_RUN, worker="main")
 
     lease = None
@@ -123,7 +126,9 @@ def reserve_command(args: argparse.Namespace) -> int:
 def release_command(args: argparse.Namespace) -> int:
     from harness.lab.leases import Holder
 
-    pool = open_pool(args)
+    inventory = load_lab(args)
+    inventory.host(args.host)                # an unknown name, before the store is opened
+    pool = open_pool(args, inventory=inventory)
     me = Holder.current(run_id=INTERACTIVE_RUN, worker="main")
     lease = pool.release_host(args.host, by=me, force=args.force)
     if lease is None:

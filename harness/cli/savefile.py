@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from harness.xen.savefile import format_savefile, parse_savefile
+from harness.errors import ConfigError
+from harness.xen.savefile import CorruptSaveFile, format_savefile, parse_savefile
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,8 +21,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    # NotASaveFile is a ConfigError (exit 2), CorruptSaveFile a ProductError (exit 1): main() maps them.
-    save = parse_savefile(args.file)
+    # At the command line a file that is not what it claims is bad input
+    # (exit 2): NotASaveFile already is a ConfigError, and CorruptSaveFile
+    # (a ProductError when a suite reads a save the product wrote) is made one.
+    try:
+        save = parse_savefile(args.file)
+    except CorruptSaveFile as exc:
+        raise ConfigError(f"save file {exc.args[0]}", help=CorruptSaveFile.help.split(": ")[0]
+                          + ": give an intact file written by `xl save`") from None
     if args.json:
         data = save.to_dict()
         if args.libxc:

@@ -37,7 +37,12 @@ class SQLiteLeaseStore(SQLLeaseStore):
             raise ConfigError(f"lease store {self.path}: directory {self.path.parent} does not exist",
                               help="create the directory or pass --lab-db sqlite:///EXISTING/DIR/FILE")
         self._local = threading.local()
-        self._setup()
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as exc:   # not a database, truncated, damaged
+            raise ConfigError(f"lease store {self.path} cannot be used: {exc}",
+                              help="move the damaged file aside (a new store is created; leases "
+                                   "it held are lost) or pass --lab-db with the right store") from None
 
     def _setup(self) -> None:
         conn = self._connect()
@@ -61,8 +66,12 @@ class SQLiteLeaseStore(SQLLeaseStore):
                                    isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:
             raise LeaseStoreError(f"cannot open lease store {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:   # not a database, damaged: bad input, not the lab
+            raise ConfigError(f"lease store {self.path} cannot be used: {exc}",
+                              help="move the damaged file aside (a new store is created; leases "
+                                   "it held are lost) or pass --lab-db with the right store") from None
         return conn
 
     def _locked(self, action):

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -129,7 +131,9 @@ def _from_dist(tree: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
     if not hypervisors:
         raise XenBuildError(f"--xen-build {tree}: no hypervisor: expected boot/xen-*.gz "
                             f"under {root}", help="run `make dist` (or `make dist-xen`) first")
-    manifest = _read_manifest(tree, (root / MANIFEST).read_bytes() if (root / MANIFEST).is_file() else None)
+    from harness.safeio import read_bytes
+    manifest = _read_manifest(tree, read_bytes(root / MANIFEST, "build manifest")
+                              if (root / MANIFEST).is_file() else None)
     names = {str(p.relative_to(root)) for p in root.rglob("xl")}
     if not _has_tools(names, manifest):
         raise XenBuildError(f"--xen-build {tree}: no tools: expected usr/sbin/xl or "
@@ -178,24 +182,59 @@ def _manifest_fields(path, manifest: dict | None) -> dict:
                       f"left to the host's packages: {', '.join(manifest.get('packaged', [])) or 'none'}",)}
 
 
+# Bounds on a build tarball, so a hostile one is refused in bounded time and
+# memory: a Xen dist tree is a few thousand files and a few hundred MiB.
+TAR_MEMBERS_MAX = 100_000
+TAR_MEMBER_MAX = 2 << 30          # one file (QEMU's binary is about 50 MiB)
+TAR_TOTAL_MAX = 8 << 30           # everything that would be installed
+MANIFEST_MAX = 4 << 20
+
+
 def _from_tarball(tarball: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
+    from harness.options import shown
+    names: list[str] = []
+    files = []
+    manifest_bytes = None
+    total = 0
     try:
         with tarfile.open(tarball) as tar:
-            members = [m for m in tar.getmembers() if m.isfile()]
-            names = [m.name for m in members]
-            for m in members:
+            for count, m in enumerate(tar, start=1):   # one member at a time, none kept
+                if count > TAR_MEMBERS_MAX:
+                    raise XenBuildError(f"--xen-build {tarball}: more than {TAR_MEMBERS_MAX} members",
+                                        help="tar the `make dist` output only (dist/install)")
+                if m.issparse():
+                    raise XenBuildError(f"--xen-build {tarball}: member {shown(m.name)} is a sparse "
+                                        "file (a build has none)",
+                                        help="tar the `make dist` output without --sparse")
+                if not m.isfile():
+                    continue
                 if m.name.startswith("/") or ".." in Path(m.name).parts:
-                    raise XenBuildError(f"--xen-build {tarball}: unsafe member path {m.name!r}",
+                    raise XenBuildError(f"--xen-build {tarball}: unsafe member path {shown(m.name)}",
                                         help="make the tarball from inside the dist tree")
-            files = []
-            manifest_bytes = None
-            for m in members:
-                data = tar.extractfile(m).read()
-                files.append((m.name, hashlib.sha256(data).hexdigest()))
-                if m.name.removeprefix("./") == MANIFEST:
-                    manifest_bytes = data
-    except tarfile.TarError as exc:
-        raise XenBuildError(f"--xen-build {tarball}: not a readable tarball: {exc}") from None
+                total += m.size
+                if m.size > TAR_MEMBER_MAX or total > TAR_TOTAL_MAX:
+                    raise XenBuildError(f"--xen-build {tarball}: member {shown(m.name)} makes the "
+                                        f"build larger than {TAR_MEMBER_MAX >> 30} GiB per file or "
+                                        f"{TAR_TOTAL_MAX >> 30} GiB in all",
+                                        help="tar the `make dist` output only (dist/install)")
+                names.append(m.name)
+                digest = hashlib.sha256()
+                is_manifest = m.name.removeprefix("./") == MANIFEST
+                kept = bytearray()
+                with tar.extractfile(m) as member:
+                    while chunk := member.read(1 << 20):
+                        digest.update(chunk)
+                        if is_manifest and len(kept) <= MANIFEST_MAX:
+                            kept += chunk
+                files.append((m.name, digest.hexdigest()))
+                if is_manifest:
+                    if len(kept) > MANIFEST_MAX:
+                        raise XenBuildError(f"--xen-build {tarball}: {MANIFEST} is larger than "
+                                            f"{MANIFEST_MAX >> 20} MiB", help="rebuild it with `xenhil build`")
+                    manifest_bytes = bytes(kept)
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+        raise XenBuildError(f"--xen-build {tarball}: not a readable tarball "
+                            f"({type(exc).__name__})") from None
     hypervisors = [n for n in names if re.search(r"(^|/)boot/xen[^/]*\.gz$", n)]
     if not hypervisors:
         raise XenBuildError(f"--xen-build {tarball}: no boot/xen*.gz inside",
@@ -217,8 +256,11 @@ def _from_debs(folder: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
         raise XenBuildError(f"--xen-build {folder}: no xen-hypervisor-*.deb among {len(debs)} .deb files")
     if not utils:
         raise XenBuildError(f"--xen-build {folder}: no xen-utils-<version>*.deb (the tools)")
+    from harness.safeio import open_regular
     for deb in debs:
-        if deb.read_bytes()[:8] != b"!<arch>\n":
+        with open_regular(deb, "Debian package", fix="give a folder of .deb files") as f:
+            header = f.read(8)
+        if header != b"!<arch>\n":
             raise XenBuildError(f"--xen-build {deb}: not a Debian package (no ar header)")
     files = tuple((d.name, sha256_file(d)) for d in debs)
     return XenBuild("debs", folder, hypervisor[0].name, files, xen_cmdline, dom0_cmdline)

@@ -90,6 +90,12 @@ LIBXC_RECORD_TYPES = {
 LIBXC_DOMAIN_TYPES = {1: "x86 PV", 2: "x86 HVM", 3: "x86 PVH", 4: "ARM"}
 QEMU_VM_FILE_MAGIC = b"QEVM"           # start of QEMU's migration stream
 
+# Bounds, so that a hostile length field or record count is refused in
+# bounded memory and time (bodies are skipped with seek, never read).
+READ_MAX = 16 << 20                    # a part read whole: the JSON config, xenstore data
+LIBXL_RECORDS_MAX = 10_000             # libxl writes about five records
+LIBXC_RECORDS_MAX = 1_000_000          # PAGE_DATA batches of <= 1024 pages: 4 TiB of guest RAM
+
 
 # --- errors ----------------------------------------------------------------
 
@@ -252,6 +258,9 @@ class _Reader:
         return CorruptSaveFile(self.path, self.pos, expected, f"unreadable compressed data ({exc})")
 
     def read(self, n: int, expected: str) -> bytes:
+        if n > READ_MAX:   # read(n) would allocate n bytes before finding the file shorter
+            raise CorruptSaveFile(self.path, self.pos, f"{expected} of at most {READ_MAX >> 20} MiB",
+                                  f"a length of {n} bytes")
         try:
             data = self.f.read(n)
         except (EOFError, OSError, zlib.error) as exc:
@@ -292,10 +301,11 @@ def _pad(length: int) -> int:
 
 
 def _open(path: Path) -> BinaryIO:
-    f = open(path, "rb")
+    from harness.safeio import open_regular
+    f = open_regular(path, "save file", fix="pass the path `xl save DOMAIN PATH` wrote")
     if f.read(2) == b"\x1f\x8b":
-        f.close()
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
     f.seek(0)
     return f
 
@@ -306,8 +316,14 @@ def parse_savefile(path: str | Path) -> SaveFile:
     if not p.is_file():
         raise ConfigError(f"save file {p} does not exist or is not a file",
                           help="pass the path `xl save DOMAIN PATH` wrote")
-    with _open(p) as f:
+    f = _open(p)
+    try:
         return _parse(f, str(p))
+    finally:
+        f.close()
+        inner = getattr(f, "fileobj", None)
+        if inner is not None:
+            inner.close()
 
 
 def parse_savefile_bytes(data: bytes, name: str = "<bytes>") -> SaveFile:
@@ -385,6 +401,9 @@ def _walk_libxl(r: _Reader, path: str, lo: str, records: list[SaveRecord], libxc
         name = LIBXL_RECORD_TYPES.get(rtype)
         if name is None:
             raise CorruptSaveFile(path, offset, "a libxl record type 0-5", f"type {rtype:#x}")
+        if len(records) >= LIBXL_RECORDS_MAX:
+            raise CorruptSaveFile(path, offset, f"an END record within {LIBXL_RECORDS_MAX} libxl "
+                                                "records", f"record {len(records) + 1}")
         emu_id = emu_index = magic_seen = None
         if rtype in EMULATOR_RECORD_TYPES:
             if length < 8:
@@ -456,6 +475,9 @@ def _walk_libxc(r: _Reader, path: str, streams: list[LibxcStream]) -> LibxcStrea
                 raise CorruptSaveFile(path, offset, "a known libxc record type (0x0-0x12, or optional "
                                                     "with bit 31)", f"type {rtype:#x}")
             name = f"OPTIONAL_{rtype:#x}"
+        if len(stream.records) >= LIBXC_RECORDS_MAX:
+            raise CorruptSaveFile(path, offset, f"an END record within {LIBXC_RECORDS_MAX} libxc "
+                                                "records", f"record {len(stream.records) + 1}")
         if length > LIBXC_REC_LENGTH_MAX:
             raise CorruptSaveFile(path, offset + 4, f"a libxc record length <= {LIBXC_REC_LENGTH_MAX}",
                                   f"{length} in a {name} record")
