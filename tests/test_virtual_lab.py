@@ -38,6 +38,22 @@ def test_guest_quirks_apply_only_to_emulated_hosts():
     assert quirks.guest_quirks({}) == {}
 
 
+def test_the_guest_kernel_gets_the_emulated_hosts_options_in_both_renders():
+    """pci=noearly and loglevel=4 (fewer ioreq round trips per boot) reach the
+    suites' guest and the smoke's guest on an emulated host, and neither on
+    real hardware."""
+    from fixtures.guest import guest_model
+    from harness.xen.catalog import load_catalog
+
+    single = load_catalog().get("single")
+    for caps, wanted in (({"emulated": True}, True), ({"emulated": False}, False)):
+        cmdline = guest_model("g1", single, caps, "/tmp/g1.img").boot.cmdline
+        rendered = re.search(r'^cmdline = "([^"]*)"', guestkit.guest_config("g1", caps), re.M).group(1)
+        for line in (cmdline, rendered):
+            assert line.startswith("console=ttyS0,115200 xen_emul_unplug=never")
+            assert ("pci=noearly" in line.split() and "loglevel=4" in line.split()) is wanted, line
+
+
 def test_guest_config_carries_quirks_and_test_settings_last():
     text = guestkit.guest_config("g1", {"emulated": True},
                                  extra={"device_model_args": ["-trace", "enable=handle_ioreq"]})

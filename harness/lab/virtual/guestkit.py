@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -389,6 +390,10 @@ def guest_config(name: str, capabilities: Mapping[str, object], *, memory_mb: in
         template = (_recipe_dir() / "guest" / "guest.cfg.in").read_text()
     text = (template.replace("@NAME@", name).replace("@MEMORY@", str(int(memory_mb)))
             .replace("@KIT@", kit_dir))
+    extra_cmdline = quirks.guest_cmdline_quirks(capabilities)
+    if extra_cmdline:  # appended inside the template's cmdline string
+        text = re.sub(r'^(cmdline\s*=\s*"[^"]*)"', lambda m: f'{m.group(1)} {" ".join(extra_cmdline)}"',
+                      text, count=1, flags=re.MULTILINE)
     lines = [text.rstrip("\n")]
     host_quirks = quirks.guest_quirks(capabilities)
     if host_quirks:

@@ -98,7 +98,20 @@ NIC_MODEL = "e1000"
 #   (harness.xen.dom0_crashes) and CI's smoke fail with xl's child aborting
 #   on a corrupted heap.  Eager switching is Xen's default on Intel
 #   and an option it supports everywhere; real hosts keep their default.
-XEN_CMDLINE_EMULATED = ("spec-ctrl=eager-fpu",)
+#
+# sched=credit: Xen 4.17's default scheduler, credit2, stranded dom0 here.
+#   Caught by the stability benchmark (benchmarks/bench_lab_stability.py,
+#   two guests booting at once): dom0 stopped answering SSH for good while
+#   guests booted.  Xen's own state, read over the serial console ('r', 'q'
+#   and 'a' debug keys, kept in artifacts/bench-stability/), showed dom0's
+#   vCPU1 runnable in credit2's run queue while both physical CPUs sat idle
+#   ("idlers: 2, tickled: 0"), and dom0's vCPU0 blocked in SCHEDOP_poll (a
+#   PV spinlock waiting for vCPU1 to release it): a lost wake-up that
+#   nothing ever repairs, since no CPU runs the scheduler again.  credit1
+#   is Xen's other general-purpose scheduler (Xen's default before 4.12);
+#   the benchmark's runs with it are labelled "mitigated-*" in
+#   benchmarks/results/lab_stability.json.  Real hosts keep credit2.
+XEN_CMDLINE_EMULATED = ("spec-ctrl=eager-fpu", "sched=credit")
 
 # console=com1: Xen's console (and through it dom0's hvc0) on the one
 #   serial port, which the lab exposes as a TCP socket.
@@ -167,6 +180,33 @@ _EMULATED_GUEST_QUIRKS: dict[str, object] = {
     # passes the (emulated) host TSC through and the guest boots.
     "tsc_mode": "native",
 }
+
+
+# Kernel options for the test guest on an emulated host.  Every port or
+# MMIO access a device model serves is an ioreq round trip through dom0,
+# which costs milliseconds under TCG, and the guests' crashes on this lab
+# all came at the end of one (Xen's register dump puts the guest right after
+# an `out` to the UART, 0x3f8, and after an `in` from 0xcfc in
+# read_pci_config): fewer round trips per boot, fewer crashes and faster
+# boots.  A recorded boot (tests/data/recorded/qemu-dm-g1_trace_*) made
+# 111 418 ioreqs, 65 000 of them for the serial console and 18 845 for 0xcf8:
+#
+# pci=noearly: skips the kernel's "poor man's PCI discovery" before the PCI
+#   subsystem, above all the AGP/GART aperture search of AMD family 0xf
+#   CPUs (QEMU's "max" CPU reports family 15 model 107): 8192 probes of
+#   bus:slot, each an outl to 0xcf8 for QEMU, 70 s of the guest's boot
+#   with the console silent (long enough for the harness to take the relay
+#   for stuck).  An HVM guest has no GART; its PCI devices are found later
+#   by the regular PCI scan as before.
+# loglevel=4: the kernel prints only errors and worse to the console
+#   (ttyS0, two ioreqs a character); the whole log stays in the guest's
+#   dmesg, which evidence reads.
+GUEST_CMDLINE_EMULATED = ("pci=noearly", "loglevel=4")
+
+
+def guest_cmdline_quirks(capabilities: Mapping[str, object]) -> tuple[str, ...]:
+    """Kernel options the test guest gets on such a host (none on real hardware)."""
+    return GUEST_CMDLINE_EMULATED if is_emulated(capabilities) else ()
 
 
 def guest_quirks(capabilities: Mapping[str, object]) -> dict[str, object]:
