@@ -37,17 +37,6 @@ IOREQ_TYPE_INVALIDATE = 8
 
 
 @dataclass
-class RenderedConfig:
-    """A guest config already rendered by the guest kit."""
-
-    name: str
-    text: str
-
-    def render(self) -> str:
-        return self.text
-
-
-@dataclass
 class ProbeGuest:
     guest: Guest
     probe: ProbeHandle
@@ -79,14 +68,16 @@ def probe_host(request):
 
 @pytest.fixture(scope="module")
 def probe_guest(probe_host, tmp_path_factory):
-    from harness.lab.virtual.guestkit import guest_config
+    from harness.xen.catalog import load_catalog
+    from harness.xen.testguest import guest_model
 
     name = f"xh-probe-{os.getpid()}"
     trace = f"/var/log/xen/xenhil-{name}.trace"
-    text = guest_config(name, probe_host.spec.capabilities,
-                        extra={"device_model_args": ["-trace", "enable=handle_ioreq",
-                                                     "-D", trace]})
-    guest = Guest(probe_host, RenderedConfig(name, text), tmp_path_factory.mktemp("probe-guest"))
+    # The suites' guest (one description), without a disk, with QEMU's
+    # handle_ioreq trace in a file of its own.
+    model = guest_model(name, load_catalog().get("single"), probe_host.spec.capabilities,
+                        trace_events=("handle_ioreq",), device_model_args=["-D", trace])
+    guest = Guest(probe_host, model, tmp_path_factory.mktemp("probe-guest"))
     holder = ProbeGuest(guest, None, trace)
     try:
         domid = guest.create(paused=True)

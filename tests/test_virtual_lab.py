@@ -26,6 +26,9 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.lab.virtual import builder, guestkit, launcher, quirks
+from harness.xen.catalog import load_catalog
+from harness.xen.testguest import guest_model
+from harness.xen.xlconfig import parse_xl_config
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 
@@ -38,38 +41,47 @@ def test_guest_quirks_apply_only_to_emulated_hosts():
     assert quirks.guest_quirks({}) == {}
 
 
-def test_the_guest_kernel_gets_the_emulated_hosts_options_in_both_renders():
+def test_the_guest_kernel_gets_the_emulated_hosts_options():
     """pci=noearly and loglevel=4 (fewer ioreq round trips per boot) reach the
-    suites' guest and the smoke's guest on an emulated host, and neither on
-    real hardware."""
-    from fixtures.guest import guest_model
-    from harness.xen.catalog import load_catalog
-
+    test guest (the suites', the smoke's, the benchmarks': one description)
+    on an emulated host, in its model and in its rendered xl config, and
+    neither on real hardware."""
     single = load_catalog().get("single")
     for caps, wanted in (({"emulated": True}, True), ({"emulated": False}, False)):
-        cmdline = guest_model("g1", single, caps, "/tmp/g1.img").boot.cmdline
-        rendered = re.search(r'^cmdline = "([^"]*)"', guestkit.guest_config("g1", caps), re.M).group(1)
-        for line in (cmdline, rendered):
-            assert line.startswith("console=ttyS0,115200 xen_emul_unplug=never")
-            assert ("pci=noearly" in line.split() and "loglevel=4" in line.split()) is wanted, line
+        for model in (guest_model("g1", single, caps, "/tmp/g1.img"),          # the suites'
+                      guest_model("smoke", single, caps, trace_events=())):    # no disk, no trace
+            rendered = parse_xl_config(model.render())["cmdline"]
+            for line in (model.boot.cmdline, rendered):
+                assert line.startswith("console=ttyS0,115200 xen_emul_unplug=never"), line
+                words = line.split()
+                assert ("pci=noearly" in words and "loglevel=4" in words) is wanted, line
+            assert rendered == model.boot.cmdline
 
 
-def test_guest_config_carries_quirks_and_test_settings_last():
-    text = guestkit.guest_config("g1", {"emulated": True},
-                                 extra={"device_model_args": ["-trace", "enable=handle_ioreq"]})
-    assert 'name = "g1"' in text and 'type = "hvm"' in text
-    assert 'tsc_mode = "native"' in text
-    assert text.rstrip().endswith('device_model_args = [ "-trace", "enable=handle_ioreq" ]')
-    assert "@" not in text.replace("xen_emul_unplug", "")  # every placeholder filled
-    real = guestkit.guest_config("g1", {"emulated": False})
-    assert not re.search(r"^tsc_mode", real, re.M)
+def test_the_test_guest_carries_the_host_quirks_and_the_callers_qemu_arguments():
+    single = load_catalog().get("single")
+    model = guest_model("g1", single, {"emulated": True}, trace_events=["handle_ioreq"],
+                        device_model_args=["-D", "/var/log/xen/g1.trace"])
+    settings = parse_xl_config(model.render())
+    assert settings["name"] == "g1" and settings["type"] == "hvm"
+    assert settings["tsc_mode"] == "native"
+    assert "# host quirk: tsc_mode = 'native'" in model.render()
+    assert settings["device_model_args"] == ["-trace", "enable=handle_ioreq",
+                                             "-D", "/var/log/xen/g1.trace"]
+    assert "disk" not in settings                     # no disk unless one is given
+    assert settings["vif"] == ["type=ioemu,model=e1000,bridge=xenbr0"]
+    real = guest_model("g1", single, {"emulated": False}, "/tmp/g1.img").render()
+    assert "tsc_mode" not in parse_xl_config(real)
+    assert parse_xl_config(real)["disk"] == ["format=raw, vdev=hda, access=rw, target=/tmp/g1.img"]
 
 
-def test_guest_config_rejects_unsafe_names_and_values():
-    with pytest.raises(ConfigError):
-        guestkit.guest_config("g 1; rm", {})
-    with pytest.raises(ConfigError):
-        guestkit.guest_config("g1", {}, extra={"cmdline": 'a" b'})
+def test_the_test_guest_refuses_unusable_names_and_carries_awkward_values():
+    single = load_catalog().get("single")
+    with pytest.raises(ConfigError, match="name"):
+        guest_model("g 1; rm", single, {})
+    awkward = ['a" b', "it's", r"back\slash", "$HOME #x", "a,b=c", "größe ✓"]
+    model = guest_model("g1", single, {}, trace_events=(), device_model_args=awkward)
+    assert parse_xl_config(model.render())["device_model_args"] == awkward
 
 
 def test_newc_archive_is_readable_by_cpio(tmp_path):
@@ -282,16 +294,6 @@ def vlab(request):
         print("virtual lab timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
 
 
-class _Rendered:
-    """A guest config already rendered by the guest kit."""
-
-    def __init__(self, name: str, text: str):
-        self.name, self.text = name, text
-
-    def render(self) -> str:
-        return self.text
-
-
 def _pids_of(host: launcher.VirtualHost) -> list[int]:
     pids = []
     for f in (host.bmc_pidfile, host.machine_pidfile):
@@ -336,12 +338,13 @@ def test_virtual_host_end_to_end(vlab):
         # console again if `xl console` exits while the guest boots).
         from harness.guest import Guest
         from harness.host import Host
-        cfg = guestkit.guest_config("smoke", spec.capabilities, extra={
-            "device_model_args": ["-trace", "enable=handle_ioreq",
-                                  "-trace", "enable=xen_ioreq_server*"]})
-        assert 'tsc_mode = "native"' in cfg
+        # The suites' guest (one description), without a disk and with the
+        # two trace events the recorded trace below holds.
+        model = guest_model("smoke", load_catalog().get("single"), spec.capabilities,
+                            trace_events=("handle_ioreq", "xen_ioreq_server*"))
+        assert model.tsc_mode == "native" and 'tsc_mode = "native"' in model.render()
         machine = Host(spec, vlab["state"] / "artifacts")
-        guest = Guest(machine, _Rendered("smoke", cfg), vlab["state"] / "artifacts" / "smoke",
+        guest = Guest(machine, model, vlab["state"] / "artifacts" / "smoke",
                       ready_condition=guestkit.READY_CONDITION)
         t0 = time.monotonic()
         guest.create()

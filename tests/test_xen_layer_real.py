@@ -69,7 +69,7 @@ def dry_run(host, name: str, text: str) -> dict:
 
 
 def test_every_catalog_guest_renders_to_a_config_real_xl_parses(lab_host):
-    from fixtures.guest import guest_model
+    from harness.xen.testguest import guest_model
     for entry in load_catalog():
         name = f"xh-dry-{entry.id.replace('+', '-')}"
         model = guest_model(name, entry, lab_host.spec.capabilities, f"/tmp/{name}.img")
@@ -99,6 +99,15 @@ def test_awkward_strings_survive_rendering_into_real_xl(lab_host):
     parsed = dry_run(lab_host, "awkward", guest.render())
     assert parsed["b_info"]["cmdline"] == " ".join(AWKWARD)
     assert parsed["b_info"]["extra"] == ["-append-note", *AWKWARD]
+    # The same through the test guest's description (what every caller boots).
+    from harness.xen.testguest import guest_model
+    target = "/tmp/xh dry,a=b $HOME#1 größe.img"
+    model = guest_model("xh-dry-awkward-kit", load_catalog().get("single"),
+                        lab_host.spec.capabilities, target, trace_events=(),
+                        device_model_args=AWKWARD)
+    parsed = dry_run(lab_host, "awkward-kit", model.render())
+    assert parsed["b_info"]["extra"] == AWKWARD
+    assert [d["pdev_path"] for d in parsed.get("disks", [])] == [target]
 
 
 def test_broken_xen_cmdline_fails_as_infrastructure_and_the_host_falls_back(lab_host):
@@ -137,13 +146,15 @@ def test_dom0_processes_keep_their_vector_registers_while_a_guest_runs(lab_host,
     HVM guest boots.  Under the virtual lab's TCG, Xen's lazy FPU switching
     handed them other contexts' registers (500 of 82 276 rounds in 240 s);
     this is what crashed xl and the device models (harness/lab/virtual/quirks.py)."""
-    from harness.lab.virtual import guestkit
     source = Path(__file__).parent / "support" / "xmm_hold.c"
     binary = tmp_path / "xmm_hold"
     subprocess.run(["gcc", "-O2", "-static", "-o", str(binary), str(source)], check=True)
     lab_host.ssh.put_bytes(binary.read_bytes(), "/tmp/xenhil-xmm-hold", mode=0o755)
     config = "/tmp/xenhil-xmm-guest.cfg"
-    lab_host.ssh.put_bytes(guestkit.guest_config("xh-xmm", lab_host.spec.capabilities), config)
+    from harness.xen.testguest import guest_model
+    model = guest_model("xh-xmm", load_catalog().get("single"), lab_host.spec.capabilities,
+                        trace_events=())
+    lab_host.ssh.put_bytes(model.render(), config)
     xl = Toolstack(lab_host.ssh, lab_host.name)
     xl.create(config, "xh-xmm")
     try:

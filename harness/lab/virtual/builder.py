@@ -382,7 +382,7 @@ def build_image(recipe: Path, rootfs: Path, keys: LabKeys, cache: Path, progress
     shutil.copyfile(f"{keys.host_key}.pub", root / "etc/ssh/ssh_host_ed25519_key.pub")
     kit_dir = root / guestkit.GUEST_KIT_DIR.lstrip("/")
     kit_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("vmlinuz", "initrd.img", "guest.cfg.in", "manifest.json", "guest_host_key.pub"):
+    for name in ("vmlinuz", "initrd.img", "manifest.json", "guest_host_key.pub"):
         shutil.copyfile(kit.directory / name, kit_dir / name)
 
     # Configure inside the tree: private mount namespace, so /proc etc.

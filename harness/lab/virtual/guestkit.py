@@ -1,4 +1,4 @@
-"""The guest kit: what an HVM test guest boots, and its xl config.
+"""The guest kit: what an HVM test guest boots.
 
 A guest is direct-kernel-booted by Xen's QEMU (``kernel=``/``ramdisk=``):
 Debian's kernel from the dom0 tree plus a small initramfs built here from
@@ -6,7 +6,8 @@ files of Debian packages in that same tree (busybox, pciutils' lspci with
 pci.ids, dropbear, the e1000 module) and the scripts in
 ``lab/virtual/guest/``.  Its ``/init`` brings eth0 up (DHCP through dom0's
 xenbr0), starts dropbear, prints ``XENHIL-GUEST-READY`` and keeps a root
-shell on ttyS0 for ``xl console``.
+shell on ttyS0 for ``xl console``.  The guest's xl config is written by
+:func:`harness.xen.testguest.guest_model` (one description for every caller).
 
 The kit is built once per recipe hash and installed *into the dom0 image* at
 :data:`GUEST_KIT_DIR` (no copy at run time: a fresh host can start a guest at
@@ -21,17 +22,15 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import stat
 import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
-from harness.errors import ConfigError, InfrastructureError
-from harness.lab.virtual import quirks
+from harness.errors import InfrastructureError
 from harness.probes import build_xhprobe, xhprobe_source
 
 # Where the kit lives inside dom0.
@@ -72,7 +71,7 @@ class GuestKitError(InfrastructureError):
 
 @dataclass(frozen=True)
 class GuestKit:
-    directory: Path          # on the build machine: vmlinuz, initrd.img, guest.cfg.in
+    directory: Path          # on the build machine: vmlinuz, initrd.img, guest_host_key.pub
     kit_hash: str
     kernel_version: str
 
@@ -352,59 +351,8 @@ def build_guest_kit(root: Path, recipe_dir: Path, cache_dir: Path, guest_pubkey:
     (tmp / "initrd.img").write_bytes(build_initramfs(root, recipe_dir, guest_pubkey, dropbear_key))
     (tmp / "guest_host_key.pub").write_text(pin + "\n" if pin else "")
     shutil.copyfile(root / "boot" / f"vmlinuz-{version}", tmp / "vmlinuz")
-    shutil.copyfile(recipe_dir / "guest" / "guest.cfg.in", tmp / "guest.cfg.in")
     (tmp / "manifest.json").write_text(json.dumps({"hash": kit_hash, "kernel": version}, indent=1))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     progress(f"guest kit {kit_hash}: initrd {(target / 'initrd.img').stat().st_size // 1024} KiB")
     return GuestKit(target, kit_hash, version)
-
-
-# --- xl config --------------------------------------------------------------
-
-def _xl_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return "[ " + ", ".join(_xl_value(v) for v in value) + " ]"
-    text = str(value)
-    if '"' in text or "\n" in text:
-        raise ConfigError(f"xl config value {text!r} contains a quote or newline",
-                          help="xl strings cannot hold '\"' or newlines")
-    return f'"{text}"'
-
-
-def guest_config(name: str, capabilities: Mapping[str, object], *, memory_mb: int = 256,
-                 kit_dir: str = GUEST_KIT_DIR, template: str | None = None,
-                 extra: Mapping[str, object] | None = None) -> str:
-    """The xl config text of the test guest ``name`` on a host with ``capabilities``.
-
-    Host quirks (:func:`quirks.guest_quirks`) come first, ``extra`` settings
-    last so a test can override anything (xl keeps the last assignment)."""
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise ConfigError(f"guest name {name!r} is not a simple name",
-                          help="use letters, digits, '-', '_' or '.'")
-    if template is None:
-        template = (_recipe_dir() / "guest" / "guest.cfg.in").read_text()
-    text = (template.replace("@NAME@", name).replace("@MEMORY@", str(int(memory_mb)))
-            .replace("@KIT@", kit_dir))
-    extra_cmdline = quirks.guest_cmdline_quirks(capabilities)
-    if extra_cmdline:  # appended inside the template's cmdline string
-        text = re.sub(r'^(cmdline\s*=\s*"[^"]*)"', lambda m: f'{m.group(1)} {" ".join(extra_cmdline)}"',
-                      text, count=1, flags=re.MULTILINE)
-    lines = [text.rstrip("\n")]
-    host_quirks = quirks.guest_quirks(capabilities)
-    if host_quirks:
-        lines.append("# emulated-host quirks (harness.lab.virtual.quirks)")
-        lines += [f"{k} = {_xl_value(v)}" for k, v in host_quirks.items()]
-    if extra:
-        lines.append("# test settings")
-        lines += [f"{k} = {_xl_value(v)}" for k, v in extra.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _recipe_dir() -> Path:
-    from harness.lab.virtual.builder import recipe_dir
-    return recipe_dir()

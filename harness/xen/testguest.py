@@ -1,0 +1,83 @@
+"""The test guest: the one description of the HVM guest xenhil boots.
+
+The suites (``fixtures/guest.py``), the virtual lab's smoke and the other
+real-Xen tests, and the benchmarks all take their guest from
+:func:`guest_model`, an :class:`~harness.xen.xlconfig.HvmGuest`, so its xl
+config has one writer (:meth:`HvmGuest.render`) with one set of quoting
+rules, and a host quirk reaches every guest the same way:
+
+- the guest kit (``harness.lab.virtual.guestkit``, installed in dom0 at
+  :data:`GUEST_KIT_DIR`) booted directly: Debian's kernel and the kit's
+  initramfs, ``console=ttyS0,115200 xen_emul_unplug=never`` (Debian's kernel
+  would otherwise unplug the emulated NIC and disk through the Xen platform
+  device, hiding them from the checks), plus the host's kernel options
+  (:func:`quirks.guest_cmdline_quirks`: ``pci=noearly loglevel=4`` on an
+  emulated host, none on real hardware);
+- 256 MiB, one vCPU, a pty serial console, one e1000 on xenbr0 per vif id of
+  the split, one raw IDE disk when a disk is given;
+- QEMU trace events (:data:`TRACE_EVENTS` unless the caller names others);
+- ``on_crash``/``on_reboot`` preserved;
+- the host's xl settings (:func:`quirks.guest_quirks`: ``tsc_mode="native"``
+  on an emulated host) merged last, listed as comments in the render.
+
+This module never imports pytest (``harness/`` is the library; only
+``harness/plugin.py`` is pytest glue).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from harness.lab.virtual.guestkit import GUEST_KIT_DIR
+from harness.lab.virtual.quirks import guest_cmdline_quirks, guest_quirks
+from harness.xen.catalog import CatalogSplit
+from harness.xen.xlconfig import DirectKernelBoot, Disk, HvmGuest, Vif
+
+# What the guest's kernel always gets (host options are appended).
+GUEST_CMDLINE = "console=ttyS0,115200 xen_emul_unplug=never"
+# QEMU trace events the checks read from /var/log/xen/qemu-dm-<name>.log.
+# handle_ioreq alone gives every request's type, address and size (routing,
+# invalidates); its _read/_write and the cpu_ioreq_* events repeat the same
+# requests and made a guest boot under emulation several times slower.
+# Never xen_map_cache for a whole boot: millions of lines, the guest stalls.
+TRACE_EVENTS = ("handle_ioreq", "xen_ioreq_server*", "xen_map_pcidev", "xen_map_portio_range",
+                "xen_map_mmio_range", "xen_platform_log")
+MEMORY_MIB = 256
+NIC_MODEL = "e1000"
+BRIDGE = "xenbr0"
+
+
+def guest_cmdline(capabilities: Mapping[str, object]) -> str:
+    """The guest kernel's command line on a host with ``capabilities``."""
+    return " ".join((GUEST_CMDLINE, *guest_cmdline_quirks(capabilities)))
+
+
+def guest_model(name: str, entry: CatalogSplit, capabilities: Mapping[str, object],
+                disk: str | None = None, *, trace_events: Sequence[str] = TRACE_EVENTS,
+                device_model_args: Sequence[str] = ()) -> HvmGuest:
+    """The test guest ``name`` for the catalog split ``entry`` on a host with
+    ``capabilities`` (its inventory entry's), checked.
+
+    ``disk``: the raw image on the host for its IDE disk (``hda``), or None for
+    a guest without a disk (the suites' checks write through it; a guest
+    that only has to boot does not need one).  ``trace_events``: the QEMU
+    trace events to enable (``()``: none).  ``device_model_args``: more QEMU
+    arguments after the trace's (e.g. ``-D FILE`` for the trace's own file).
+
+    Raises :class:`~harness.xen.xlconfig.XlConfigError` naming every field that
+    cannot be rendered (e.g. a name xl would not take)."""
+    args: list[str] = []
+    for event in trace_events:
+        args += ["-trace", f"enable={event}"]
+    args += list(device_model_args)
+    guest = HvmGuest(
+        name=name, memory=MEMORY_MIB, maxmem=MEMORY_MIB, vcpus=1,
+        boot=DirectKernelBoot(f"{GUEST_KIT_DIR}/vmlinuz", f"{GUEST_KIT_DIR}/initrd.img",
+                              guest_cmdline(capabilities)),
+        vifs=[Vif(id=v, model=NIC_MODEL, bridge=BRIDGE) for v in entry.guest_vifs],
+        disks=[Disk(target=disk, vdev="hda", format="raw", access="rw")] if disk is not None else [],
+        serial="pty", device_model_args=args, split=entry.split,
+        # Xen turns a guest's triple fault into a reboot ("HVM shutdown action
+        # 1") and xl would quietly start the guest again under a new domid:
+        # the suites never reboot their guest, so keep it for the evidence.
+        on_crash="preserve", on_reboot="preserve")
+    return guest.apply_quirks(guest_quirks(capabilities)).check()
