@@ -19,7 +19,9 @@ def status_command(args: argparse.Namespace) -> int:
     rows = pool.status(include_expired=True)
     waiters = pool.store.waiters()
 
-    table = Table(title=f"{pool.inventory.path}  (leases: {pool.store.url})", title_justify="left")
+    read_only = ", read-only" if getattr(pool.store, "read_only", False) else ""
+    table = Table(title=f"{pool.inventory.path}  (leases: {pool.store.url}{read_only})",
+                  title_justify="left")
     for column in ("HOST", "STATE", "HOLDER", "WORKER", "RUN", "SINCE", "EXPIRES", "LEASE", "TAGS"):
         table.add_column(column, no_wrap=column in ("HOST", "STATE", "LEASE"))
     for spec, lease in rows:

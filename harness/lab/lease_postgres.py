@@ -46,9 +46,23 @@ class PostgresLeaseStore(SQLLeaseStore):
         self.url = redact(url)
         self.connect_timeout = connect_timeout
         self._local = threading.local()
-        with self._write() as cur:   # the advisory lock also serialises concurrent creation
-            for statement in self._schema():
-                cur.execute(statement)
+        with self._write() as cur:   # the advisory lock also serialises creation and upgrades
+            self._upgrade(cur)
+
+    #: The schema version lives in a table of its own, one row per store kind.
+    SCHEMA_TABLE = ("CREATE TABLE IF NOT EXISTS xenhil_schema "
+                    "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+
+    def _schema_version(self, cur: Any) -> int:
+        cur.execute(self.SCHEMA_TABLE)
+        cur.execute("SELECT version FROM xenhil_schema WHERE component = 'leases'")
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_schema_version(self, cur: Any, version: int) -> None:
+        cur.execute("INSERT INTO xenhil_schema (component, version) VALUES ('leases', %s) "
+                    "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
+                    (int(version),))
 
     def _connect(self) -> Any:
         import psycopg

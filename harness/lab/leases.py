@@ -223,6 +223,16 @@ class SQLLeaseStore(LeaseStore):
     placeholder = "?"
     ticket_column_ddl = "ticket INTEGER PRIMARY KEY AUTOINCREMENT"
 
+    #: The version of the tables :meth:`_schema` makes.  A store carries the
+    #: version it was last upgraded to (SQLite: ``PRAGMA user_version``;
+    #: PostgreSQL: the ``xenhil_schema`` table); 0 is a store written before
+    #: stores carried one (the same tables as version 1).  A store is
+    #: upgraded in place when it is opened, in the write transaction that
+    #: creates the tables, so concurrent openers upgrade it once.
+    SCHEMA_VERSION = 1
+    #: version -> statements that take a store of that version to the next.
+    MIGRATIONS: dict[int, tuple[str, ...]] = {0: ()}   # 0 -> 1: the version is recorded
+
     def _schema(self) -> list[str]:
         holder_cols = ("holder_user TEXT NOT NULL, holder_machine TEXT NOT NULL, "
                        "holder_pid INTEGER NOT NULL, holder_worker TEXT NOT NULL, "
@@ -241,6 +251,36 @@ class SQLLeaseStore(LeaseStore):
             f"CREATE TABLE IF NOT EXISTS waiters ({self.ticket_column_ddl}, {holder_cols}, "
             f"candidates TEXT NOT NULL, enqueued_at {real} NOT NULL, expires_at {real} NOT NULL)",
         ]
+
+    def _upgrade(self, cur: Any) -> None:
+        """Inside a write transaction: create or upgrade the tables to
+        :data:`SCHEMA_VERSION`, keeping every row; a store written by a newer
+        xenhil is refused, not changed."""
+        found = self._schema_version(cur)
+        if found > self.SCHEMA_VERSION:
+            raise ConfigError(
+                f"lease store {self.url} has schema version {found}, newer than this xenhil "
+                f"knows ({self.SCHEMA_VERSION})",
+                help="upgrade xenhil (pip install -U xenhil) on this machine, or pass --lab-db "
+                     "with a store of its own")
+        for statement in self._schema():
+            cur.execute(statement)
+        for version in range(found, self.SCHEMA_VERSION):
+            for statement in self.MIGRATIONS[version]:
+                cur.execute(statement)
+        if found != self.SCHEMA_VERSION:
+            self._set_schema_version(cur, self.SCHEMA_VERSION)
+            if found:
+                log.info("lease store %s upgraded from schema %d to %d", self.url, found,
+                         self.SCHEMA_VERSION)
+
+    @abstractmethod
+    def _schema_version(self, cur: Any) -> int:
+        """The store's schema version (0: none recorded)."""
+
+    @abstractmethod
+    def _set_schema_version(self, cur: Any, version: int) -> None:
+        """Record the store's schema version (in the current transaction)."""
 
     # --- to provide ----------------------------------------------------------
     @abstractmethod

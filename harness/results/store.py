@@ -71,6 +71,13 @@ class ResultsStore:
     (harness.secrets) first: the store is read by the triage text and the
     verdicts, and copied around with the artifacts."""
 
+    #: The version of the tables SCHEMA makes, kept in ``PRAGMA user_version``;
+    #: 0 is a store written before stores carried one (the same tables as 1).
+    #: Opening a store for writing upgrades it in place, keeping every row.
+    SCHEMA_VERSION = 1
+    #: version -> SQL that takes a store of that version to the next.
+    MIGRATIONS: dict[int, str] = {0: ""}   # 0 -> 1: the version is recorded
+
     def __init__(self, url: str, create: bool = True):
         self.path = sqlite_path(url, "results store")
         if not create and not self.path.is_file():
@@ -78,14 +85,47 @@ class ResultsStore:
                               help="pass the run's --artifacts folder or --results-db")
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A store this user may only read (`xenhil report` over a run someone
+        # else made) is opened read-only instead of failing.
+        self.read_only = not create and not _writable(self.path)
         try:
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            enable_wal(self.db, 30.0)
-            self.db.executescript(SCHEMA)
+            if self.read_only:
+                self.db = _open_read_only(self.path)
+                self._check_version(self._version())
+            else:
+                self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                enable_wal(self.db, 30.0)
+                self._upgrade()
+        except sqlite3.OperationalError as exc:
+            raise ConfigError(f"results store {self.path} cannot be used: {exc}",
+                              help=_fix_of(exc, self.path)) from None
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"results store {self.path} cannot be used: {exc}",
                               help="move the damaged file aside (a new store is created) or "
                                    "pass the right --results-db") from None
+
+    def _version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_version(self, found: int) -> None:
+        if found > self.SCHEMA_VERSION:
+            raise ConfigError(f"results store {self.path} has schema version {found}, newer than "
+                              f"this xenhil knows ({self.SCHEMA_VERSION})",
+                              help="upgrade xenhil (pip install -U xenhil), or pass a "
+                                   "--results-db of its own")
+
+    def _upgrade(self) -> None:
+        """Create or upgrade the tables to SCHEMA_VERSION in one transaction."""
+        found = self._version()
+        self._check_version(found)
+        steps = "".join(self.MIGRATIONS[v] for v in range(found, self.SCHEMA_VERSION))
+        if found == self.SCHEMA_VERSION:
+            self.db.executescript(SCHEMA)     # idempotent; tables dropped by hand come back
+            return
+        # executescript commits first: BEGIN IMMEDIATE makes the upgrade one
+        # transaction, which concurrent openers wait for (busy timeout).
+        self.db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\n{steps}\n"
+                              f"PRAGMA user_version = {self.SCHEMA_VERSION};\nCOMMIT;")
 
     def close(self) -> None:
         self.db.close()
@@ -179,3 +219,36 @@ class ResultsStore:
         item = dict(zip([d[0] for d in cur.description], row))
         item["samples"] = json.loads(item["samples"])
         return item
+
+
+def _writable(path) -> bool:
+    import os
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def _open_read_only(path) -> sqlite3.Connection:
+    """The store read-only; as it is on disk (``immutable``) when SQLite
+    cannot share its write-ahead-log index read-only (no -shm file, a folder
+    this user cannot write)."""
+    from urllib.parse import quote
+    for mode in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"file:{quote(str(path))}?{mode}", uri=True, timeout=30,
+                             isolation_level=None)
+        try:
+            db.execute("SELECT count(*) FROM runs").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+            if mode == "immutable=1":
+                raise
+    raise AssertionError("unreachable")
+
+
+def _fix_of(exc: sqlite3.OperationalError, path) -> str:
+    text = str(exc)
+    if "disk is full" in text:
+        return f"free space on the file system of {path.parent} (df -h {path.parent}), or pass " \
+               f"--results-db on another one"
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return f"make {path} and its folder writable by this user, or pass another --results-db"
+    return "check the file system holding the store, or pass another --results-db"
