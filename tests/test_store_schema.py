@@ -258,3 +258,54 @@ def test_a_read_only_results_store_is_read_for_the_report(tmp_path, what):
     finally:
         for p, mode in modes.items():
             p.chmod(stat.S_IMODE(mode))
+
+
+def _damage_pages(path: Path) -> None:
+    """Garbage over the start of every page after the first three: the file
+    opens (its header and schema are whole), its rows do not read."""
+    data = bytearray(path.read_bytes())
+    for offset in range(4096 * 3, len(data), 4096):
+        data[offset:offset + 100] = b"\xee" * 100
+    path.write_bytes(bytes(data))
+
+
+def test_a_store_damaged_past_its_first_pages_is_bad_input_not_a_bug(tmp_path):
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(INVENTORY)
+    lease_db = tmp_path / ".lab.leases.sqlite"
+    pool = make_pool(str(lease_db), ["h1", "h2"], ttl=3600)
+    holder = Holder.current(run_id="x" * 300)
+    for _ in range(300):
+        pool.release(pool.claim(holder, timeout=0))
+    pool.store.close()
+    _damage_pages(lease_db)
+    for argv in (["lab", "status"], ["reserve", "--host", "h1"]):
+        proc = subprocess.run([XENHIL, *argv, "--lab", str(lab)], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "cannot be used: database disk image is malformed" in proc.stderr, proc.stderr
+        assert "move the damaged file aside" in proc.stderr
+
+    results_db = tmp_path / "results.sqlite"
+    store = ResultsStore(f"sqlite://{results_db}")
+    store.record_run("r1")
+    for i in range(2000):
+        store.record_outcome("r1", f"t::{i}", "failed", "product", message="m" * 200)
+    store.close()
+    _damage_pages(results_db)
+    store = ResultsStore(f"sqlite://{results_db}", create=False)
+    with pytest.raises(ConfigError, match="cannot be used: database disk image is malformed") as info:
+        store.outcomes("r1")
+    assert "move the damaged file aside" in info.value.help
+
+
+def test_a_results_store_on_a_full_disk_says_so(tmp_path):
+    from harness.errors import InfrastructureError
+    store = ResultsStore(f"sqlite://{tmp_path / 'results.sqlite'}")
+    store.record_run("r1")
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(InfrastructureError, match="database or disk is full") as info:
+        for i in range(2000):
+            store.record_outcome("r1", f"t::{i}", "failed", "product", message="m" * 500)
+    assert "df -h" in info.value.help

@@ -126,12 +126,18 @@ class SQLiteLeaseStore(SQLLeaseStore):
     def _locked(self, action):
         try:
             return action()
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             raise self._error_of(exc) from None
 
-    def _error_of(self, exc: sqlite3.OperationalError) -> Exception:
+    def _error_of(self, exc: sqlite3.DatabaseError) -> Exception:
         """What a failed statement means, with its fix."""
         text = str(exc)
+        if type(exc) is sqlite3.DatabaseError:
+            # Damage found past the pages opening reads (a malformed page):
+            # bad input, like a store that is not a database at all.
+            return ConfigError(f"lease store {self.path} cannot be used: {text}", help=_DAMAGED_HELP)
+        if not isinstance(exc, sqlite3.OperationalError):
+            return exc      # a constraint or a programming error: not the store's state
         if "readonly" in text or "read-only" in text:
             return self._read_only_error()
         if "disk is full" in text:
@@ -163,7 +169,7 @@ class SQLiteLeaseStore(SQLLeaseStore):
             self._locked(lambda: cur.execute("BEGIN IMMEDIATE"))
             try:
                 yield cur
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
                 if conn.in_transaction:
                     conn.rollback()
                 raise self._error_of(exc) from None
@@ -177,9 +183,11 @@ class SQLiteLeaseStore(SQLLeaseStore):
     def _read(self) -> Iterator[Any]:
         with self._connection() as conn:
             cur = conn.cursor()
-            cur.execute("BEGIN")   # one snapshot for the statements of the block
             try:
+                cur.execute("BEGIN")   # one snapshot for the statements of the block
                 yield cur
+            except sqlite3.DatabaseError as exc:
+                raise self._error_of(exc) from None
             finally:
                 if conn.in_transaction:
                     conn.rollback()

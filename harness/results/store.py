@@ -6,13 +6,14 @@ test (harness.results.latency) read their history from here.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
 from dataclasses import dataclass
 
 from harness.dburl import enable_wal, sqlite_path
-from harness.errors import ConfigError
+from harness.errors import ConfigError, InfrastructureError
 from harness.secrets import scrub
 
 SCHEMA = """
@@ -246,9 +247,47 @@ def _open_read_only(path) -> sqlite3.Connection:
 
 def _fix_of(exc: sqlite3.OperationalError, path) -> str:
     text = str(exc)
+    if "disk I/O error" in text:
+        return f"check the disk and file system holding {path} (dmesg), or move the store"
     if "disk is full" in text:
         return f"free space on the file system of {path.parent} (df -h {path.parent}), or pass " \
                f"--results-db on another one"
     if "readonly" in text or "read-only" in text or "unable to open" in text:
         return f"make {path} and its folder writable by this user, or pass another --results-db"
     return "check the file system holding the store, or pass another --results-db"
+
+
+def _store_error(exc: sqlite3.DatabaseError, path) -> Exception:
+    """What a failed statement of the results store means, with its fix;
+    ``exc`` itself when it is not about the store's file."""
+    text = str(exc)
+    if type(exc) is sqlite3.DatabaseError:      # a malformed page found past the open
+        return ConfigError(f"results store {path} cannot be used: {text}",
+                           help="move the damaged file aside (a new store is created) or "
+                                "pass the right --results-db")
+    if isinstance(exc, sqlite3.OperationalError):
+        if "readonly" in text or "read-only" in text:
+            return ConfigError(f"results store {path} is read-only here: {text}",
+                               help=_fix_of(exc, path))
+        if "disk is full" in text or "disk I/O error" in text:
+            return InfrastructureError(f"results store {path}: {text}", help=_fix_of(exc, path))
+    return exc
+
+
+def _translated(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            error = _store_error(exc, self.path)
+            if error is exc:
+                raise
+            raise error from None
+    return wrapper
+
+
+for _name in ("record_run", "run_seq", "record_outcome", "record_latency", "record_warning",
+              "warnings", "history", "outcomes", "run", "latest_run_id", "latency_rows",
+              "previous_latency"):
+    setattr(ResultsStore, _name, _translated(getattr(ResultsStore, _name)))
