@@ -4,7 +4,7 @@ one host, counting what goes wrong.
     .venv/bin/python -m benchmarks.bench_lab_stability --lab lab/virtual.yaml [--boots 50]
         [--concurrent 2] [--host vhost1] [--split single] [--set KEY=VALUE ...]
 
-Each boot is what the suites do (``fixtures.guest.guest_model`` rendered by
+Each boot is what the suites do (``harness.xen.testguest.guest_model`` rendered by
 ``HvmGuest``, ``Guest.create`` then ``Guest.wait_ready``), without the guest
 pool's retries, then the guest is destroyed.  ``--concurrent K`` boots K
 guests at once in each round (each through its own SSH connection, as K
@@ -113,7 +113,7 @@ def boot_once(host, entry, round_no: int, slot: int, artifacts: Path, settings: 
     from harness.errors import XenhilError
     from harness.guest import Guest
     from harness.lab.virtual.guestkit import READY_CONDITION
-    from fixtures.guest import guest_model
+    from harness.xen.testguest import guest_model
 
     name = f"xh-stab-{round_no}-{slot}"
     boot = Boot(round_no, slot, name)
