@@ -112,7 +112,7 @@ def boot_once(host, entry, round_no: int, slot: int, artifacts: Path, settings: 
     dom0 no longer answers a trivial command, a timeout otherwise."""
     from harness.errors import XenhilError
     from harness.guest import Guest
-    from harness.lab.virtual.guestkit import READY_CONDITION
+    from harness.lab.virtual.guestkit import GUEST_PROMPT, READY_CONDITION
     from harness.xen.testguest import guest_model
 
     name = f"xh-stab-{round_no}-{slot}"
@@ -126,7 +126,8 @@ def boot_once(host, entry, round_no: int, slot: int, artifacts: Path, settings: 
         model = guest_model(name, entry, host.spec.capabilities, disk).apply_quirks(settings)
         if cmdline is not None:
             model = dataclasses.replace(model, boot=dataclasses.replace(model.boot, cmdline=cmdline))
-        guest = Guest(host, model, artifacts / name, ready_condition=READY_CONDITION)
+        guest = Guest(host, model, artifacts / name, ready_condition=READY_CONDITION,
+                      prompt=GUEST_PROMPT)
         started = time.monotonic()
         boot.domid = guest.create()
         guest.wait_ready(timeout=boot_timeout)

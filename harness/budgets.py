@@ -88,8 +88,9 @@ BUDGETS: dict[str, Budget] = {
         "well under a second"),
     "console stall": _same(
         CONSOLE_STALL_S,
-        "silence after the guest's first output that counts as a stuck `xl console` relay; "
-        "longer than any quiet stretch of a boot"),
+        "silence after the guest's shell prompt that counts as a stuck `xl console` relay "
+        "(a shell echoes every poll); before the prompt a quiet boot (loglevel=4 on emulated "
+        "hosts) is bounded by the guest boot budget alone"),
     "command echo": _same(
         COMMAND_ECHO_S,
         "a shell echoes a typed line within seconds even on a loaded emulated guest"),

@@ -27,7 +27,7 @@ from harness.xen.toolstack import Toolstack
 log = logging.getLogger("xenhil.guest")
 
 GUEST_DIR = "/var/lib/xenhil/guests"
-# CONSOLE_STALL_S (silence after the guest's first output that counts as a
+# CONSOLE_STALL_S (silence after the guest's shell prompt that counts as a
 # stuck console relay) and COMMAND_ECHO_S (how long a shell may take to echo
 # a typed line) are budgets, with their reasons, in harness/budgets.py.
 
@@ -62,14 +62,18 @@ class GuestLeak(ProductError):
 
 class Guest:
     def __init__(self, host, config, artifacts_dir: Path, ready_condition: str | None = None,
-                 companions: Sequence[Companion] = ()):
+                 companions: Sequence[Companion] = (), prompt: str | None = None):
         """``ready_condition``: a quote-free shell test that holds once the guest
         is ready for commands (the guest kit's READY_CONDITION).
+        ``prompt``: the guest shell's prompt (the kit's GUEST_PROMPT); while
+        booting, silence counts as a stalled console only once it was seen
+        (None: from the first byte received).
         ``companions``: attached while the domain is paused after create and
         restore, detached before destroy."""
         self.host = host
         self.companions = list(companions)
         self.ready_condition = ready_condition
+        self.prompt = prompt
         self.config = config
         self.name = config.name
         self.artifacts_dir = Path(artifacts_dir)
@@ -150,7 +154,8 @@ class Guest:
                 self.console.wait_for_shell(timeout=max(deadline - time.monotonic(), 1.0),
                                             poll_interval=10.0,
                                             ready_condition=self.ready_condition,
-                                            stall_timeout=CONSOLE_STALL_S)
+                                            stall_timeout=CONSOLE_STALL_S,
+                                            stall_armed_by=self.prompt)
                 return
             except ConsoleClosed as exc:
                 # `xl console` can exit while a loaded host boots the guest, or

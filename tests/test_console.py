@@ -144,6 +144,25 @@ def test_silence_after_output_while_polling_is_a_stall(console_server_factory, t
         assert isinstance(ConsoleStalled("x"), ConsoleClosed)  # callers attach again
 
 
+def test_a_quiet_boot_before_the_prompt_is_not_a_stall(console_server_factory, transcript):
+    # A guest kernel at loglevel=4 prints a line or two, then nothing until its
+    # shell: with the prompt as the arming text only the overall timeout applies.
+    server = console_server_factory(scripted(b"[    0.5] an early error\r\n", ("await", rb"never\n")))
+    with tcp_console(server, transcript) as console:
+        with pytest.raises(ConsoleTimeout, match="no shell answered"):
+            console.wait_for_shell(timeout=4, poll_interval=0.5, stall_timeout=1,
+                                   stall_armed_by="guest# ")
+
+
+def test_silence_after_the_prompt_is_a_stall(console_server_factory, transcript):
+    # The shell showed its prompt, then the relay passed nothing on.
+    server = console_server_factory(scripted(b"booted\r\nguest# ", ("await", rb"never\n")))
+    with tcp_console(server, transcript) as console:
+        with pytest.raises(ConsoleStalled, match=r"nothing received for \d+s while polling"):
+            console.wait_for_shell(timeout=60, poll_interval=0.5, stall_timeout=1,
+                                   stall_armed_by="guest# ")
+
+
 def test_command_line_not_echoed_in_time_is_a_stall(console_server_factory, transcript):
     server = console_server_factory(scripted(b"guest# ", ("await", rb"never\n")))
     with tcp_console(server, transcript) as console:

@@ -345,7 +345,7 @@ def test_virtual_host_end_to_end(vlab):
         assert model.tsc_mode == "native" and 'tsc_mode = "native"' in model.render()
         machine = Host(spec, vlab["state"] / "artifacts")
         guest = Guest(machine, model, vlab["state"] / "artifacts" / "smoke",
-                      ready_condition=guestkit.READY_CONDITION)
+                      ready_condition=guestkit.READY_CONDITION, prompt=guestkit.GUEST_PROMPT)
         t0 = time.monotonic()
         guest.create()
         guest.wait_ready()

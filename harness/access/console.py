@@ -691,7 +691,8 @@ class Console:
     @step("console {self.name}: wait for a shell")
     def wait_for_shell(self, timeout: float = 300.0, poll_interval: float = 5.0, *,
                        check_fatal: bool = True, ready_condition: str | None = None,
-                       stall_timeout: float | None = None) -> None:
+                       stall_timeout: float | None = None,
+                       stall_armed_by: str | None = None) -> None:
         """Poll until a shell answers: send a no-op echo every ``poll_interval``
         seconds and wait for its answer (any earlier poll's answer counts).
 
@@ -700,9 +701,13 @@ class Console:
         ``stall_timeout``: once the target has said anything, raise
         ConsoleStalled when nothing at all arrives for this long (a shell
         echoes the polls; silence means the relay is stuck).
+        ``stall_armed_by``: count silence as a stall only once this text (the
+        shell's prompt) has arrived: a target still booting may be quiet for
+        longer than any relay stall (a guest kernel at a low loglevel).
         """
         deadline = time.monotonic() + timeout
         nonces: list[str] = []
+        armed = stall_armed_by is None
         while True:
             nonce = secrets.token_hex(6)
             nonces.append(nonce)
@@ -721,7 +726,9 @@ class Console:
                 return
             except ConsoleTimeout:
                 silent = time.monotonic() - self.last_received
-                if stall_timeout is not None and self.received_bytes and silent > stall_timeout:
+                armed = armed or stall_armed_by in self._tail
+                if (stall_timeout is not None and armed and self.received_bytes
+                        and silent > stall_timeout):
                     raise ConsoleStalled(
                         f"console {self.name}: nothing received for {silent:.0f}s while polling "
                         f"({len(nonces)} polls)\n--- last {TAIL_LINES} lines seen ---\n"
