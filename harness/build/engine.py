@@ -338,8 +338,8 @@ def _install(name: str, src: Path, out: Path, log: Path, env: dict, jobs: int) -
     """Install a built component into ``out``; returns facts for the manifest."""
     if name == "xen":
         # boot/xen.gz, not boot/xen-<version>.gz: provisioning unpacks the tree
-        # over /, and the host's Debian build is found as /boot/xen-*.gz (the
-        # newest by version): a xen-4.17-xenhil.gz there would become it.
+        # over /, and /boot's xen-*.gz stay Debian's (provisioning finds the
+        # Debian build through its package, harness.xen.provision).
         (out / "boot").mkdir(parents=True)
         shutil.copyfile(src / "xen/xen.gz", out / "boot/xen.gz")
         shutil.copyfile(src / "xen/.config", out / "boot/xen.config")

@@ -58,6 +58,12 @@ class XenBuild:
     # Components that manifest's build compiled with patches applied (xen,
     # tools, qemu): () for an unpatched or foreign build.
     patched_components: tuple[str, ...] = ()
+    # What provisioning checks on the host against that manifest: the built
+    # xen-syms' GNU build id (xl info's build_id), and the built xl's path on
+    # the host and sha256 ("" when the build left the tools to Debian).
+    elf_build_id: str = ""
+    xl_path: str = ""
+    xl_sha256: str = ""
 
     @property
     def carries_series(self) -> bool:
@@ -173,8 +179,18 @@ def _manifest_fields(path, manifest: dict | None) -> dict:
     patches = manifest.get("patches", {})
     patched = tuple(c for c in manifest.get("components", {})
                     if patches.get("qemu" if c == "qemu" else "xen"))
+    def built(component: str, key: str) -> str:
+        components = manifest.get("components")
+        facts = components.get(component) if isinstance(components, dict) else None
+        value = facts.get(key) if isinstance(facts, dict) else None
+        return value if isinstance(value, str) else ""
+    from harness.build.recipes import XEN_LEAF
+    xl_sha256 = built("tools", "xl_sha256")
     return {"manifest": str(path), "xenhil_build": str(manifest["xenhil_build"]),
             "patched_components": patched,
+            "elf_build_id": built("xen", "elf_build_id"), "xl_sha256": xl_sha256,
+            # where `xenhil build` puts xl (Debian's layout, harness.build.engine)
+            "xl_path": f"/usr/lib/{XEN_LEAF}/bin/xl" if xl_sha256 else "",
             "notes": (f"xenhil build {manifest['xenhil_build']}: "
                       f"{', '.join(manifest.get('components', {}))} built from "
                       + ", ".join(f"{s['package']} {s['version']}" for s in manifest.get("sources", {}).values())

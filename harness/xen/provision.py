@@ -4,14 +4,20 @@
    line carries ``xenhil_build=<id>``): the first test starts at once.
 2. Copy only what changed (SFTP, verified by checksum) into
    ``/boot/xenhil/<id>/`` (hypervisor) and install the tools (.debs with
-   dpkg, a dist tree unpacked over /).
+   dpkg, a dist tree unpacked over / with tar: a symlink where a file goes,
+   like Debian's /usr/sbin/xl -> xen-utils-wrapper, is replaced, never
+   written through).  The Debian build's hypervisor is the one its
+   xen-hypervisor package installed (dpkg), not the newest /boot/xen-*.gz,
+   which may be a provisioned tree's.
 3. Add a GRUB entry ``xenhil-<id>`` (in ``/boot/grub/custom.cfg``) with the build's Xen and dom0 command lines, and select it for ONE boot
    with grub-reboot: a build that hangs falls back to the known-good default
    entry on the next power cycle.
 4. Reboot (power-cycle through the BMC when SSH is gone), follow the serial
    console through Xen's banner, wait for dom0's SSH.
 5. Verify over SSH that ``xl info`` reports the build's command line and
-   that dom0 booted the entry (``xenhil_build=<id>``).
+   that dom0 booted the entry (``xenhil_build=<id>``); for a `xenhil build`,
+   also that Xen's build id is the manifest's xen-syms one and the installed
+   xl has the manifest's sha256.
 A failure is an infrastructure failure carrying the serial transcript, and
 the host is latched broken for the run.
 """
@@ -25,7 +31,7 @@ from pathlib import Path
 
 from harness import budgets
 from harness.access.ssh import sha256_file
-from harness.errors import InfrastructureError, XenhilError
+from harness.errors import InfrastructureError, TestBugError, XenhilError
 from harness.host import HostState
 from harness.step import step, step_context
 from harness.xen.build import XenBuild
@@ -66,24 +72,80 @@ def _boot_prefix(host) -> str:
     return "" if separate else "/boot"
 
 
+# tar options for unpacking a tree over the host's /: tar unlinks what is at a
+# file's destination before creating the file, so a symlink there (Debian's
+# /usr/sbin/xl -> ../lib/xen-common/bin/xen-utils-wrapper) is replaced, not
+# written through as `cp -a` does; a symlink to a folder (merged /usr: /lib ->
+# usr/lib) is followed, not replaced by a folder; folders that exist keep
+# their owner and mode; files are root's, whoever owned them where the tree
+# was made.
+TAR_INSTALL = ("--keep-directory-symlink", "--no-overwrite-dir", "--no-same-owner")
+DEBIAN_HYPERVISOR_PACKAGES = "xen-hypervisor-*"
+
+
+def _at(root: str, path: str) -> str:
+    """``path`` (absolute, as the host sees it) under ``root``: the host's own
+    / when provisioning, a folder standing for it in the tests."""
+    return path if root == "/" else root.rstrip("/") + path
+
+
+def _untar(root: str, tarball: str) -> str:
+    """The command unpacking ``tarball`` over ``root`` and updating the
+    linker cache there."""
+    ldconfig = "ldconfig" if root == "/" else f"ldconfig -r {shlex.quote(root)}"
+    return (f"tar -xf {shlex.quote(tarball)} -C {shlex.quote(root)} {' '.join(TAR_INSTALL)} "
+            f"&& {ldconfig}")
+
+
+def _version_key(path: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def debian_hypervisor(host, root: str = "/") -> str:
+    """The hypervisor Debian's installed xen-hypervisor package put in /boot
+    (/boot/xen-4.17-amd64.gz), found through dpkg's file lists: by name order
+    alone, /boot's newest xen-*.gz may be one a provisioned tree unpacked
+    there (an upstream `make dist` names it xen-4.17.x.gz)."""
+    fix = "install xen-hypervisor-4.17-amd64 on the host or pass --xen-build"
+    query = host.ssh.run(["dpkg-query", f"--root={root}", "-W", "-f",
+                          "${db:Status-Status} ${Package}\n", DEBIAN_HYPERVISOR_PACKAGES],
+                         timeout=60)
+    packages = [line.split()[1] for line in query.stdout.splitlines()
+                if len(line.split()) == 2 and line.split()[0] == "installed"]
+    if not packages:
+        raise ProvisionFailed(f"{host.name}: no Debian hypervisor package installed "
+                              f"({DEBIAN_HYPERVISOR_PACKAGES})", help=fix)
+    listed = host.ssh.run(["dpkg-query", f"--root={root}", "-L", *packages],
+                          timeout=60, check=True).stdout.splitlines()
+    found = sorted((line for line in listed if re.fullmatch(r"/boot/xen-[^/]*\.gz", line)),
+                   key=_version_key)
+    if not found:
+        raise ProvisionFailed(f"{host.name}: {', '.join(packages)} installed no /boot/xen-*.gz",
+                              help=fix)
+    if host.ssh.run(["test", "-f", _at(root, found[-1])], timeout=30).exit_status != 0:
+        raise ProvisionFailed(f"{host.name}: {found[-1]}, installed by {', '.join(packages)}, "
+                              "is missing", help=f"reinstall {', '.join(packages)} on the host")
+    return found[-1]
+
+
 def _changed(host, remote: str, sha256: str) -> bool:
     result = host.ssh.run(f"sha256sum -- {shlex.quote(remote)} 2>/dev/null", timeout=120)
     return not result.stdout.startswith(sha256)
 
 
 @step("install {build.label} on {host.name}")
-def install(host, build: XenBuild) -> str:
-    """Copy and install; returns the hypervisor's path on the host."""
+def install(host, build: XenBuild, root: str = "/") -> str:
+    """Copy and install; returns the hypervisor's path on the host.
+    ``root``: the host's / (tests give a folder standing for it)."""
     target = f"/boot/xenhil/{build.build_id}"
-    host.ssh.run(["mkdir", "-p", target, "/var/lib/xenhil/builds"], check=True)
+    host.ssh.run(["mkdir", "-p", _at(root, target), _at(root, "/var/lib/xenhil/builds")],
+                 check=True)
     if build.kind == "debian-default":
-        found = host.ssh.run("ls /boot/xen-*.gz 2>/dev/null | sort -V | tail -n 1",
-                             timeout=30).stdout.strip()
-        if not found:
-            raise ProvisionFailed(f"{host.name}: no Debian hypervisor in /boot (xen-*.gz)",
-                                  help="install xen-hypervisor-4.17-amd64 on the host or pass --xen-build")
-        host.ssh.run(["cp", found, f"{target}/xen.gz"], check=True)
+        found = debian_hypervisor(host, root)
+        host.ssh.run(["cp", _at(root, found), _at(root, f"{target}/xen.gz")], check=True)
     elif build.kind == "debs":
+        if root != "/":
+            raise TestBugError("a folder of .debs installs with dpkg into the host's own /")
         staging = f"/var/lib/xenhil/builds/{build.build_id}"
         host.ssh.run(["mkdir", "-p", staging], check=True)
         for name, sha in build.files:
@@ -96,24 +158,29 @@ def install(host, build: XenBuild) -> str:
                            "grep -o '/boot/xen-[^ ]*\\.gz' | head -n 1", timeout=60).stdout.strip()
         host.ssh.run(["cp", hyp, f"{target}/xen.gz"], check=True)
     elif build.kind == "dist":
-        root = Path(build.source) / "install" if (Path(build.source) / "install").is_dir() else Path(build.source)
+        tree = Path(build.source) / "install" if (Path(build.source) / "install").is_dir() else Path(build.source)
+        staged = _at(root, f"/var/lib/xenhil/builds/{build.build_id}/root")
         for rel, sha in build.files:
-            remote = f"/var/lib/xenhil/builds/{build.build_id}/root/{rel}"
+            remote = f"{staged}/{rel}"
             if _changed(host, remote, sha):
                 host.ssh.run(["mkdir", "-p", str(Path(remote).parent)], check=True)
-                host.ssh.put(root / rel, remote)
-        host.ssh.run(f"cp -a /var/lib/xenhil/builds/{build.build_id}/root/. / && ldconfig",
+                host.ssh.put(tree / rel, remote)
+        tarball = _at(root, f"/var/lib/xenhil/builds/{build.build_id}.root.tar")
+        host.ssh.run(f"tar -C {shlex.quote(staged)} -cf {shlex.quote(tarball)} . && "
+                     f"{_untar(root, tarball)} && rm -f {shlex.quote(tarball)}",
                      timeout=600, check=True)
-        host.ssh.run(["cp", f"/{build.hypervisor}", f"{target}/xen.gz"], check=True)
+        host.ssh.run(["cp", _at(root, f"/{build.hypervisor}"), _at(root, f"{target}/xen.gz")],
+                     check=True)
     elif build.kind == "tarball":
-        remote = f"/var/lib/xenhil/builds/{build.build_id}.tar"
+        remote = _at(root, f"/var/lib/xenhil/builds/{build.build_id}.tar")
         if _changed(host, remote, sha256_file(Path(build.source))):
             host.ssh.put(build.source, remote)
-        host.ssh.run(f"tar -xf {shlex.quote(remote)} -C / && ldconfig", timeout=600, check=True)
-        host.ssh.run(["cp", "/" + build.hypervisor.lstrip("./"), f"{target}/xen.gz"], check=True)
+        host.ssh.run(_untar(root, remote), timeout=600, check=True)
+        host.ssh.run(["cp", _at(root, "/" + build.hypervisor.lstrip("./")),
+                      _at(root, f"{target}/xen.gz")], check=True)
     else:  # load_build() never makes another kind
         raise ProvisionFailed(f"unknown build kind {build.kind}")
-    return f"{target}/xen.gz"
+    return _at(root, f"{target}/xen.gz")
 
 
 def grub_entry(build: XenBuild, prefix: str, kernel: str, initrd: str, root: str) -> str:
@@ -178,10 +245,10 @@ def reboot_and_follow(host, boot_timeout: float) -> None:
 
 
 @step("verify {host.name} runs {build.label}")
-def verify(host, build: XenBuild) -> dict:
+def verify(host, build: XenBuild, root: str = "/") -> dict:
     info = Toolstack(host.ssh, host.name).info()
     booted = running_build(host)
-    problems = []
+    problems = manifest_problems(host, build, info, root)
     if booted != build.build_id:
         problems.append(f"dom0 booted build {booted or 'none (the default GRUB entry)'}, "
                         f"expected {build.build_id}")
@@ -199,6 +266,23 @@ def verify(host, build: XenBuild) -> dict:
              "xen_commandline": info.xen_commandline or "", "build_id": build.build_id}
     host.facts.update(facts)
     return facts
+
+
+def manifest_problems(host, build: XenBuild, info, root: str = "/") -> list[str]:
+    """What differs from a `xenhil build`'s manifest: the running Xen's build
+    id (``xl info``) against the built xen-syms', the installed xl's sha256
+    against the built one's.  Both values in each; none for other builds."""
+    problems = []
+    if build.elf_build_id and info.get("build_id") != build.elf_build_id:
+        problems.append(f"xl info build_id {info.get('build_id') or 'none'}, expected "
+                        f"{build.elf_build_id} (the manifest's xen-syms build id)")
+    if build.xl_sha256:
+        out = host.ssh.run(f"sha256sum -- {shlex.quote(_at(root, build.xl_path))} 2>/dev/null",
+                           timeout=120).stdout.split()
+        if (out[:1] or [""])[0] != build.xl_sha256:
+            problems.append(f"{build.xl_path} sha256 {out[0] if out else 'none (missing)'}, "
+                            f"expected {build.xl_sha256} (the manifest's xl_sha256)")
+    return problems
 
 
 def provision(host, build: XenBuild, boot_timeout: float | None = None) -> bool:
