@@ -310,6 +310,9 @@ def provenance(config: pytest.Config) -> dict[str, str]:
         "xenhil.machine": socket.gethostname(),
         "xenhil.lab": str(state.options["--lab"] or ""),
         "xenhil.xen_build": _build_label(config),
+        # A `xenhil build`'s manifest (sources, patches, compiler, options):
+        # what was built; "" for other builds.
+        "xenhil.xen_build_manifest": _build_manifest(config),
         "xenhil.series": str(state.options["--series"] or ""),
     }
 
@@ -321,6 +324,14 @@ def _build_label(config: pytest.Config) -> str:
     if build is not None:
         return build.label
     return str(config.getoption("--xen-build") or "debian-default")
+
+
+def _build_manifest(config: pytest.Config) -> str:
+    """The path of the loaded build's `xenhil build` manifest (in a tarball:
+    TARBALL:var/lib/xenhil/build-manifest.json), "" for other builds."""
+    from fixtures.guest import BUILD
+    build = config.stash.get(BUILD, None)
+    return build.manifest if build is not None else ""
 
 
 @pytest.fixture(scope="session", autouse=True)

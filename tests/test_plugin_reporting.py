@@ -254,3 +254,56 @@ def test_a_leased_host_replaces_the_runners_host_label(pytester: pytest.Pytester
     results = _results(alluredir)
     assert _labels(results["test_on_lab_host"], "host") == ["vhost9"]
     assert _labels(results["test_without_lab_host"], "host") == [socket.gethostname()]
+
+
+def _xenhil_build_tree(tree: Path) -> Path:
+    """A tree as `xenhil build` makes it: the hypervisor, its manifest (the
+    tools left to the host's Debian packages)."""
+    install = tree / "install"
+    (install / "boot").mkdir(parents=True)
+    (install / "boot/xen.gz").write_bytes(b"patched hypervisor")
+    (install / "var/lib/xenhil").mkdir(parents=True)
+    (install / "var/lib/xenhil/build-manifest.json").write_text(json.dumps({
+        "xenhil_build": "0123456789abcdef0123", "format": 1,
+        "components": {"xen": {"name": "xen", "key": "k1", "elf_build_id": "5f0e"}},
+        "packaged": ["tools", "qemu"],
+        "sources": {"xen": {"package": "xen", "version": "4.17.5+23-ga4e5191dc0-1"}},
+        "patches": {"xen": [{"name": "0001-hello.patch"}], "qemu": []}}))
+    return tree
+
+
+def _provenance_of_run(pytester: pytest.Pytester, tmp_path: Path, *args: str) -> tuple[dict, dict]:
+    """(Allure's environment.properties, the run's run-main.json) of a run."""
+    alluredir, artifacts = tmp_path / "allure", tmp_path / "artifacts"
+    pytester.makepyfile("def test_x(): pass")
+    pytester.runpytest(f"--alluredir={alluredir}", f"--artifacts={artifacts}", "--run-id=R1",
+                       *args).assert_outcomes(passed=1)
+    env = dict(line.split("=", 1) for line in
+               (alluredir / "environment.properties").read_text().splitlines())
+    return env, json.loads((artifacts / "R1/run-main.json").read_text())
+
+
+def test_a_source_builds_results_name_its_manifest(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    tree = _xenhil_build_tree(tmp_path / "xen-hello")
+    env, run = _provenance_of_run(pytester, tmp_path, f"--xen-build={tree}")
+    manifest = str(tree / "install/var/lib/xenhil/build-manifest.json")
+    assert env["xenhil.xen_build_manifest"] == run["xenhil.xen_build_manifest"] == manifest
+    assert env["xenhil.xen_build"].startswith("dist-")
+
+
+def test_a_source_build_tarballs_results_name_the_manifest_inside_it(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    import tarfile
+    tree = _xenhil_build_tree(tmp_path / "xen-hello")
+    tarball = tmp_path / "xen-hello.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tree / "install", arcname=".")
+    env, run = _provenance_of_run(pytester, tmp_path, f"--xen-build={tarball}")
+    assert env["xenhil.xen_build_manifest"] == f"{tarball}:var/lib/xenhil/build-manifest.json"
+    assert run["xenhil.xen_build_manifest"] == env["xenhil.xen_build_manifest"]
+
+
+def test_other_builds_name_no_manifest(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    env, run = _provenance_of_run(pytester, tmp_path)
+    assert env["xenhil.xen_build"] == "debian-default-" + env["xenhil.xen_build"].split("-")[-1]
+    assert env["xenhil.xen_build_manifest"] == run["xenhil.xen_build_manifest"] == ""
