@@ -38,6 +38,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import statistics
 import sys
 import threading
@@ -215,8 +216,26 @@ def main(argv: list[str] | None = None) -> int:
     host = Host(spec, artifacts / "host")
     tally = Tally()
     t0 = time.monotonic()
-    rounds = -(-args.boots // args.concurrent)
+    # SIGTERM (a CI or shell time limit) ends the run like Ctrl-C: the boots
+    # finished so far are written out, marked interrupted.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupted = False
+    try:
+        _run_rounds(args, host, entry, artifacts, settings, boot_timeout, stalls, tally, t0)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"interrupted after {len(tally.boots)} boot(s); writing what finished", flush=True)
+    _write_results(args, spec, label, artifacts, settings, tally, t0, interrupted)
+    host.close()
+    counts = tally.counts()
+    failed = sum(counts[k] for k in OUTCOMES if k != "ok")
+    return 0 if not failed and counts["stalls"] == 0 and not interrupted else 1
+
+
+def _run_rounds(args, host, entry, artifacts: Path, settings: dict, boot_timeout: float,
+                stalls: "_StallCounter", tally: Tally, t0: float) -> int:
     done = 0
+    rounds = -(-args.boots // args.concurrent)
     for round_no in range(1, rounds + 1):
         width = min(args.concurrent, args.boots - done)
         with ThreadPoolExecutor(max_workers=width) as pool:
@@ -234,10 +253,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.stop_after and failed >= args.stop_after:
             print(f"stopping: {failed} failed boot(s)", flush=True)
             break
+    return done
 
-    host.close()
+
+def _write_results(args, spec, label: str, artifacts: Path, settings: dict, tally: Tally,
+                   t0: float, interrupted: bool) -> None:
+    from harness.lab.virtual import quirks
+
     counts = tally.counts()
     booted = len(tally.boots)
+    if not booted:
+        return
     result = {
         "label": label,
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -255,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "boot_seconds": {k: round(v, 1) for k, v in
                          _quartiles([b.seconds for b in tally.boots if b.outcome == "ok"]).items()},
         "wall_seconds": round(time.monotonic() - t0, 1),
+        "interrupted": interrupted,
         "failures": [asdict(b) for b in tally.boots if b.outcome != "ok"],
     }
     (artifacts / "boots.json").write_text(json.dumps([asdict(b) for b in tally.boots], indent=1) + "\n")
@@ -263,7 +290,6 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(history, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "failures"}, indent=1))
-    return 0 if result["rate"] == 0 and counts["stalls"] == 0 else 1
 
 
 if __name__ == "__main__":
