@@ -293,4 +293,12 @@ def _write_results(args, spec, label: str, artifacts: Path, settings: dict, tall
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from harness.errors import ConfigError, XenhilError
+    try:
+        sys.exit(main())
+    except ConfigError as exc:  # bad input: the message names the field and the fix
+        print(f"bench_lab_stability: {str(exc).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    except XenhilError as exc:  # the lab failed before the first boot
+        print(f"bench_lab_stability: {str(exc).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
