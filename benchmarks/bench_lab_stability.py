@@ -297,7 +297,7 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except ConfigError as exc:  # bad input: the message names the field and the fix
-        print(f"bench_lab_stability: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"bench_lab_stability: {exc}", file=sys.stderr)
         sys.exit(2)
     except XenhilError as exc:  # the lab failed before the first boot
         print(f"bench_lab_stability: {str(exc).splitlines()[0]}", file=sys.stderr)
