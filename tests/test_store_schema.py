@@ -309,3 +309,42 @@ def test_a_results_store_on_a_full_disk_says_so(tmp_path):
         for i in range(2000):
             store.record_outcome("r1", f"t::{i}", "failed", "product", message="m" * 500)
     assert "df -h" in info.value.help
+
+
+def test_postgres_roles_that_may_only_read_or_only_change_rows(postgres_url, tmp_path):
+    import psycopg
+    server = postgres_url
+    name = f"roles_{os.getpid()}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    db = server.rsplit("/", 1)[0] + "/" + name
+    pool = make_pool(db, ["h1", "h2"], ttl=3600)
+    lease = pool.claim(Holder.current(run_id="pg-roles"), timeout=0, host="h1")
+    pool.store.close()
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE ROLE viewer LOGIN")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO viewer")
+        conn.execute("CREATE ROLE booker LOGIN")
+        conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO booker")
+    owner = db.split("://", 1)[1].split("@", 1)[0]
+    viewer, booker = (db.replace(f"{owner}@", f"{role}@", 1) for role in ("viewer", "booker"))
+
+    store = open_store(viewer)                  # cannot create tables nor change rows: reads
+    assert store.read_only and store.leases()["h1"].id == lease.id
+    with pytest.raises(ConfigError, match="read-only for this role") as info:
+        store.try_claim(Holder.current(run_id="viewer"), ["h2"], 60, None, 10)
+    assert "GRANT" in info.value.help
+    store.close()
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(INVENTORY)
+    status = subprocess.run([XENHIL, "lab", "status", "--lab", str(lab), "--lab-db", viewer],
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, COLUMNS="200"))
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert lease.id in status.stdout and "read-only" in status.stdout, status.stdout
+
+    store = open_store(booker)                  # changes rows of a current store, creates nothing
+    assert not store.read_only
+    claimed, _ = store.try_claim(Holder.current(run_id="booker"), ["h2"], 60, None, 10)
+    assert claimed is not None and claimed.host == "h2"
+    store.close()

@@ -37,7 +37,8 @@ class PostgresLeaseStore(SQLLeaseStore):
 
     def __init__(self, url: str, connect_timeout: float = 10.0):
         try:
-            import psycopg  # noqa: F401
+            import psycopg
+            import psycopg.errors  # noqa: F401
         except ImportError:
             raise ConfigError(f"lease store {redact(url)} needs psycopg 3, which is not installed",
                               help="pip install 'xenhil[postgres]' (psycopg[binary]), or use a "
@@ -46,20 +47,65 @@ class PostgresLeaseStore(SQLLeaseStore):
         self.url = redact(url)
         self.connect_timeout = connect_timeout
         self._local = threading.local()
-        with self._write() as cur:   # the advisory lock also serialises creation and upgrades
-            self._upgrade(cur)
+        self.read_only = self._opened = False
+        try:
+            with self._write() as cur:   # the advisory lock also serialises creation and upgrades
+                self._upgrade(cur)
+                self.read_only = not self._may_change_rows(cur)
+        except psycopg.errors.InsufficientPrivilege:
+            self.read_only = True
+        if self.read_only:
+            # A role that may only read (a lab's viewers): `xenhil lab status`
+            # still reads the store; taking a lease says why it cannot.
+            self._check_read_only()
+        self._opened = True
+
+    #: What taking, renewing and releasing leases does to each table.
+    NEEDED = {"leases": ("INSERT", "UPDATE", "DELETE"), "grants": ("INSERT", "UPDATE"),
+              "waiters": ("INSERT", "UPDATE", "DELETE")}
+
+    def _may_change_rows(self, cur: Any) -> bool:
+        checks = [(table, privilege) for table, privileges in self.NEEDED.items()
+                  for privilege in privileges]
+        cur.execute("SELECT " + ", ".join(["has_table_privilege(%s, %s)"] * len(checks)),
+                    [x for check in checks for x in check])
+        return all(cur.fetchone())
+
+    def _check_read_only(self) -> None:
+        import psycopg
+        try:
+            with self._read() as cur:
+                found = self._schema_version(cur)
+                cur.execute("SELECT count(*) FROM leases, grants, waiters WHERE false")
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable) as exc:
+            raise ConfigError(f"lease store {self.url}: this role can neither create the lease "
+                              f"tables nor read them ({str(exc).splitlines()[0]})",
+                              help="GRANT SELECT, INSERT, UPDATE, DELETE ON leases, grants, "
+                                   "waiters, xenhil_schema (or CREATE on the schema) to this "
+                                   "role, or use another --lab-db") from None
+        self._check_schema_version(found)
+
+    def _read_only_error(self) -> ConfigError:
+        return ConfigError(
+            f"lease store {self.url} is read-only for this role: a lease cannot be taken, "
+            f"renewed or released (`xenhil lab status` still reads it)",
+            help="GRANT SELECT, INSERT, UPDATE, DELETE ON leases, grants, waiters, xenhil_schema "
+                 "to this role, or use a --lab-db URL with a role that may write")
 
     #: The schema version lives in a table of its own, one row per store kind.
     SCHEMA_TABLE = ("CREATE TABLE IF NOT EXISTS xenhil_schema "
                     "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
 
     def _schema_version(self, cur: Any) -> int:
-        cur.execute(self.SCHEMA_TABLE)
+        cur.execute("SELECT to_regclass('xenhil_schema') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return 0
         cur.execute("SELECT version FROM xenhil_schema WHERE component = 'leases'")
         row = cur.fetchone()
         return int(row[0]) if row else 0
 
     def _set_schema_version(self, cur: Any, version: int) -> None:
+        cur.execute(self.SCHEMA_TABLE)
         cur.execute("INSERT INTO xenhil_schema (component, version) VALUES ('leases', %s) "
                     "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
                     (int(version),))
@@ -77,11 +123,17 @@ class PostgresLeaseStore(SQLLeaseStore):
     @contextlib.contextmanager
     def _write(self) -> Iterator[Any]:
         import psycopg
+        if getattr(self, "read_only", False):
+            raise self._read_only_error()
         with self._connection() as conn:
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
                     yield cur
+            except psycopg.errors.InsufficientPrivilege:
+                if not self._opened:
+                    raise        # while opening: the role may still read it (__init__)
+                raise self._read_only_error() from None
             except psycopg.OperationalError as exc:
                 self.close()   # the connection may be dead; the next call reconnects
                 raise LeaseStoreError(f"lease store {self.url}: {exc}") from None

@@ -90,12 +90,7 @@ class SQLiteLeaseStore(SQLLeaseStore):
             return self._check_read_only()
         finally:
             conn.close()
-        if found > self.SCHEMA_VERSION:
-            raise ConfigError(
-                f"lease store {self.url} has schema version {found}, newer than this xenhil "
-                f"knows ({self.SCHEMA_VERSION})",
-                help="upgrade xenhil (pip install -U xenhil) on this machine, or pass --lab-db "
-                     "with a store of its own")
+        self._check_schema_version(found)
 
     def _schema_version(self, cur: Any) -> int:
         return int(cur.execute("PRAGMA user_version").fetchone()[0])

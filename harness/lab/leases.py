@@ -257,12 +257,9 @@ class SQLLeaseStore(LeaseStore):
         :data:`SCHEMA_VERSION`, keeping every row; a store written by a newer
         xenhil is refused, not changed."""
         found = self._schema_version(cur)
-        if found > self.SCHEMA_VERSION:
-            raise ConfigError(
-                f"lease store {self.url} has schema version {found}, newer than this xenhil "
-                f"knows ({self.SCHEMA_VERSION})",
-                help="upgrade xenhil (pip install -U xenhil) on this machine, or pass --lab-db "
-                     "with a store of its own")
+        self._check_schema_version(found)
+        if found == self.SCHEMA_VERSION:
+            return      # no DDL: a role that may change rows but not create tables can use it
         for statement in self._schema():
             cur.execute(statement)
         for version in range(found, self.SCHEMA_VERSION):
@@ -273,6 +270,14 @@ class SQLLeaseStore(LeaseStore):
             if found:
                 log.info("lease store %s upgraded from schema %d to %d", self.url, found,
                          self.SCHEMA_VERSION)
+
+    def _check_schema_version(self, found: int) -> None:
+        if found > self.SCHEMA_VERSION:
+            raise ConfigError(
+                f"lease store {self.url} has schema version {found}, newer than this xenhil "
+                f"knows ({self.SCHEMA_VERSION})",
+                help="upgrade xenhil (pip install -U xenhil) on this machine, or pass --lab-db "
+                     "with a store of its own")
 
     @abstractmethod
     def _schema_version(self, cur: Any) -> int:
