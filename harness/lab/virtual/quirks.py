@@ -103,14 +103,18 @@ NIC_MODEL = "e1000"
 #   Caught by the stability benchmark (benchmarks/bench_lab_stability.py,
 #   two guests booting at once): dom0 stopped answering SSH for good while
 #   guests booted.  Xen's own state, read over the serial console ('r', 'q'
-#   and 'a' debug keys, kept in artifacts/bench-stability/), showed dom0's
+#   and 'a' debug keys, recorded in tests/data/recorded/
+#   xen_debug_keys_rqa_dom0_stranded_credit2_417_emulated.txt), showed dom0's
 #   vCPU1 runnable in credit2's run queue while both physical CPUs sat idle
 #   ("idlers: 2, tickled: 0"), and dom0's vCPU0 blocked in SCHEDOP_poll (a
 #   PV spinlock waiting for vCPU1 to release it): a lost wake-up that
 #   nothing ever repairs, since no CPU runs the scheduler again.  credit1
-#   is Xen's other general-purpose scheduler (Xen's default before 4.12);
-#   the benchmark's runs with it are labelled "mitigated-*" in
-#   benchmarks/results/lab_stability.json.  Real hosts keep credit2.
+#   is Xen's other general-purpose scheduler (Xen's default before 4.12).
+#   Before (credit2, two guests booting at once, the machine loaded by other
+#   work): of 4 boots, 1 guest triple fault and this dom0 hang, which took 2
+#   more.  After (credit1 and GUEST_CMDLINE_EMULATED below, same load): 6 of
+#   6 boots ok; too few to call it fixed (see issue 19's note).  Real hosts
+#   keep credit2.
 XEN_CMDLINE_EMULATED = ("spec-ctrl=eager-fpu", "sched=credit")
 
 # console=com1: Xen's console (and through it dom0's hvc0) on the one
@@ -187,7 +191,8 @@ _EMULATED_GUEST_QUIRKS: dict[str, object] = {
 # which costs milliseconds under TCG, and the guests' crashes on this lab
 # all came at the end of one (Xen's register dump puts the guest right after
 # an `out` to the UART, 0x3f8, and after an `in` from 0xcfc in
-# read_pci_config): fewer round trips per boot, fewer crashes and faster
+# read_pci_config: tests/data/recorded/xl_dmesg_triple_fault_*): fewer round
+# trips per boot, fewer crashes and faster
 # boots.  A recorded boot (tests/data/recorded/qemu-dm-g1_trace_*) made
 # 111 418 ioreqs, 65 000 of them for the serial console and 18 845 for 0xcf8:
 #
