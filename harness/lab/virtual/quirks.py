@@ -191,7 +191,7 @@ _EMULATED_GUEST_QUIRKS: dict[str, object] = {
 # which costs milliseconds under TCG, and the guests' crashes on this lab
 # all came at the end of one (Xen's register dump puts the guest right after
 # an `out` to the UART, 0x3f8, and after an `in` from 0xcfc in
-# read_pci_config: tests/data/recorded/xl_dmesg_triple_fault_*): fewer round
+# read_pci_config: tests/data/recorded/xl_dmesg_*triple_fault*): fewer round
 # trips per boot, fewer crashes and faster
 # boots.  A recorded boot (tests/data/recorded/qemu-dm-g1_trace_*) made
 # 111 418 ioreqs, 65 000 of them for the serial console and 18 845 for 0xcf8:
