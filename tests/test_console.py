@@ -331,6 +331,18 @@ def test_socat_shell_statuses_and_state(socat_shell_server, transcript):
         assert console.run("echo still here", timeout=30) == (0, "still here\n")
 
 
+def test_a_shell_left_on_its_continuation_prompt_answers_the_polls_again(socat_shell_server,
+                                                                          transcript):
+    # A command line that lost its closing quote on the way in (seen after a
+    # restore on the virtual lab) leaves the shell waiting for the rest of the
+    # string; quote-free polls alone never end it.  A real /bin/sh on a pty.
+    with Console.tcp("host1", socat_shell_server.host, socat_shell_server.port, transcript) as console:
+        console.wait_for_shell(timeout=30, poll_interval=2)
+        console.sendline('echo "a quote never closed')
+        console.wait_for_shell(timeout=30, poll_interval=2)
+        assert console.run("echo back", timeout=30) == (0, "back\n")
+
+
 def test_run_timeout_names_the_command(socat_shell_server, transcript):
     with Console.tcp("host1", socat_shell_server.host, socat_shell_server.port, transcript) as console:
         console.wait_for_shell(timeout=30, poll_interval=2)

@@ -112,6 +112,16 @@ def strip_console_noise(text: str) -> str:
     return _NOISE_RE.sub("", text)
 
 
+# A POSIX shell's PS2 ("> "), possibly followed by terminal queries
+# (busybox ash sends ESC[6n) and the echo of a poll it swallowed.
+_CONTINUATION_PROMPT = re.compile(r"(?:^|\n)> (?:\x1b\[[0-9;]*[A-Za-z]|[^\n])*$")
+
+
+def _at_continuation_prompt(tail: str) -> bool:
+    """The last line received is a shell's continuation prompt."""
+    return bool(_CONTINUATION_PROMPT.search(tail.replace("\r", "")))
+
+
 class ConsoleState(enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
@@ -733,6 +743,12 @@ class Console:
                         f"console {self.name}: nothing received for {silent:.0f}s while polling "
                         f"({len(nonces)} polls)\n--- last {TAIL_LINES} lines seen ---\n"
                         f"{self.tail()}\n--- end ---", evidence=self._evidence()) from None
+                if _at_continuation_prompt(self._tail):
+                    # A command line that lost a quote on its way in (typed
+                    # while the target was busy, e.g. just restored) leaves
+                    # the shell on its continuation prompt, which swallows
+                    # every later poll: Ctrl-C abandons that line.
+                    self.send(b"\x03")
                 if time.monotonic() >= deadline:
                     raise ConsoleTimeout(
                         f"console {self.name}: no shell answered within {timeout:g}s "
