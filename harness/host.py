@@ -110,7 +110,13 @@ class Host:
     @property
     def ssh(self):
         with self._lock:
-            if self._ssh is None:
+            # The process's connection to a host is shared by every Host object
+            # of it (harness.access.ssh.connection_for): when another one closed
+            # it (a test that made its own Host and closed it at its end), take
+            # a new one instead of failing every later command with "used after
+            # close()" (CI's real-Xen layer: after the smoke, the next test's
+            # host never reached dom0 ready).
+            if self._ssh is None or getattr(self._ssh, "state", None) == "closed":
                 self._ssh = self._ssh_factory()
             return self._ssh
 

@@ -46,3 +46,24 @@ def test_threads_writing_files_through_one_connection_all_finish(sshd_server, tm
             assert (tmp_path / os.path.basename(remote)).read_bytes() == data
     finally:
         conn.close()
+
+
+def test_a_host_takes_a_new_connection_when_another_host_object_closed_the_shared_one(
+        sshd_server, tmp_path):
+    """Host objects of one lab host share the process's connection to it
+    (connection_for); one of them closing it at its end must not leave the
+    others with a closed connection (CI: after the smoke test closed its Host,
+    the next test's host failed every command with "used after close()")."""
+    from harness.host import Host
+    from harness.lab.model import HostSpec, PowerConfig
+
+    spec = HostSpec(name="shared-host", address="127.0.0.1", ssh=sshd_server.ssh_config(),
+                    serial=None, power=PowerConfig(kind="none"))
+    pooled, other = Host(spec, tmp_path / "a"), Host(spec, tmp_path / "b")
+    try:
+        assert pooled.ssh.run(["echo", "one"]).stdout == "one\n"
+        assert other.ssh is pooled.ssh           # one connection per host per process
+        other.close()
+        assert pooled.ssh.run(["echo", "two"]).stdout == "two\n"
+    finally:
+        pooled.close()
