@@ -26,6 +26,7 @@ from harness.build.series import parse_series
 from harness.xen.build import as_booted_on, load_build
 from harness.xen.provision import provision, running_build
 from harness.xen.toolstack import Toolstack
+from tests.support.lab_host import leased_ready_host
 
 pytestmark = [pytest.mark.real_xen, pytest.mark.slow]
 
@@ -64,14 +65,8 @@ def one_line_build(tmp_path_factory):
 @pytest.fixture(scope="module")
 def build_host(request, one_line_build):
     if request.config.getoption("--lab"):
-        lab = request.getfixturevalue("lab")
-        lease = lab.claim(set(), {}, timeout=1800)
-        try:
-            host = lab.host_object(lease.host)
-            host.ensure_ready()
+        with leased_ready_host(request) as host:
             yield host
-        finally:
-            lab.release(lease)
         return
     from harness.host import Host
     from harness.lab.inventory import load_inventory

@@ -24,6 +24,7 @@ from harness.probe_dm.host import ProbeHandle, start_probe
 from harness.xen.parsers.lspci import by_bdf, parse_pci_listing
 from harness.xen.parsers.qemu_trace import iter_trace_events, ioreqs_of_type
 from harness.xen.toolstack import Toolstack
+from tests.support.lab_host import leased_ready_host
 
 pytestmark = [pytest.mark.real_xen, pytest.mark.slow]
 
@@ -56,14 +57,8 @@ def probe_host(request):
     if not request.config.getoption("--lab"):
         pytest.skip("needs a running lab: `xenhil lab up --virtual 1`, then --lab lab/virtual.yaml "
                     "(scripts/test-framework brings one up)")
-    lab = request.getfixturevalue("lab")
-    lease = lab.claim(set(), {}, timeout=1800)
-    try:
-        host = lab.host_object(lease.host)
-        host.ensure_ready()
+    with leased_ready_host(request) as host:
         yield host
-    finally:
-        lab.release(lease)
 
 
 @pytest.fixture(scope="module")

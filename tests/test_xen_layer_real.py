@@ -32,6 +32,7 @@ from harness.xen.catalog import load_catalog
 from harness.xen.provision import provision, running_build
 from harness.xen.toolstack import Toolstack
 from harness.xen.xlconfig import DirectKernelBoot, HvmGuest, Vif
+from tests.support.lab_host import leased_ready_host
 
 pytestmark = [pytest.mark.real_xen, pytest.mark.slow]
 
@@ -44,14 +45,8 @@ AWKWARD = ['say "hi"', "it's", r"back\slash", "$HOME #not-a-comment", "a,b=c", "
 def lab_host(request):
     if not request.config.getoption("--lab"):
         pytest.skip("needs a running lab: `xenhil lab up --virtual 1`, then --lab lab/virtual.yaml")
-    lab = request.getfixturevalue("lab")
-    lease = lab.claim(set(), {}, timeout=1800)
-    try:
-        host = lab.host_object(lease.host)
-        host.ensure_ready()
+    with leased_ready_host(request) as host:
         yield host
-    finally:
-        lab.release(lease)
 
 
 def dry_run(host, name: str, text: str) -> dict:
