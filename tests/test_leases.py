@@ -2,7 +2,6 @@
 processes (multiprocessing with spawn)."""
 from __future__ import annotations
 
-import itertools
 import logging
 import multiprocessing
 import os
@@ -18,7 +17,7 @@ from harness.errors import ConfigError, ReservationTimeout
 from harness.lab.lease_sqlite import SQLiteLeaseStore
 from harness.lab.leases import (Grant, Heartbeat, Holder, LeaseLost, NotLeaseHolder, Pool,
                                 default_store_url, open_store, resolve_store_url)
-from tests.support.postgres import postgres_url  # noqa: F401
+from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 from tests.support.leases import (hold_until_killed, kill_quietly, make_inventory, make_pool,
                                   queued_waiter, stress_worker)
 
@@ -30,17 +29,9 @@ HOSTS = ["h1", "h2", "h3"]
 def db(request, tmp_path: Path) -> str:
     """A fresh, empty lease store: a SQLite file, or a new database on a real
     PostgreSQL server (one server per module)."""
-    if request.param == "sqlite":
-        return str(tmp_path / "lab.leases.sqlite")
-    import psycopg
-    server = request.getfixturevalue("postgres_url")
-    name = f"leases_{os.getpid()}_{next(_databases)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.rsplit("/", 1)[0] + "/" + name
+    return fresh_store_url(request, tmp_path, "leases")
 
 
-_databases = itertools.count()
 
 
 @pytest.fixture

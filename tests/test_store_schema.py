@@ -6,7 +6,6 @@ a lease says why it cannot; a full disk is named as such.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import sqlite3
@@ -21,22 +20,14 @@ from harness.errors import ConfigError
 from harness.lab.leases import Holder, LeaseStoreError, SQLLeaseStore, open_store
 from harness.results.store import ResultsStore
 from tests.support.leases import make_pool
-from tests.support.postgres import postgres_url  # noqa: F401
+from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 
 XENHIL = str(Path(sys.executable).with_name("xenhil"))
-_databases = itertools.count()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "lab.leases.sqlite")
-    import psycopg
-    server = request.getfixturevalue("postgres_url")
-    name = f"schema_{os.getpid()}_{next(_databases)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.rsplit("/", 1)[0] + "/" + name
+    return fresh_store_url(request, tmp_path, "schema")
 
 
 def _version(db: str) -> int:

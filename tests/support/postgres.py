@@ -9,6 +9,7 @@ PostgreSQL refuses to run as root; as root, it runs as ``nobody`` (runuser).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -96,3 +97,19 @@ def postgres_url() -> Iterator[str]:
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
     with running_postgres() as url:
         yield url
+
+
+_databases = itertools.count()
+
+
+def fresh_store_url(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> str:
+    """A fresh, empty store for the test's ``request.param``: a SQLite file,
+    or a new database on the module's real PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "lab.leases.sqlite")
+    import psycopg
+    server = request.getfixturevalue("postgres_url")
+    name = f"{prefix}_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + "/" + name
