@@ -116,36 +116,35 @@ def check_run_id(value: str) -> str:
     return value
 
 
-def check_store_url(option: str, url: str, *, postgres: bool) -> str:
-    """A store URL given by ``option``: ``sqlite:///PATH``, a file path, or
-    (when ``postgres``) ``postgresql://USER@HOST/DB`` without a password.
-    ConfigError otherwise; the URL is only ever shown redacted."""
+def check_store_url(option: str, url: str, *, postgres: bool = True) -> str:
+    """A store URL given by ``option`` (``--lab-db``, ``--results-db``):
+    ``sqlite:///PATH``, a file path, or (when ``postgres``: both stores
+    take it) ``postgresql://USER@HOST/DB`` without a password.  ConfigError
+    otherwise; the URL is only ever shown redacted."""
     from harness.dburl import is_postgres
     from harness.secrets import inline_secret_kind
 
     text = str(url)
-    store = "lease store" if postgres else "results store"
+    store = "results store" if option == "--results-db" else "lease store"
+    choices = ("give sqlite:///ABSOLUTE/PATH, a file path"
+               + (", or postgresql://USER@HOST/DATABASE" if postgres else ""))
     if not text.strip():
-        raise ConfigError(f"{option}: empty {store} URL",
-                          help="give sqlite:///ABSOLUTE/PATH or a file path")
+        raise ConfigError(f"{option}: empty {store} URL", help=choices)
     if KEYWORD_DSN.match(text):
         raise ConfigError(f"{option}: a keyword DSN (key=value ...) is not a {store} URL",
                           help="write postgresql://USER@HOST/DATABASE, with the password in "
-                               "~/.pgpass or PGPASSWORD" if postgres else
-                               "give sqlite:///ABSOLUTE/PATH or a file path")
+                               "~/.pgpass or PGPASSWORD" if postgres else choices)
     if is_postgres(text):
         if not postgres:
             raise ConfigError(f"{option} {shown(text)}: the {store} is SQLite only",
-                              help="give sqlite:///ABSOLUTE/PATH or a file path")
+                              help=choices)
         if inline_secret_kind(text):
             raise ConfigError(f"{option} {shown(text)}: the URL holds a password",
                               help="leave the password out of the URL: libpq reads it from "
                                    "~/.pgpass or PGPASSWORD")
         return text
     if "://" in text and not text.startswith("sqlite://"):
-        raise ConfigError(f"{option} {shown(text)}: unknown scheme",
-                          help="give sqlite:///ABSOLUTE/PATH, a file path"
-                               + (", or postgresql://USER@HOST/DATABASE" if postgres else ""))
+        raise ConfigError(f"{option} {shown(text)}: unknown scheme", help=choices)
     from harness.dburl import sqlite_path
     try:
         path = sqlite_path(text, store)
@@ -283,7 +282,7 @@ def check_pytest_options(options: dict) -> dict:
     if options.get("--lab-db"):
         check_store_url("--lab-db", options["--lab-db"], postgres=True)
     if options.get("--results-db"):
-        check_store_url("--results-db", options["--results-db"], postgres=False)
+        check_store_url("--results-db", options["--results-db"], postgres=True)
     check_output_folder("--artifacts", options["--artifacts"])
     if options.get("--lab"):
         from harness.lab.inventory import load_inventory

@@ -22,7 +22,7 @@ from harness.errors import ConfigError
 
 def _inputs(args: argparse.Namespace) -> dict:
     """Every input checked, nothing written yet."""
-    from harness.dburl import sqlite_path
+    from harness.dburl import is_postgres, sqlite_path
     from harness.options import check_input_path, check_output_folder, check_store_url
     from harness.report import run_id_of
     from harness.results.verdicts import load_known_issues
@@ -35,9 +35,11 @@ def _inputs(args: argparse.Namespace) -> dict:
     if output.exists() and not output.is_dir():
         raise ConfigError(f"-o/--output {output}: is a file, not a folder", help="give a folder")
     db = args.results_db or f"sqlite://{Path(args.artifacts).resolve() / 'results.sqlite'}"
-    check_store_url("--results-db", db, postgres=False)
-    db_path = sqlite_path(db, "results store")
-    if not db_path.is_file():
+    check_store_url("--results-db", db, postgres=True)
+    # A SQLite store is a file this command checks and scans; a PostgreSQL
+    # one is checked when it is opened, and scanned through its rows.
+    db_path = None if is_postgres(db) else sqlite_path(db, "results store")
+    if db_path is not None and not db_path.is_file():
         raise ConfigError(f"--results-db: results store {db_path} does not exist",
                           help="pass the run's --artifacts folder (its results.sqlite) or --results-db")
     known = load_known_issues(Path(args.known_issues) if args.known_issues else None)
@@ -52,7 +54,8 @@ def _inputs(args: argparse.Namespace) -> dict:
         inventory_path = check_input_path("--scan-secrets", args.scan_secrets, folder=False)
         also = [check_input_path("--scan-also", p) for p in args.scan_also]
         secrets = inventory_secrets(load_inventory(inventory_path))   # registered for masking too
-        targets = [results, output, db_path] + [p for p in _store_companions(db_path)] + also
+        store_files = [db_path, *_store_companions(db_path)] if db_path is not None else []
+        targets = [results, output, *store_files, *also]
         scan = (inventory_path, secrets, targets)
     return {"results": results, "output": output, "db": db, "known": known, "run_id": run_id,
             "scan": scan}
@@ -74,7 +77,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         summary = scrub(triage_summary(store, inputs["run_id"], inputs["known"]))
     except KeyError:
-        raise ConfigError(f"--run {inputs['run_id']}: not in the results store {inputs['db']}",
+        raise ConfigError(f"--run {inputs['run_id']}: not in the results store {store.url}",
                           help="pass the run id the results carry, or the right --results-db") from None
     finally:
         store.close()
@@ -83,18 +86,43 @@ def _report(args: argparse.Namespace) -> int:
     print(summary)
     (inputs["output"] / "triage.txt").write_text(summary)
     if inputs["scan"]:
-        return _scan_secrets(*inputs["scan"])
+        return _scan_secrets(*inputs["scan"], store_url=None if store.path else inputs["db"])
     return 0
 
 
-def _scan_secrets(inventory_path: Path, secrets: dict[str, str], targets: list[Path]) -> int:
+def _scan_secrets(inventory_path: Path, secrets: dict[str, str], targets: list[Path],
+                  store_url: str | None = None) -> int:
+    """``store_url``: a results store that is not a file (PostgreSQL),
+    scanned through a copy of its text values that lives only as long as
+    the scan."""
+    import tempfile
+
+    from harness.results.store import ResultsStore
+
+    if store_url is None:
+        return _scan_targets(inventory_path, secrets, targets, {})
+    with tempfile.TemporaryDirectory(prefix="xenhil-store-scan-") as folder:
+        copy = Path(folder) / "results-store.txt"
+        store = ResultsStore(store_url, create=False)
+        try:
+            with open(copy, "w", encoding="utf-8", errors="surrogateescape") as out:
+                for value in store.text_values():
+                    out.write(value + "\n")
+        finally:
+            store.close()
+        return _scan_targets(inventory_path, secrets, targets + [copy],
+                             {copy: f"the results store {store.url}"})
+
+
+def _scan_targets(inventory_path: Path, secrets: dict[str, str], targets: list[Path],
+                  names: dict[Path, str]) -> int:
     from harness.results.secret_scan import scan, scanned_files
 
     leaks = scan(targets, secrets)
-    shown = ", ".join(str(f) for f in targets)
+    shown = ", ".join(names.get(f, str(f)) for f in targets)
     if leaks:
         for leak in leaks:
-            print(f"SECRET LEAK: {leak.path} holds the {leak.what}")
+            print(f"SECRET LEAK: {names.get(leak.path, leak.path)} holds the {leak.what}")
         print(f"secret scan: {len(leaks)} leak(s) of {inventory_path}'s secrets under {shown}")
         return 1
     print(f"secret scan: none of {inventory_path}'s {len(secrets)} secret value(s), in any "
@@ -107,7 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("results_dir", help="the --alluredir of the run")
     report.add_argument("-o", "--output", required=True, help="HTML output folder")
     report.add_argument("--results-db", default=None,
-                        help="results store (default sqlite:///ARTIFACTS/results.sqlite)")
+                        help="results store: sqlite:///PATH or postgresql://USER@HOST/DB "
+                             "(default sqlite:///ARTIFACTS/results.sqlite)")
     report.add_argument("--artifacts", default="artifacts", help="the run's --artifacts folder")
     report.add_argument("--run", default=None, help="run id (default: from the results)")
     report.add_argument("--known-issues", default="known-issues.yaml" if Path("known-issues.yaml").exists() else None,
