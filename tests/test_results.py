@@ -13,6 +13,7 @@ from harness.results.plots import latency_distribution_png
 from harness.results.store import Outcome, ResultsStore
 from harness.results.verdicts import KnownIssue, load_known_issues, verdict
 from harness.errors import ConfigError
+from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
@@ -136,10 +137,20 @@ def test_store_history_and_latency(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def results_db(request, tmp_path: Path) -> str:
+    """A new results store: a SQLite file, or a database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.sqlite'}"
+    return fresh_store_url(request, tmp_path, "results")
+
+
 def test_two_runs_give_a_regression_in_the_triage_summary(pytester: pytest.Pytester, monkeypatch,
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, results_db: str) -> None:
+    import socket
+
     from harness.report import triage_summary
-    db = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    db = results_db
     pytester.makepyfile(test_flip="""
         import os
         def test_flips():
@@ -158,7 +169,22 @@ def test_two_runs_give_a_regression_in_the_triage_summary(pytester: pytest.Pytes
                        f"--xen-build={tmp_path / 'patched'}").assert_outcomes(passed=1, failed=1)
     store = ResultsStore(db)
     text = triage_summary(store, "run-bad")
+    assert store.run("run-bad")["runner"] == socket.gethostname()
     store.close()
     blocking = text.split("are blocking (regressions):")[1].split("\n\n")[0]
     assert "test_flip.py::test_flips  [product]  regression vs run 1" in blocking
     assert "1 passed, 1 failed, 0 skipped" in text
+
+
+def test_a_results_db_that_cannot_be_opened_is_one_usage_error(pytester: pytest.Pytester) -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]      # nothing listens on it once closed
+    pytester.makepyfile(test_x="def test_x(): pass")
+    result = pytester.runpytest(f"--results-db=postgresql://ci@127.0.0.1:{port}/results")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.errlines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert f"cannot connect to results store postgresql://ci@127.0.0.1:{port}/results" in errors[0]
+    assert f"pg_isready -h 127.0.0.1 -p {port}" in errors[0]
