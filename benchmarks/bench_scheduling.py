@@ -461,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-runs", type=int, default=2,
                         help="bare pytest-xdist runs measured around the run, the first before "
                              "it and the others after (2; 0: none)")
+    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                        help="measure a cold start: no untimed pytest --collect-only first, so "
+                             "the measured run compiles its bytecode")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the inventory, lease store, generated tests, sshd logs and "
@@ -502,8 +505,9 @@ def main(argv: list[str] | None = None) -> int:
             (workdir / "run" / "test_hold.py").write_text(
                 TEST_MODULE.format(hold=args.hold, tests=args.tests))
             records_path = workdir / "records.jsonl"
-            print(f"warm-up (pytest --collect-only): {warm_up(workdir, inventory, records_path):.1f}s",
-                  flush=True)
+            if args.warm_up:
+                print(f"warm-up (pytest --collect-only): "
+                      f"{warm_up(workdir, inventory, records_path):.1f}s", flush=True)
             baselines = []
             if args.baseline_runs:
                 baselines.append(xdist_baseline(workdir, args.workers, records_path))
@@ -532,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                      "tests holding a host for a known time",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "parameters": {"hosts": args.hosts, "workers": args.workers, "tests": args.tests,
-                       "hold_s": args.hold},
+                       "hold_s": args.hold, "warm_up": args.warm_up},
         "analysis": analysis,
         "records": sorted(records, key=lambda r: r.get("requested", 0)),
         "versions": versions(),
