@@ -32,9 +32,18 @@ Figures (all from the recorded per-test data of this run):
   no host was held by two tests at once.
 
 Also reported, not targets: the ratio against the ideal (ceil(N / min(H, W))
-x hold), the spread of tests over hosts, and where the overhead went
-(start-up until the first claim, the span of the tests, the tail after the
-last release).  Results: benchmarks/results/scheduling.json (``--output``).
+x hold), the spread of tests over hosts, where the overhead went (start-up
+until the first claim, the span of the tests, the tail after the last
+release), and pytest-xdist's own cost on this machine now: the wall time of
+``pytest -n W -p no:xenhil`` on W empty tests, measured before and after the
+run (``--baseline-runs``), with the overhead beyond it.
+
+Bytecode: the pytest runs write theirs to a cache of their own
+(PYTHONPYCACHEPREFIX in the work folder, PYTHONDONTWRITEBYTECODE dropped),
+filled first by one untimed ``pytest -n 1 --collect-only`` (``--no-warm-up``
+measures a cold start instead).  Results: benchmarks/results/scheduling.json
+(``--output``; ``--workdir DIR`` keeps the inventory, store, logs and
+generated tests).
 Exit status 1 when a target is missed, 2 on bad arguments.  Every sshd and
 the pytest run are stopped by process id at the end, also on failure,
 Ctrl-C or SIGTERM.
