@@ -35,6 +35,7 @@ from tests.support.console_server import (  # noqa: F401
     XEN_NOISE,
     console_server_factory,
     noisy_shell,
+    one_per_connection,
     scripted,
     socat_shell_server,
 )
@@ -233,6 +234,74 @@ def test_using_a_closed_console_is_a_test_bug(transcript):
         console.expect("x", timeout=1)
 
 
+OLD_BOOT = b"(XEN) Xen version 4.17.0 (an earlier boot, never read)\r\n"
+NEW_BOOT = b"(XEN) Xen version 4.17.5 (this boot)\r\n"
+
+
+def test_reconnect_drops_what_the_old_link_queued_and_keeps_one_transcript(
+        console_server_factory, transcript):
+    # A host console left open and unread since an earlier boot: its queued
+    # bytes hold that boot's banner, which must not pass for the next one's.
+    server = console_server_factory(one_per_connection(scripted(OLD_BOOT, hold=30),
+                                                       scripted(NEW_BOOT, hold=30)))
+    console = tcp_console(server, transcript).open()
+    try:
+        assert server.script_done.wait(10)  # the old banner is on its way to us
+        console.reconnect(timeout=10)
+        m = console.expect(r"\(XEN\) Xen version (\S+)", timeout=30)
+        assert m.group(1) == "4.17.5"
+    finally:
+        console.close()
+    assert transcript.read_bytes() == NEW_BOOT
+
+
+def test_reconnect_retries_while_the_server_is_down(transcript):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # the machine (and its serial server) restarts...
+
+    def come_back():
+        time.sleep(1.5)
+        server.bind(("127.0.0.1", port))
+        server.listen(1)
+        conn, _ = server.accept()
+        conn.sendall(NEW_BOOT)
+        time.sleep(2)
+        conn.close()
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    thread = threading.Thread(target=come_back, daemon=True)
+    thread.start()
+    console = Console.tcp("host1", "127.0.0.1", port, transcript)
+    try:
+        console.reconnect(timeout=20, retry_every=0.2)
+        console.expect(r"Xen version 4\.17\.5", timeout=10)
+    finally:
+        console.close()
+        thread.join(5)
+        server.close()
+    with pytest.raises(InfrastructureError, match=f"127.0.0.1:{port}"):
+        console.reconnect(timeout=0.5, retry_every=0.2)   # ...and one that stays down is named
+
+
+def test_waiting_for_xens_banner_survives_the_serial_server_restarting(
+        console_server_factory, transcript):
+    # A virtual host's power cycle restarts its QEMU: the first link ends
+    # with the old system's shutdown, the next one carries the new boot.
+    from harness.xen.provision import _follow_to_banner
+    shutdown = b"[  355.6] reboot: Restarting system\r\n"
+    server = console_server_factory(one_per_connection(scripted(shutdown, close_after=True),
+                                                       scripted(b"GRUB\r\n", NEW_BOOT, hold=30)))
+    console = tcp_console(server, transcript).open()
+    try:
+        _follow_to_banner(console, timeout=30)
+    finally:
+        console.close()
+    assert transcript.read_bytes() == shutdown + b"GRUB\r\n" + NEW_BOOT
+
+
 def test_unreachable_console_server_is_infrastructure(transcript):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -380,6 +449,32 @@ def test_login_at_a_getty_prompt_keeps_the_password_out_of_the_logs(transcript, 
     assert b"s3cret" not in transcript.read_bytes()
     sent_log = transcript.with_name(transcript.name + ".sent").read_text()
     assert "s3cret" not in sent_log and "<secret: 10 bytes>" in sent_log
+
+
+def test_login_waits_for_a_getty_that_shows_its_prompt_late(transcript, monkeypatch):
+    # The prompt comes after several polls (a host still starting its
+    # services): each poll that times out presses Enter and waits again.
+    monkeypatch.setenv("XH_TEST_ROOT_PASSWORD", "s3cret-pw")
+    late = "echo 'Debian GNU/Linux 12 host1 ttyS0'; sleep 3\n" + GETTY
+    with Console.command("host1", ["/bin/sh", "-c", late], transcript, env={"TERM": "dumb"}) as console:
+        console.login("root", CredentialRef(env="XH_TEST_ROOT_PASSWORD"), timeout=30,
+                      poll_interval=0.5, stall_timeout=20)
+        assert console.run("echo in", timeout=30) == (0, "in\n")
+    sent = transcript.with_name(transcript.name + ".sent").read_text()
+    assert sent.count("'\\n'") >= 3, sent   # Enter pressed while the getty was not there
+
+
+def test_login_reports_a_line_that_went_silent_as_a_stall(transcript):
+    # Not even Enter is echoed: the line is stuck, not a getty to come.
+    quiet = "stty -echo; echo 'Debian GNU/Linux 12 host1 ttyS0'; exec sleep 60"
+    with Console.command("host1", ["/bin/sh", "-c", quiet], transcript, env={"TERM": "dumb"}) as console:
+        started = time.monotonic()
+        with pytest.raises(ConsoleStalled) as caught:
+            console.login("root", timeout=60, poll_interval=0.5, stall_timeout=2)
+    assert time.monotonic() - started < 30
+    message = str(caught.value)
+    assert "login: prompt" in message and "Enter presses" in message
+    assert "Debian GNU/Linux 12 host1 ttyS0" in message   # the tail
 
 
 def test_command_console_gets_secrets_through_env_not_argv(tmp_path, transcript, monkeypatch):

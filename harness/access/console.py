@@ -436,6 +436,23 @@ class Console:
         self.state = ConsoleState.OPEN
         return self
 
+    @step("console {self.name}: reconnect")
+    def reconnect(self, timeout: float = 60.0, retry_every: float = 1.0) -> "Console":
+        """A fresh link: close this one (what it had queued is dropped) and
+        connect again, retrying for ``timeout`` seconds while the server
+        refuses (a virtual host's power cycle restarts its QEMU and with it
+        the serial server; ser2net drops links on port resets).  The
+        transcript continues in the same file."""
+        self.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.open()
+            except ConsoleUnavailable:
+                if time.monotonic() + retry_every > deadline:
+                    raise
+                time.sleep(retry_every)
+
     def close(self) -> None:
         """Close the link (socket, channel, or stop the command) and the transcript."""
         link, self._link = self._link, None
@@ -758,10 +775,14 @@ class Console:
 
     @step("console {self.name}: log in as {user}")
     def login(self, user: str, password: CredentialRef | None = None, *,
-              timeout: float = 120.0, poll_interval: float = 5.0) -> None:
+              timeout: float = 120.0, poll_interval: float = 5.0,
+              stall_timeout: float | None = None) -> None:
         """Log in at a getty prompt (pressing Enter until ``login:`` shows), then
-        wait for the shell.  The password is resolved here and never recorded."""
+        wait for the shell.  The password is resolved here and never recorded.
+        ``stall_timeout``: silence longer than this, once something arrived,
+        is a stuck line (ConsoleStalled) rather than a getty still to come."""
         deadline = time.monotonic() + timeout
+        presses = 0
         while True:
             left = deadline - time.monotonic()
             try:
@@ -772,12 +793,14 @@ class Console:
                 silent = time.monotonic() - self.last_received
                 if stall_timeout is not None and self.received_bytes and silent > stall_timeout:
                     raise ConsoleStalled(
-                        f"console {self.name}: nothing received for {silent:.0f}s while polling "
-                        f"({len(nonces)} polls)\n--- last {TAIL_LINES} lines seen ---\n"
+                        f"console {self.name}: nothing received for {silent:.0f}s while waiting "
+                        f"for a login: prompt ({presses} Enter presses)\n"
+                        f"--- last {TAIL_LINES} lines seen ---\n"
                         f"{self.tail()}\n--- end ---", evidence=self._evidence()) from None
                 if time.monotonic() >= deadline:
                     raise
             self.sendline("")  # no prompt shown (yet): Enter makes getty print it again
+            presses += 1
         self.sendline(user)
         if password is not None:
             self._expect([re.compile(r"[Pp]assword:\s*$")],

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from harness import budgets
+from harness.access.console import ConsoleClosed, ConsoleStalled
 from harness.access.ssh import sha256_file
 from harness.errors import InfrastructureError, TestBugError, XenhilError
 from harness.host import HostState
@@ -221,7 +222,10 @@ def add_grub_entry(host, build: XenBuild) -> str:
 @step("reboot {host.name} into the new build and follow its console")
 def reboot_and_follow(host, boot_timeout: float) -> None:
     console = host.console
-    console.open()
+    # A fresh link: the host's console may have been left open, unread, since
+    # an earlier boot (its queued bytes could hold that boot's banner), or its
+    # link may be dead (a power cycle of a virtual host restarts its QEMU).
+    console.reconnect()
     mark = console.mark("provision reboot")
     try:
         host.ssh.run("systemctl reboot || reboot", timeout=20)
@@ -230,7 +234,7 @@ def reboot_and_follow(host, boot_timeout: float) -> None:
     host.state = HostState.BOOTING
     started = time.monotonic()
     try:
-        console.expect(XEN_BANNER, timeout=boot_timeout)
+        _follow_to_banner(console, boot_timeout)
     except XenhilError:
         # No banner: the clean reboot did not happen (hung dom0); power-cycle.
         with step_context(f"power-cycle {host.name} over its BMC"):
@@ -238,10 +242,31 @@ def reboot_and_follow(host, boot_timeout: float) -> None:
         # The boot after the power cycle gets the whole boot budget, not
         # what the failed reboot left of it (which left dom0 60 s).
         started = time.monotonic()
-        console.expect(XEN_BANNER, timeout=boot_timeout)
+        _follow_to_banner(console, boot_timeout)
     left = max(boot_timeout - (time.monotonic() - started), 60)
     host.wait_for_dom0(left)
     host.facts["provision_transcript"] = console.slice(mark)
+
+
+def _follow_to_banner(console, timeout: float) -> None:
+    """Read the console until Xen's banner; a link the far end drops (the
+    serial server restarts with the machine) is connected again within the
+    same ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if not console.is_open:
+                console.reconnect(max(deadline - time.monotonic(), 1))
+            console.expect(XEN_BANNER, timeout=max(deadline - time.monotonic(), 1))
+            return
+        except ConsoleStalled:
+            raise
+        except ConsoleClosed:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("console %s dropped while waiting for Xen's banner: connecting again",
+                     console.name)
+            time.sleep(1)  # a server that drops every link at once must not spin us
 
 
 @step("verify {host.name} runs {build.label}")

@@ -192,6 +192,24 @@ def scripted(*steps, byte_delay: float = 0.0, close_after: bool = False,
     return handler
 
 
+def one_per_connection(*handlers: Handler) -> Handler:
+    """The n-th connection gets the n-th handler (then the connection is
+    dropped): a console server that restarts with its machine, where each
+    link sees one stretch of the output."""
+    lock = threading.Lock()
+    served = []
+
+    def handler(conn: Connection) -> None:
+        with lock:
+            index = len(served)
+            served.append(conn)
+        if index < len(handlers):
+            handlers[index](conn)
+        conn.close()
+
+    return handler
+
+
 def noisy_shell(noise_every: int = 7, noise: tuple[bytes, ...] = (KERNEL_NOISE, XEN_NOISE),
                 cwd: Path | None = None) -> Handler:
     """A real /bin/sh -i on a pty; after every ``noise_every`` bytes of its output
