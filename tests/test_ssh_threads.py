@@ -40,7 +40,9 @@ def test_threads_writing_files_through_one_connection_all_finish(sshd_server, tm
             thread.join(timeout=120)
         stuck = [t.name for t in threads if t.is_alive()]
         assert not stuck, f"threads still waiting for their SFTP replies after 120 s: {stuck}"
-        assert not errors, errors
+        # (sshd's own log says whether it ended the session: seen once in CI's
+        # fast layer as "Server connection dropped" in two threads)
+        assert not errors, f"{errors!r}\n--- sshd log ---\n{sshd_server.log_tail(60)}"
         assert len(written) == THREADS * WRITES
         for remote, data in written.items():
             assert (tmp_path / os.path.basename(remote)).read_bytes() == data
