@@ -17,8 +17,7 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 #: before it creates or upgrades tables in a PostgreSQL database (the lease
 #: store also before each change).  One key for all of them, because they
 #: share the ``xenhil_schema`` table: two ``CREATE TABLE IF NOT EXISTS`` of
-#: it at once fail in PostgreSQL (a duplicate key in pg_type).  Must equal
-#: harness.lab.lease_postgres.LOCK_KEY.
+#: it at once fail in PostgreSQL (a duplicate key in pg_type).
 POSTGRES_LOCK_KEY = 0x78656E68
 
 #: Where each store's schema version lives in PostgreSQL: one row per

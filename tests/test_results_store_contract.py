@@ -538,11 +538,41 @@ def test_a_lost_connection_is_named_and_the_next_statement_reconnects(postgres_u
     store.close()
 
 
-def test_every_xenhil_store_takes_one_advisory_lock():
-    from harness.dburl import POSTGRES_LOCK_KEY
-    from harness.lab.lease_postgres import LOCK_KEY
-    # The lease and results stores share xenhil_schema: they must serialise on one key.
-    assert POSTGRES_LOCK_KEY == LOCK_KEY
+def open_lease_or_results_store(url: str, kind: str, barrier, results) -> None:
+    """The first open of one xenhil store in a new database, at the moment a
+    sibling opens the other kind (module-level, for ``spawn``)."""
+    barrier.wait()
+    try:
+        if kind == "leases":
+            from harness.lab.lease_postgres import PostgresLeaseStore
+            PostgresLeaseStore(url).close()
+        else:
+            ResultsStore(url).close()
+        results.put(None)
+    except Exception as exc:      # reported to the parent, which asserts on it
+        results.put(f"{kind}: {type(exc).__name__}: {exc}")
+
+
+def test_the_lease_and_results_stores_create_one_database_at_once(postgres_url):
+    # Both create the shared xenhil_schema table: two CREATE TABLE IF NOT
+    # EXISTS of it at once fail in PostgreSQL unless both take one lock.
+    for _ in range(4):
+        url = new_database(postgres_url, prefix="shared")
+        barrier, results = SPAWN.Barrier(2), SPAWN.Queue()
+        children = [SPAWN.Process(target=open_lease_or_results_store,
+                                  args=(url, kind, barrier, results), daemon=True)
+                    for kind in ("leases", "results")]
+        for child in children:
+            child.start()
+        try:
+            errors = [e for e in (results.get(timeout=120) for _ in children) if e]
+        finally:
+            for child in children:
+                child.join(30)
+                if child.is_alive():
+                    child.kill()
+        assert errors == []
+        assert sorted(sql(url, "SELECT component FROM xenhil_schema")) == [("leases",), ("results",)]
 
 
 def test_results_db_option_takes_postgres_urls_without_a_password():

@@ -17,11 +17,12 @@ import contextlib
 import threading
 from typing import Any, Iterator
 
+from harness.dburl import POSTGRES_LOCK_KEY
 from harness.errors import ConfigError
 from harness.lab.leases import LeaseStoreError, SQLLeaseStore
 
-# pg_advisory_xact_lock key: "xenh" in ASCII, unlikely to collide with other users of the database.
-LOCK_KEY = 0x78656E68
+# pg_advisory_xact_lock key of every xenhil store (they share xenhil_schema).
+LOCK_KEY = POSTGRES_LOCK_KEY
 
 
 def redact(url: str) -> str:
