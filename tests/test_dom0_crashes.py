@@ -132,3 +132,14 @@ def test_a_triple_fault_of_one_of_two_guests_booting_at_once_is_told_apart():
     assert parse_triple_faults(text, [1]) == []
     dump = text[text.index("d2v0 Triple fault"):]
     assert "rdx: 0000000000000cfc" in dump and "rax: 00000000ffffffff" in dump
+
+
+def test_a_triple_fault_after_the_quirks_names_its_domain_and_the_eoi_site():
+    # Recorded with every quirk of harness/lab/virtual/quirks.py applied:
+    # two guests (d3, d4) booting at once, d3 triple-faulted after the wrmsr
+    # to the x2APIC EOI register (rcx 0x80b).
+    text = (RECORDED / "xl_dmesg_triple_fault_x2apic_eoi_417_emulated.txt").read_text()
+    faults = parse_triple_faults(text, [3, 4])
+    assert [(f.domid, f.vcpu) for f in faults] == [(3, 0)]
+    assert parse_triple_faults(text, [4]) == []
+    assert "rcx: 000000000000080b" in text.split("d3v0 Triple fault", 1)[1]
