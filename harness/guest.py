@@ -155,7 +155,8 @@ class Guest:
                                             poll_interval=10.0,
                                             ready_condition=self.ready_condition,
                                             stall_timeout=CONSOLE_STALL_S,
-                                            stall_armed_by=self.prompt)
+                                            stall_armed_by=self.prompt,
+                                            target_alive=self._domain_lives)
                 return
             except ConsoleClosed as exc:
                 # `xl console` can exit while a loaded host boots the guest, or

@@ -234,6 +234,37 @@ def test_using_a_closed_console_is_a_test_bug(transcript):
         console.expect("x", timeout=1)
 
 
+def test_a_target_that_died_ends_the_wait_for_its_shell_at_once(console_server_factory, transcript):
+    # A crashed guest leaves `xl console` open and silent: the wait asks
+    # whether the target still lives at each unanswered poll and stops at the
+    # first "no" instead of waiting out the stall (minutes on the lab).
+    server = console_server_factory(scripted(b"[    1.0] booting\r\n", hold=60))
+    asked = []
+
+    def alive() -> bool:
+        asked.append(time.monotonic())
+        return len(asked) < 2        # dies between the first and second question
+
+    with tcp_console(server, transcript) as console:
+        started = time.monotonic()
+        with pytest.raises(ConsoleClosed, match="the target is gone") as caught:
+            console.wait_for_shell(timeout=120, poll_interval=0.5, stall_timeout=100,
+                                   target_alive=alive)
+    assert time.monotonic() - started < 10
+    assert len(asked) == 2 and "booting" in str(caught.value)
+    assert not isinstance(caught.value, ConsoleStalled)
+
+
+def test_a_living_target_is_waited_for_until_the_timeout(console_server_factory, transcript):
+    server = console_server_factory(scripted(b"[    1.0] booting\r\n", hold=60))
+    asked = []
+    with tcp_console(server, transcript) as console:
+        with pytest.raises(ConsoleTimeout):
+            console.wait_for_shell(timeout=3, poll_interval=0.5,
+                                   target_alive=lambda: asked.append(1) or True)
+    assert len(asked) >= 2
+
+
 OLD_BOOT = b"(XEN) Xen version 4.17.0 (an earlier boot, never read)\r\n"
 NEW_BOOT = b"(XEN) Xen version 4.17.5 (this boot)\r\n"
 

@@ -719,7 +719,8 @@ class Console:
     def wait_for_shell(self, timeout: float = 300.0, poll_interval: float = 5.0, *,
                        check_fatal: bool = True, ready_condition: str | None = None,
                        stall_timeout: float | None = None,
-                       stall_armed_by: str | None = None) -> None:
+                       stall_armed_by: str | None = None,
+                       target_alive: Callable[[], bool] | None = None) -> None:
         """Poll until a shell answers: send a no-op echo every ``poll_interval``
         seconds and wait for its answer (any earlier poll's answer counts).
 
@@ -731,6 +732,9 @@ class Console:
         ``stall_armed_by``: count silence as a stall only once this text (the
         shell's prompt) has arrived: a target still booting may be quiet for
         longer than any relay stall (a guest kernel at a low loglevel).
+        ``target_alive``: asked whenever a poll went unanswered in silence; a
+        False ends the wait at once with ConsoleClosed (a guest that crashed
+        leaves its relay open and silent: no need to wait for the stall).
         """
         deadline = time.monotonic() + timeout
         nonces: list[str] = []
@@ -753,6 +757,11 @@ class Console:
                 return
             except ConsoleTimeout:
                 silent = time.monotonic() - self.last_received
+                if target_alive is not None and silent >= poll_interval and not target_alive():
+                    raise ConsoleClosed(
+                        f"console {self.name}: the target is gone (silent for {silent:.0f}s, "
+                        f"{len(nonces)} polls)\n--- last {TAIL_LINES} lines seen ---\n"
+                        f"{self.tail()}\n--- end ---", evidence=self._evidence()) from None
                 armed = armed or stall_armed_by in self._tail
                 if (stall_timeout is not None and armed and self.received_bytes
                         and silent > stall_timeout):
