@@ -35,6 +35,7 @@ def redact(url: str) -> str:
 class PostgresLeaseStore(SQLLeaseStore):
     placeholder = "%s"
     ticket_column_ddl = "ticket BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    event_column_ddl = "event BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
 
     def __init__(self, url: str, connect_timeout: float = 10.0):
         try:
@@ -61,9 +62,12 @@ class PostgresLeaseStore(SQLLeaseStore):
             self._check_read_only()
         self._opened = True
 
-    #: What taking, renewing and releasing leases does to each table.
+    #: What taking, renewing and releasing leases (and quarantining hosts)
+    #: does to each table.
     NEEDED = {"leases": ("INSERT", "UPDATE", "DELETE"), "grants": ("INSERT", "UPDATE"),
-              "waiters": ("INSERT", "UPDATE", "DELETE")}
+              "waiters": ("INSERT", "UPDATE", "DELETE"),
+              "quarantine": ("INSERT", "UPDATE", "DELETE"), "host_events": ("INSERT",)}
+    TABLES = "leases, grants, waiters, quarantine, host_events, xenhil_schema"
 
     def _may_change_rows(self, cur: Any) -> bool:
         checks = [(table, privilege) for table, privileges in self.NEEDED.items()
@@ -78,20 +82,23 @@ class PostgresLeaseStore(SQLLeaseStore):
             with self._read() as cur:
                 found = self._schema_version(cur)
                 cur.execute("SELECT count(*) FROM leases, grants, waiters WHERE false")
+                if found >= 2:
+                    cur.execute("SELECT count(*) FROM quarantine, host_events WHERE false")
         except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable) as exc:
             raise ConfigError(f"lease store {self.url}: this role can neither create the lease "
                               f"tables nor read them ({str(exc).splitlines()[0]})",
-                              help="GRANT SELECT, INSERT, UPDATE, DELETE ON leases, grants, "
-                                   "waiters, xenhil_schema (or CREATE on the schema) to this "
-                                   "role, or use another --lab-db") from None
+                              help=f"GRANT SELECT, INSERT, UPDATE, DELETE ON {self.TABLES} "
+                                   "(or CREATE on the schema) to this role, or use another "
+                                   "--lab-db") from None
         self._check_schema_version(found)
+        self.schema_found = found
 
     def _read_only_error(self) -> ConfigError:
         return ConfigError(
             f"lease store {self.url} is read-only for this role: a lease cannot be taken, "
             f"renewed or released (`xenhil lab status` still reads it)",
-            help="GRANT SELECT, INSERT, UPDATE, DELETE ON leases, grants, waiters, xenhil_schema "
-                 "to this role, or use a --lab-db URL with a role that may write")
+            help=f"GRANT SELECT, INSERT, UPDATE, DELETE ON {self.TABLES} to this role, or use "
+                 "a --lab-db URL with a role that may write")
 
     #: The schema version lives in a table of its own, one row per store kind.
     SCHEMA_TABLE = ("CREATE TABLE IF NOT EXISTS xenhil_schema "

@@ -91,6 +91,7 @@ class SQLiteLeaseStore(SQLLeaseStore):
         finally:
             conn.close()
         self._check_schema_version(found)
+        self.schema_found = found
 
     def _schema_version(self, cur: Any) -> int:
         return int(cur.execute("PRAGMA user_version").fetchone()[0])

@@ -15,6 +15,13 @@ so two holders never use one host at the same time.
 - Every grant is written to the ``grants`` log (host, lease id, holder,
   granted/released/expired times, who released it and whether by force), which
   is what proves that no host was ever held twice at once.
+- A host may be *quarantined* (table ``quarantine``: why, since when, by whom
+  and which run, how many infrastructure failures): claims skip it, and a
+  claim only quarantined hosts could meet fails at once with
+  :class:`HostsQuarantined`.  It returns after a passing health check
+  (``harness.lab.health``) or an explicit ``xenhil lab unquarantine``; every
+  quarantine, release, health check and counted infrastructure failure is a
+  row of the ``host_events`` log.
 
 Layers: :class:`LeaseStore` is the storage interface (atomic operations only);
 :class:`SQLLeaseStore` implements its logic in portable SQL for the SQLite and
@@ -124,6 +131,50 @@ class Grant:
 class QueuePosition:
     free: bool      # a candidate host is free for this claim now
     ahead: int      # older waiters that want one of its candidate hosts
+    quarantined: tuple[str, ...] = ()   # candidates that are quarantined now
+
+
+#: Infrastructure failures of tests on one host (since it last passed a health
+#: check or was released) that quarantine it.  A host the run latched broken
+#: (harness.host) is quarantined at its first.  Product failures never count.
+QUARANTINE_AFTER_INFRA_FAILURES = 3
+
+# host_events kinds
+EVENT_INFRA_FAILURE = "infrastructure-failure"
+EVENT_QUARANTINED = "quarantined"
+EVENT_RELEASED = "released"
+EVENT_HEALTH_PASSED = "health-passed"
+EVENT_HEALTH_FAILED = "health-failed"
+#: Events after which infrastructure failures are counted from zero again.
+_CLEARING_EVENTS = (EVENT_RELEASED, EVENT_HEALTH_PASSED)
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """A quarantined host: claims skip it until it passes a health check or
+    someone releases it with ``xenhil lab unquarantine`` (logged)."""
+
+    host: str
+    reason: str
+    since: float            # store clock
+    by: str                 # Holder.describe() of whoever quarantined it (last)
+    run_id: str             # that holder's run ("interactive" for a person)
+    infra_failures: int     # infrastructure failures counted since it last passed or was released
+    updated_at: float       # last change of reason (a failing health check updates it)
+
+
+@dataclass(frozen=True)
+class HostEvent:
+    """One row of the ``host_events`` log."""
+
+    id: int
+    host: str
+    at: float
+    kind: str               # EVENT_*
+    by: str
+    run_id: str
+    reason: str
+    detail: dict            # e.g. a health check's per-step results
 
 
 @dataclass(frozen=True)
@@ -153,6 +204,15 @@ class LeaseStoreError(InfrastructureError):
             "file is local and writable (or that PostgreSQL is up), then rerun.")
 
 
+class HostsQuarantined(InfrastructureError):
+    """Every host that could serve a claim is quarantined: the claim fails at
+    once instead of waiting for hosts that will not come back by themselves."""
+
+    help = ("run `xenhil lab health HOST` (a passing health check returns the host), or, once "
+            "you repaired it by hand, `xenhil lab unquarantine HOST --reason TEXT` (logged); "
+            "`xenhil lab status` shows why and since when each host is quarantined")
+
+
 class NotLeaseHolder(ConfigError):
     help = ("Only the holder (same user on the same machine) may release a lease; ask them, "
             "wait for it to expire, or use `xenhil release HOST --force` (the forced release is logged).")
@@ -168,14 +228,17 @@ class LeaseStore(ABC):
 
     @abstractmethod
     def try_claim(self, holder: Holder, candidates: Sequence[str], ttl: float,
-                  ticket: int | None, waiter_ttl: float) -> tuple[Lease | None, int | None]:
+                  ticket: int | None, waiter_ttl: float,
+                  allow_quarantined: bool = False) -> tuple[Lease | None, int | None]:
         """One attempt to take the first free host of ``candidates`` that no
-        older waiter could use.  Returns ``(lease, None)`` on success, else
+        older waiter could use and that is not quarantined (unless
+        ``allow_quarantined``).  Returns ``(lease, None)`` on success, else
         ``(None, ticket)``: the caller's ticket, created on the first failed
         attempt and refreshed (kept alive for ``waiter_ttl``) by every attempt."""
 
     @abstractmethod
-    def queue_position(self, candidates: Sequence[str], ticket: int | None) -> "QueuePosition":
+    def queue_position(self, candidates: Sequence[str], ticket: int | None,
+                       allow_quarantined: bool = False) -> "QueuePosition":
         """Read-only and cheap (waiters poll it and take the write lock only
         when it says ``free``): whether :meth:`try_claim` would succeed now,
         and how many older waiters want one of ``candidates``."""
@@ -209,6 +272,40 @@ class LeaseStore(ABC):
     def now(self) -> float:
         """The store's clock (seconds since the epoch)."""
 
+    # --- quarantine ---------------------------------------------------------
+    @abstractmethod
+    def quarantined(self) -> dict[str, Quarantine]:
+        """Every quarantined host."""
+
+    @abstractmethod
+    def quarantine(self, host: str, reason: str, by: Holder, detail: dict | None = None) -> Quarantine:
+        """Quarantine ``host`` (already quarantined: a new reason, the same
+        ``since``); logged."""
+
+    @abstractmethod
+    def unquarantine(self, host: str, reason: str, by: Holder) -> Quarantine | None:
+        """Return ``host`` to the pool; logged with ``reason``.  The row
+        removed, None when it was not quarantined."""
+
+    @abstractmethod
+    def record_infrastructure_failure(self, host: str, reason: str, by: Holder, latched: bool,
+                                      threshold: int = QUARANTINE_AFTER_INFRA_FAILURES
+                                      ) -> Quarantine | None:
+        """Count one infrastructure failure on ``host`` and quarantine it when
+        ``latched`` (the run gave up on it) or when ``threshold`` failures
+        were counted since it last passed a health check.  The quarantine
+        row when the host is (now or already) quarantined."""
+
+    @abstractmethod
+    def record_health(self, host: str, passed: bool, summary: str, by: Holder,
+                      detail: dict | None = None) -> Quarantine | None:
+        """Log a health check: a pass returns the host (the row removed, or
+        None); a failure quarantines it with ``summary`` (the row)."""
+
+    @abstractmethod
+    def host_events(self, host: str | None = None, limit: int | None = None) -> list[HostEvent]:
+        """The host_events log, oldest first (the newest ``limit``)."""
+
     def close(self) -> None:
         """Close connections held by this process."""
 
@@ -222,6 +319,7 @@ class SQLLeaseStore(LeaseStore):
 
     placeholder = "?"
     ticket_column_ddl = "ticket INTEGER PRIMARY KEY AUTOINCREMENT"
+    event_column_ddl = "event INTEGER PRIMARY KEY AUTOINCREMENT"
 
     #: The version of the tables :meth:`_schema` makes.  A store carries the
     #: version it was last upgraded to (SQLite: ``PRAGMA user_version``;
@@ -229,9 +327,14 @@ class SQLLeaseStore(LeaseStore):
     #: stores carried one (the same tables as version 1).  A store is
     #: upgraded in place when it is opened, in the write transaction that
     #: creates the tables, so concurrent openers upgrade it once.
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
     #: version -> statements that take a store of that version to the next.
-    MIGRATIONS: dict[int, tuple[str, ...]] = {0: ()}   # 0 -> 1: the version is recorded
+    #: 0 -> 1: the version is recorded.  1 -> 2: the quarantine and
+    #: host_events tables, which :meth:`_schema` creates (IF NOT EXISTS).
+    MIGRATIONS: dict[int, tuple[str, ...]] = {0: (), 1: ()}
+    #: The version the store had when this process opened it: a read-only
+    #: store may be older (without the quarantine tables: nothing quarantined).
+    schema_found = SCHEMA_VERSION
 
     def _schema(self) -> list[str]:
         holder_cols = ("holder_user TEXT NOT NULL, holder_machine TEXT NOT NULL, "
@@ -250,6 +353,15 @@ class SQLLeaseStore(LeaseStore):
             # The FIFO queue of waiting claims.
             f"CREATE TABLE IF NOT EXISTS waiters ({self.ticket_column_ddl}, {holder_cols}, "
             f"candidates TEXT NOT NULL, enqueued_at {real} NOT NULL, expires_at {real} NOT NULL)",
+            # Schema 2: quarantined hosts (claims skip them), and the log of
+            # quarantines, releases, health checks and infrastructure failures.
+            f"CREATE TABLE IF NOT EXISTS quarantine (host TEXT PRIMARY KEY, reason TEXT NOT NULL, "
+            f"since {real} NOT NULL, by_who TEXT NOT NULL, run_id TEXT NOT NULL, "
+            f"infra_failures INTEGER NOT NULL DEFAULT 0, updated_at {real} NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS host_events ({self.event_column_ddl}, host TEXT NOT NULL, "
+            f"at {real} NOT NULL, kind TEXT NOT NULL, by_who TEXT NOT NULL, run_id TEXT NOT NULL, "
+            f"reason TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{{}}')",
+            "CREATE INDEX IF NOT EXISTS host_events_by_host ON host_events (host, event)",
         ]
 
     def _upgrade(self, cur: Any) -> None:
@@ -258,6 +370,7 @@ class SQLLeaseStore(LeaseStore):
         xenhil is refused, not changed."""
         found = self._schema_version(cur)
         self._check_schema_version(found)
+        self.schema_found = self.SCHEMA_VERSION
         if found == self.SCHEMA_VERSION:
             return      # no DDL: a role that may change rows but not create tables can use it
         for statement in self._schema():
@@ -356,10 +469,15 @@ class SQLLeaseStore(LeaseStore):
     _HOLDER = "holder_user, holder_machine, holder_pid, holder_worker, holder_run"
 
     def _pick(self, cur: Any, candidates: Sequence[str], ticket: int | None,
-              now: float) -> tuple[str | None, tuple | None, int]:
+              now: float, allow_quarantined: bool = False
+              ) -> tuple[str | None, tuple | None, int, tuple[str, ...]]:
         """The host this claim may take now, the expired lease row it
-        replaces (if any), and how many older waiters want one of the
-        candidates.  FIFO: hosts an older live waiter could use are off limits."""
+        replaces (if any), how many older waiters want one of the
+        candidates, and which candidates are quarantined.  FIFO: hosts an
+        older live waiter could use are off limits; so are quarantined hosts
+        (unless ``allow_quarantined``: a health check's claim)."""
+        quarantined = {row[0] for row in self._x(cur, "SELECT host FROM quarantine").fetchall()}
+        held_back = tuple(h for h in candidates if h in quarantined)
         if ticket is None:
             rows = self._x(cur, "SELECT candidates FROM waiters WHERE expires_at >= ?", (now,))
         else:
@@ -374,15 +492,15 @@ class SQLLeaseStore(LeaseStore):
         rows = self._x(cur, "SELECT host, lease_id, expires_at FROM leases").fetchall()
         current = {row[0]: row for row in rows}
         for host in candidates:
-            if host in wanted_by_older:
+            if host in wanted_by_older or (host in quarantined and not allow_quarantined):
                 continue
             row = current.get(host)
             if row is None or row[2] <= now:
-                return host, row, competitors
-        return None, None, competitors
+                return host, row, competitors, held_back
+        return None, None, competitors, held_back
 
     # --- LeaseStore ------------------------------------------------------------
-    def try_claim(self, holder, candidates, ttl, ticket, waiter_ttl):
+    def try_claim(self, holder, candidates, ttl, ticket, waiter_ttl, allow_quarantined=False):
         with self._write() as cur:
             now = self._now_in(cur)
             self._x(cur, "DELETE FROM waiters WHERE expires_at < ?", (now,))
@@ -393,7 +511,7 @@ class SQLLeaseStore(LeaseStore):
                     # waiter_ttl): queue again, at the back.
                     log.warning("waiter ticket %s of %s expired; queueing again", ticket, holder)
                     ticket = None
-            host, old, _ = self._pick(cur, candidates, ticket, now)
+            host, old, _, _ = self._pick(cur, candidates, ticket, now, allow_quarantined)
             if host is None:
                 if ticket is None:
                     ticket = self._x(
@@ -419,10 +537,11 @@ class SQLLeaseStore(LeaseStore):
                 self._x(cur, "DELETE FROM waiters WHERE ticket = ?", (ticket,))
             return lease, None
 
-    def queue_position(self, candidates, ticket):
+    def queue_position(self, candidates, ticket, allow_quarantined=False):
         with self._read() as cur:
-            host, _, ahead = self._pick(cur, candidates, ticket, self._now_in(cur))
-        return QueuePosition(free=host is not None, ahead=ahead)
+            host, _, ahead, quarantined = self._pick(cur, candidates, ticket, self._now_in(cur),
+                                                     allow_quarantined)
+        return QueuePosition(free=host is not None, ahead=ahead, quarantined=quarantined)
 
     def withdraw(self, ticket):
         with self._write() as cur:
@@ -496,6 +615,126 @@ class SQLLeaseStore(LeaseStore):
     def now(self):
         with self._read() as cur:
             return self._now_in(cur)
+
+    # --- quarantine (schema 2) ----------------------------------------------------
+    _QUARANTINE = "host, reason, since, by_who, run_id, infra_failures, updated_at"
+
+    @staticmethod
+    def _quarantine_from(row: Sequence[Any]) -> Quarantine:
+        return Quarantine(host=row[0], reason=row[1], since=row[2], by=row[3], run_id=row[4],
+                          infra_failures=int(row[5]), updated_at=row[6])
+
+    def _event(self, cur: Any, now: float, host: str, kind: str, by: Holder, reason: str,
+               detail: dict | None = None) -> None:
+        self._x(cur, "INSERT INTO host_events (host, at, kind, by_who, run_id, reason, detail) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (host, now, kind, by.describe(), by.run_id, reason,
+                 json.dumps(detail or {}, sort_keys=True, default=str)))
+
+    def _quarantine_row(self, cur: Any, host: str) -> Quarantine | None:
+        row = self._x(cur, f"SELECT {self._QUARANTINE} FROM quarantine WHERE host = ?",
+                      (host,)).fetchone()
+        return self._quarantine_from(row) if row else None
+
+    def _failures_counted(self, cur: Any, host: str) -> int:
+        """Infrastructure failures on ``host`` since it last passed a health
+        check or was released."""
+        marks = ", ".join("?" * len(_CLEARING_EVENTS))
+        return int(self._x(
+            cur, "SELECT count(*) FROM host_events WHERE host = ? AND kind = ? AND event > "
+                 f"COALESCE((SELECT max(event) FROM host_events WHERE host = ? AND kind IN ({marks})), 0)",
+            (host, EVENT_INFRA_FAILURE, host, *_CLEARING_EVENTS)).fetchone()[0])
+
+    def _quarantine_in(self, cur: Any, now: float, host: str, reason: str, by: Holder,
+                       detail: dict | None) -> Quarantine:
+        failures = self._failures_counted(cur, host)
+        old = self._quarantine_row(cur, host)
+        if old is None:
+            self._x(cur, f"INSERT INTO quarantine ({self._QUARANTINE}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (host, reason, now, by.describe(), by.run_id, failures, now))
+        else:
+            self._x(cur, "UPDATE quarantine SET reason = ?, by_who = ?, run_id = ?, "
+                         "infra_failures = ?, updated_at = ? WHERE host = ?",
+                    (reason, by.describe(), by.run_id, failures, now, host))
+        self._event(cur, now, host, EVENT_QUARANTINED, by, reason, detail)
+        return self._quarantine_row(cur, host)  # type: ignore[return-value]
+
+    def quarantined(self):
+        if self.schema_found < 2:
+            return {}       # a read-only store of an older xenhil: it has no quarantine
+        with self._read() as cur:
+            rows = self._x(cur, f"SELECT {self._QUARANTINE} FROM quarantine ORDER BY host").fetchall()
+        return {row[0]: self._quarantine_from(row) for row in rows}
+
+    def quarantine(self, host, reason, by, detail=None):
+        with self._write() as cur:
+            quarantine = self._quarantine_in(cur, self._now_in(cur), host, reason, by, detail)
+        log.warning("quarantined %s (by %s): %s", host, by, reason)
+        return quarantine
+
+    def unquarantine(self, host, reason, by):
+        with self._write() as cur:
+            now = self._now_in(cur)
+            old = self._quarantine_row(cur, host)
+            if old is None:
+                return None
+            self._x(cur, "DELETE FROM quarantine WHERE host = ?", (host,))
+            self._event(cur, now, host, EVENT_RELEASED, by, reason,
+                        {"quarantined_since": old.since, "quarantine_reason": old.reason})
+        log.warning("released %s from quarantine (by %s): %s", host, by, reason)
+        return old
+
+    def record_infrastructure_failure(self, host, reason, by, latched,
+                                      threshold=QUARANTINE_AFTER_INFRA_FAILURES):
+        with self._write() as cur:
+            now = self._now_in(cur)
+            self._event(cur, now, host, EVENT_INFRA_FAILURE, by, reason, {"latched": bool(latched)})
+            count = self._failures_counted(cur, host)
+            old = self._quarantine_row(cur, host)
+            if old is not None:
+                self._x(cur, "UPDATE quarantine SET infra_failures = ? WHERE host = ?", (count, host))
+                return self._quarantine_row(cur, host)
+            if not latched and count < threshold:
+                return None
+            why = ("latched broken" if latched else
+                   f"{count} infrastructure failures since its last passing health check")
+            quarantine = self._quarantine_in(cur, now, host, f"{why} in run {by.run_id}: {reason}",
+                                             by, {"infra_failures": count})
+        log.warning("quarantined %s (by %s): %s", host, by, quarantine.reason)
+        return quarantine
+
+    def record_health(self, host, passed, summary, by, detail=None):
+        with self._write() as cur:
+            now = self._now_in(cur)
+            self._event(cur, now, host, EVENT_HEALTH_PASSED if passed else EVENT_HEALTH_FAILED,
+                        by, summary, detail)
+            if not passed:
+                return self._quarantine_in(cur, now, host, f"health check failed: {summary}", by,
+                                           None)
+            old = self._quarantine_row(cur, host)
+            if old is not None:
+                self._x(cur, "DELETE FROM quarantine WHERE host = ?", (host,))
+                self._event(cur, now, host, EVENT_RELEASED, by, "health check passed",
+                            {"quarantined_since": old.since, "quarantine_reason": old.reason})
+        if old is not None:
+            log.warning("released %s from quarantine: its health check passed", host)
+        return old
+
+    def host_events(self, host=None, limit=None):
+        if self.schema_found < 2:
+            return []
+        sql = "SELECT event, host, at, kind, by_who, run_id, reason, detail FROM host_events"
+        params: tuple = ()
+        if host is not None:
+            sql += " WHERE host = ?"
+            params = (host,)
+        sql += " ORDER BY event DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._read() as cur:
+            rows = self._x(cur, sql, params).fetchall()
+        return [HostEvent(id=int(r[0]), host=r[1], at=r[2], kind=r[3], by=r[4], run_id=r[5],
+                          reason=r[6], detail=json.loads(r[7] or "{}")) for r in reversed(rows)]
 
 
 # --- store URLs -----------------------------------------------------------
@@ -572,6 +811,12 @@ def describe_request(tags: Sequence[str], capabilities: dict | None, host: str |
 
 # --- the pool -------------------------------------------------------------
 
+def _require_reason(reason: str) -> None:
+    if not isinstance(reason, str) or not reason.strip():
+        raise ConfigError("a reason is required: it is logged with your name",
+                          help="pass --reason TEXT, e.g. --reason 'replaced the BMC cable'")
+
+
 def _finite_positive(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
@@ -622,8 +867,13 @@ class Pool:
     # --- claiming -------------------------------------------------------------
     @step("claim a host for {holder} ({tags} {capabilities} {host})")
     def claim(self, holder: Holder, tags: Sequence[str] = (), capabilities: dict | None = None,
-              timeout: float = 600.0, host: str | None = None, ttl: float | None = None) -> Lease:
-        """Lease a free matching host, waiting (in FIFO order) up to ``timeout`` s."""
+              timeout: float = 600.0, host: str | None = None, ttl: float | None = None,
+              allow_quarantined: bool = False) -> Lease:
+        """Lease a free matching host, waiting (in FIFO order) up to ``timeout`` s.
+        Quarantined hosts are skipped; when every matching host is
+        quarantined, :class:`HostsQuarantined` at once (also while waiting,
+        as soon as the last one is).  ``allow_quarantined``: take one anyway
+        (a health check, a person repairing it)."""
         candidates = self.candidates(tags, capabilities, host)
         ttl = self.ttl if ttl is None else float(ttl)
         # inf or nan must never reach the store (a lease that never expires,
@@ -634,6 +884,10 @@ class Pool:
         if not (math.isfinite(timeout) and timeout >= 0):
             raise ConfigError(f"reservation timeout must be a finite number of seconds, got {timeout}",
                               help="pass a timeout in seconds, e.g. 600 (0: do not wait)")
+        if not allow_quarantined:
+            quarantined = self.store.quarantined()
+            if all(name in quarantined for name in candidates):
+                raise self._quarantined_error(candidates, tags, capabilities, host, quarantined)
         deadline = time.monotonic() + timeout
         ticket: int | None = None
         last_attempt = float("-inf")
@@ -644,9 +898,14 @@ class Pool:
                 # Take the write lock only when the read says it could work, or to
                 # keep our ticket alive; the first attempt also creates the ticket.
                 if ticket is not None and now - last_attempt < self.waiter_ttl / 4:
-                    position = self.store.queue_position(candidates, ticket)
+                    position = self.store.queue_position(candidates, ticket, allow_quarantined)
+                    if not allow_quarantined and len(position.quarantined) == len(candidates):
+                        # Quarantined while we waited: they will not come back by themselves.
+                        raise self._quarantined_error(candidates, tags, capabilities, host,
+                                                      self.store.quarantined())
                 if ticket is None or position.free or now - last_attempt >= self.waiter_ttl / 4:
-                    lease, ticket = self.store.try_claim(holder, candidates, ttl, ticket, self.waiter_ttl)
+                    lease, ticket = self.store.try_claim(holder, candidates, ttl, ticket,
+                                                         self.waiter_ttl, allow_quarantined)
                     last_attempt = time.monotonic()
                     if lease is not None:
                         _HELD[lease.id] = (self, lease)
@@ -672,13 +931,38 @@ class Pool:
         rank = position.ahead - n_candidates + 1
         return min(self.poll_interval, fast * (1 + max(0, rank)))
 
+    def _quarantined_error(self, candidates, tags, capabilities, host,
+                           quarantined: dict[str, "Quarantine"]) -> HostsQuarantined:
+        now = self.store.now()
+        lines = []
+        for name in candidates:
+            q = quarantined.get(name)
+            if q is None:        # released meanwhile: say so rather than invent a reason
+                lines.append(f"  {name}: not quarantined any more (claim again)")
+                continue
+            lines.append(f"  {name}: quarantined since {format_time(q.since, now)} by {q.by} "
+                         f"({q.infra_failures} infrastructure failure"
+                         f"{'' if q.infra_failures == 1 else 's'} counted): {q.reason}")
+        names = " ".join(candidates)
+        return HostsQuarantined(
+            f"no host matching {describe_request(tags, capabilities, host)} can be claimed: "
+            f"every matching host is quarantined:\n" + "\n".join(lines),
+            help=(f"run `xenhil lab health {names}` (a passing health check returns a host), or "
+                  f"once repaired by hand `xenhil lab unquarantine HOST --reason TEXT` (logged); "
+                  f"`xenhil lab status` shows each quarantine"))
+
     def _timeout_error(self, candidates, tags, capabilities, host, timeout, ticket) -> ReservationTimeout:
         now = self.store.now()
         leases = self.store.leases()
+        quarantined = self.store.quarantined()
         lines = []
         for name in candidates:
             lease = leases.get(name)
-            if lease is None or lease.expired(now):
+            if name in quarantined:
+                lines.append(f"  {name}: quarantined since "
+                             f"{format_time(quarantined[name].since, now)}: "
+                             f"{quarantined[name].reason}")
+            elif lease is None or lease.expired(now):
                 lines.append(f"  {name}: free, but promised to an older waiter")
             else:
                 lines.append(f"  {name}: held by {lease.holder} (lease {lease.id}), "
@@ -695,13 +979,34 @@ class Pool:
                   "add hosts to the inventory, or wait longer (pytest --reserve-timeout, "
                   "xenhil reserve --timeout)"))
 
+    # --- quarantine -------------------------------------------------------------
+    def quarantine_host(self, host: str, reason: str, by: Holder) -> "Quarantine":
+        """Take ``host`` out of the pool by hand (logged with ``reason``)."""
+        self.inventory.host(host)      # ConfigError for an unknown name
+        _require_reason(reason)
+        return self.store.quarantine(host, reason.strip(), by)
+
+    def unquarantine_host(self, host: str, reason: str, by: Holder) -> "Quarantine | None":
+        """Return ``host`` to the pool by hand, without a health check (logged
+        with who, when and ``reason``).  None when it was not quarantined."""
+        self.inventory.host(host)
+        _require_reason(reason)
+        return self.store.unquarantine(host, reason.strip(), by)
+
+    def record_infrastructure_failure(self, host: str, reason: str, by: Holder,
+                                      latched: bool) -> "Quarantine | None":
+        """An infrastructure failure on ``host`` (see
+        :data:`QUARANTINE_AFTER_INFRA_FAILURES`); the quarantine, if any."""
+        return self.store.record_infrastructure_failure(host, reason, by, latched)
+
     @contextlib.contextmanager
     def lease(self, holder: Holder, tags: Sequence[str] = (), capabilities: dict | None = None,
               timeout: float = 600.0, host: str | None = None,
-              heartbeat: bool = True) -> Iterator[Lease]:
+              heartbeat: bool = True, allow_quarantined: bool = False) -> Iterator[Lease]:
         """Hold a host for the block, renewed by a heartbeat, released on any exit
         (normal, exception, KeyboardInterrupt)."""
-        lease = self.claim(holder, tags=tags, capabilities=capabilities, timeout=timeout, host=host)
+        lease = self.claim(holder, tags=tags, capabilities=capabilities, timeout=timeout, host=host,
+                           allow_quarantined=allow_quarantined)
         try:
             if heartbeat:
                 Heartbeat(self, lease).start()
