@@ -1,4 +1,4 @@
-"""``xenhil lab check|status|up|down``."""
+"""``xenhil lab check|status|health|quarantine|unquarantine|up|down``."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,21 @@ def _check(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from harness.cli.lab_status import status_command
     return status_command(args)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from harness.cli.lab_health import health_command
+    return health_command(args)
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    from harness.cli.lab_health import quarantine_command
+    return quarantine_command(args)
+
+
+def _unquarantine(args: argparse.Namespace) -> int:
+    from harness.cli.lab_health import unquarantine_command
+    return unquarantine_command(args)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -38,9 +53,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "logged) and print the lines to pin them")
     check.set_defaults(func=_check)
 
-    status = verbs.add_parser("status", help="hosts, leases, holders and expiry")
+    status = verbs.add_parser("status", help="hosts, leases, holders, expiry and quarantines")
     add_lab_options(status)
     status.set_defaults(func=_status)
+
+    from harness.cli.lab_health import add_health_arguments, add_quarantine_arguments
+
+    health = verbs.add_parser("health", help="health-check hosts: a failing one is quarantined, "
+                                             "a passing one returns (exit 1 when a host failed)")
+    add_health_arguments(health)
+    health.set_defaults(func=_health)
+
+    quarantine = verbs.add_parser("quarantine", help="take a host out of the pool by hand (logged)")
+    add_quarantine_arguments(quarantine)
+    quarantine.set_defaults(func=_quarantine)
+
+    unquarantine = verbs.add_parser("unquarantine",
+                                    help="return a quarantined host without a health check (logged)")
+    add_quarantine_arguments(unquarantine)
+    unquarantine.set_defaults(func=_unquarantine)
 
     from harness.lab.virtual.cli import add_down_arguments, add_up_arguments
 

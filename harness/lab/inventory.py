@@ -19,6 +19,7 @@ The file format (``lab/example.yaml`` shows every field)::
           address: 192.0.2.110
           user: ADMIN
           password: {env: H1_IPMI_PASSWORD}  # or {file: secrets/h1-bmc}; never the value
+        health: {steps: [dom0-ssh, xl-info]} # optional: the health check steps it can do (all)
 
 ``hosts`` is a list rather than a mapping keyed by name because YAML silently
 keeps the last of two equal keys, which would hide a duplicated host.
@@ -1057,6 +1058,7 @@ def _build(ctx: _Context) -> Inventory:
                               commands=dict(power.get("commands", {}))),
             tags=frozenset(raw.get("tags", ())),
             capabilities=dict(raw.get("capabilities", {})),
+            health_steps=(tuple(raw["health"]["steps"]) if "health" in raw else None),
         )
     return Inventory(path=Path(os.path.abspath(ctx.path)), hosts=hosts,
                      lease_db=ctx.data.get("lease_db"))

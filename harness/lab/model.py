@@ -28,6 +28,14 @@ KNOWN_CAPABILITIES: dict[str, type] = {
 }
 
 
+# The steps of a host's health check (harness.lab.health), in the order they
+# run.  A host's inventory may limit its check to some of them (``health:
+# {steps: [...]}``): the others are then reported as not applicable, never
+# as passed.
+HEALTH_STEPS: tuple[str, ...] = ("power-cycle", "xen-banner", "dom0-ssh", "xl-info", "guest",
+                                 "leftover-domains", "leftover-device-models", "leftover-files")
+
+
 def os_user() -> str:
     """The name of the user this process runs as, from the operating system
     (the effective uid's passwd entry), never from $LOGNAME/$USER, which
@@ -113,6 +121,9 @@ class HostSpec:
     power: PowerConfig
     tags: frozenset[str] = frozenset()
     capabilities: dict[str, object] = field(default_factory=dict)
+    # The health check steps this host can do (inventory ``health.steps``);
+    # None: all of HEALTH_STEPS.
+    health_steps: tuple[str, ...] | None = None
 
     def matches(self, tags: frozenset[str] | set[str] = frozenset(),
                 capabilities: dict[str, object] | None = None) -> bool:
