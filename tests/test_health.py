@@ -364,3 +364,58 @@ def test_no_health_check_leaves_the_quarantine_for_later(sshd_factory, pytester,
     store = open_store(str(tmp_path / "leases.sqlite"))
     assert store.quarantined()["h1"].reason.startswith("latched broken in run ")
     assert [e.kind for e in store.host_events("h1")] == [EVENT_INFRA_FAILURE, EVENT_QUARANTINED]
+
+
+def test_leftover_device_models_are_processes_serving_no_domain(sshd_server, tmp_path):
+    """Real processes on a real host, found over SSH by their arguments: a
+    device model (`-xen-domid N`) or probe (`harness.probe_dm --domid N`)
+    for a domain that does not exist is left over; dom0's own disk backend
+    (`-xen-domid 0`) and a live domain's device model are not."""
+    from harness.host import Host
+    argvs = [["sh", "-c", "sleep 120", "qemu-system-i386", "-xen-domid", "71", "-nodefaults"],
+             ["sh", "-c", "sleep 120", "qemu-system-i386", "-xen-domid", "0", "-xen-attach"],
+             ["sh", "-c", "sleep 120", "python3", "-m", "harness.probe_dm", "--domid", "72"],
+             ["sh", "-c", "sleep 120", "qemu-system-i386", "-xen-domid", "73"]]
+    procs = [subprocess.Popen(argv) for argv in argvs]
+    try:
+        spec = _spec("h1", sshd_server, LIMITED)
+        check = health.HealthCheck(Host(spec, tmp_path / "h1"), tmp_path / "art")
+        check._live_domids = {0, 73}            # what `xl list` would have said
+        with pytest.raises(health.StepFailed) as info:
+            check._leftover_device_models()
+        found = info.value.detail
+        assert f"device model pid {procs[0].pid} for domain 71, which does not exist" in found
+        assert f"probe ioreq server pid {procs[2].pid} for domain 72" in found
+        assert str(procs[1].pid) not in found and str(procs[3].pid) not in found
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    check._live_domids = {0}
+    assert check._leftover_device_models()[0].startswith("no device model")
+
+
+def test_a_host_returned_during_the_run_is_tried_again(sshd_server, tmp_path):
+    from fixtures.lab import LabSession
+    from harness.host import HostState
+    lab_file = _write_lab(tmp_path, [{"name": "h1", "address": sshd_server.address,
+                                      "ssh": _ssh_entry(sshd_server), "power": {"kind": "none"}}])
+    lab = LabSession(lab_file, None, 60.0, "run-returned", "main", tmp_path / "art")
+    try:
+        lease = lab.claim(set(), {}, timeout=5)
+        machine = lab.host_object("h1")
+        machine.mark_broken("ensure_ready: power cycle failed")     # the run latches it
+        lab.release(lease)
+        q = lab.pool.store.quarantined()["h1"]
+        assert q.reason == ("latched broken in run run-returned: ensure_ready: power cycle "
+                            "failed") and q.infra_failures == 1
+        with pytest.raises(HostsQuarantined):
+            lab.claim(set(), {}, timeout=600)
+        lab.pool.unquarantine_host("h1", "checked by hand", ME)
+        lease = lab.claim(set(), {}, timeout=5)
+        assert machine.state is not HostState.BROKEN            # forgotten: tried again
+        machine.ensure_ready()
+        lab.release(lease)
+        assert lab.pool.store.quarantined() == {}
+    finally:
+        lab.close()
