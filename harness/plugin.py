@@ -6,6 +6,11 @@ Under pytest-xdist the controller makes the run id and hands it to each
 worker through ``workerinput``, so every worker's leases and artifacts carry
 the same run id and their own worker id.
 
+Interrupted runs (harness.interrupt): SIGTERM stops a run like Ctrl-C, in the
+controller and in every xdist worker; the controller passes the interruption
+on to its workers and waits until each has released its hosts and destroyed
+its guests before pytest-xdist shuts them down (:func:`_stop_workers`).
+
 Time limits: a test on a lab host gets pytest-timeout's limit from
 harness/budgets.py (the sum of the stages it may wait in, for the lab's
 hosts), unless --timeout, $PYTEST_TIMEOUT or a timeout marker says
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import secrets
 import socket
@@ -26,9 +32,12 @@ import pytest
 
 from harness import budgets
 from harness.errors import XenhilError
+from harness.interrupt import Interruption
 from harness.lab.model import KNOWN_CAPABILITIES, os_user
 
 pytest_plugins = ["fixtures.lab", "fixtures.guest", "fixtures.reporting"]
+
+log = logging.getLogger("xenhil.plugin")
 
 
 @dataclass
@@ -41,6 +50,10 @@ class RunState:
     # Credential references of --lab that cannot be resolved in this process
     # (one line each, no value): hosts using them fail at first use.
     unresolved: list = field(default_factory=list)
+    # SIGTERM handling and why the run stopped early (harness.interrupt).
+    interruption: Interruption = field(default_factory=Interruption)
+    # xdist controller: the workers not yet known to have ended, by id.
+    workers: dict = field(default_factory=dict)
 
 
 XENHIL = pytest.StashKey[RunState]()
@@ -99,6 +112,9 @@ def pytest_configure(config: pytest.Config) -> None:
     artifacts = Path(config.getoption("--artifacts")).resolve() / run_id
     state = RunState(run_id=run_id, worker=worker, artifacts=artifacts, options=options)
     config.stash[XENHIL] = state
+    # Before any test code runs, in the controller and in every worker.
+    state.interruption.install()
+    config.pluginmanager.register(RunEnd(config), "xenhil-run-end")
     _register_lab_secrets(config, state)
 
 
@@ -134,7 +150,138 @@ def _register_lab_secrets(config: pytest.Config, state: RunState) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     """xdist controller: every worker gets the controller's run id."""
-    node.workerinput["xenhil_run_id"] = node.config.stash[XENHIL].run_id
+    state = node.config.stash[XENHIL]
+    node.workerinput["xenhil_run_id"] = state.run_id
+    state.workers[node.gateway.id] = node
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    node.config.stash[XENHIL].workers.pop(node.gateway.id, None)
+
+
+# --- interrupted runs (harness/interrupt.py) ------------------------------------
+
+def interrupted(config: pytest.Config) -> str | None:
+    """Why this process's run stopped early (``"SIGTERM"``, ``"Ctrl-C
+    (SIGINT)"``, ...), or None: known from the moment pytest caught the
+    interruption, before any fixture is torn down."""
+    state = config.stash.get(XENHIL, None)
+    return state.interruption.reason if state is not None else None
+
+
+class RunEnd:
+    """How the run ends, per process (a plugin object: pytest's
+    keyboard-interrupt hook is not given the config)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.state: RunState = config.stash[XENHIL]
+
+    def pytest_keyboard_interrupt(self, excinfo) -> None:
+        """pytest caught the interruption: before the session end tears the
+        fixtures down, which read the reason (fixtures.lab, fixtures.guest)."""
+        self.state.interruption.note(excinfo.value)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus) -> None:
+        """First of the session end: a SIGTERM from now on is ignored (its
+        cleanup must not be cut short); an interrupted xdist controller
+        stops its workers and waits for their cleanup (:func:`_stop_workers`)."""
+        self.state.interruption.finishing = True
+        if exitstatus == pytest.ExitCode.INTERRUPTED and self.state.interruption.reason is None:
+            self.state.interruption.reason = "interrupted"
+        if self.state.interruption.reason is not None and self.state.workers:
+            _stop_workers(self.config, self.state)
+
+
+def _stop_workers(config: pytest.Config, state: RunState) -> None:
+    """An interrupted xdist controller: each worker still running gets the
+    interruption too (SIGTERM: a signal aimed at the controller alone
+    never reaches them), and the controller waits until every worker has
+    ended its session -- its leases released, its guests destroyed --
+    before pytest-xdist's shutdown, which kills a worker still busy after
+    10 s.  Reports the workers send meanwhile (the test each was running)
+    are reported and recorded as usual.
+
+    Uses pytest-xdist's event queue and execnet's child process, which
+    have no public interface; without them the workers are left to
+    pytest-xdist's own shutdown (and SIGINT)."""
+    import time
+    from queue import Empty
+
+    from harness.interrupt import signal_process
+
+    dsession = config.pluginmanager.getplugin("dsession")
+    events = getattr(dsession, "queue", None)
+    live = dict(state.workers)
+    if events is None:
+        return
+
+    def drain(deadline: float) -> None:
+        while live:
+            left = deadline - time.monotonic()
+            try:
+                name, kwargs = events.get(timeout=max(0.0, min(1.0, left))) if left > 0 \
+                    else events.get_nowait()
+            except Empty:
+                if time.monotonic() >= deadline:
+                    return
+                continue
+            try:
+                _worker_event(config, name, kwargs, live)
+            except Exception:   # one report that cannot be shown: keep waiting for the cleanup
+                log.exception("handling %s from an interrupted worker", name)
+
+    drain(time.monotonic())       # workers that ended already are not signalled
+    signalled = [wid for wid, node in live.items() if signal_process(_worker_process(node))]
+    for wid in set(live) - set(signalled):
+        live.pop(wid)             # no process to wait for
+    if not live:
+        return
+    hosts = _lab_hosts(config)
+    budget = max([budgets.seconds("teardown", h.capabilities) for h in hosts]
+                 or [budgets.BUDGETS["teardown"].real_s])
+    _say(config, f"xenhil: run interrupted ({state.interruption.reason}): waiting for worker(s) "
+                 f"{', '.join(sorted(live))} to release their hosts and destroy their guests "
+                 f"(at most {budget:.0f} s; harness/budgets.py teardown)")
+    try:
+        drain(time.monotonic() + budget)
+    except KeyboardInterrupt:   # a second Ctrl-C: stop now
+        _say(config, "xenhil: stopped waiting for the workers' cleanup")
+        return
+    if live:
+        _say(config, f"xenhil: worker(s) {', '.join(sorted(live))} still cleaning up after "
+                     f"{budget:.0f} s: pytest-xdist stops them now (leases they still hold end "
+                     f"when their TTL passes)")
+
+
+def _worker_event(config: pytest.Config, name: str, kwargs: dict, live: dict) -> None:
+    """One event of pytest-xdist's queue, as its controller loop handles it:
+    reports go to the usual hooks, a worker that ended leaves ``live``."""
+    node = kwargs.get("node")
+    if name == "testreport":
+        config.hook.pytest_runtest_logreport(report=kwargs["rep"])
+    elif name == "logstart":
+        config.hook.pytest_runtest_logstart(nodeid=kwargs["nodeid"], location=kwargs["location"])
+    elif name == "logfinish":
+        config.hook.pytest_runtest_logfinish(nodeid=kwargs["nodeid"], location=kwargs["location"])
+    elif name == "warning_recorded":
+        config.hook.pytest_warning_recorded.call_historic(kwargs={
+            k: kwargs[k] for k in ("warning_message", "when", "nodeid", "location")})
+    elif name in ("workerfinished", "errordown", "internal_error") and node is not None:
+        live.pop(node.gateway.id, None)
+
+
+def _worker_process(node):
+    """The worker's subprocess.Popen (execnet's popen gateway), or None."""
+    return getattr(getattr(node.gateway, "_io", None), "popen", None)
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -291,8 +438,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The run's own files, once more at its very end (controller only, after
     the workers): a secret written without passing through the scrubber is
-    masked there too (harness.attach.scrub_files)."""
-    if hasattr(config, "workerinput") or XENHIL not in config.stash:
+    masked there too (harness.attach.scrub_files).  Every process gives
+    SIGTERM back to its previous handler."""
+    if XENHIL not in config.stash:
+        return
+    config.stash[XENHIL].interruption.restore()
+    if hasattr(config, "workerinput"):
         return
     from harness.attach import scrub_files
     state = config.stash[XENHIL]
