@@ -64,21 +64,37 @@ def render_html(results_dir: Path, out_dir: Path, name: str = "xenhil") -> Path:
     return out_dir / "index.html"
 
 
-def run_id_of(results_dir: Path) -> str | None:
+def _environment_value(results_dir: Path, key: str) -> str | None:
     from harness.safeio import read_text
     env = Path(results_dir) / "environment.properties"
     if env.exists():
         text = read_text(env, "environment.properties", limit=1 << 20,
                          fix="pass a results folder written by pytest --alluredir")
         for line in text.splitlines():
-            if line.startswith("xenhil.run_id="):
+            if line.startswith(f"{key}="):
                 return line.split("=", 1)[1].strip()
     return None
 
 
-def triage_summary(store: ResultsStore, run_id: str, known: list[KnownIssue] = ()) -> str:
+def run_id_of(results_dir: Path) -> str | None:
+    return _environment_value(results_dir, "xenhil.run_id")
+
+
+def run_state_of(results_dir: Path) -> str | None:
+    """How the run ended ("complete", "interrupted by SIGTERM: 5 of 12 tests
+    not run", "running ..." for one killed outright); None for results of a
+    xenhil older than the interrupted-run handling."""
+    return _environment_value(results_dir, "xenhil.run_state")
+
+
+def triage_summary(store: ResultsStore, run_id: str, known: list[KnownIssue] = (),
+                   run_state: str | None = None) -> str:
+    """``run_state``: the run's xenhil.run_state (:func:`run_state_of`),
+    shown under the title when the run did not complete."""
+    from harness.results.not_run import OUTCOME as NOT_RUN
     run = store.run(run_id)
     blocking, nonblocking, passed, skipped = [], [], 0, 0
+    not_run: list[str] = []
     broken_hosts: dict[str, list[str]] = defaultdict(list)
     for row in store.outcomes(run_id):
         if row["outcome"] == "passed":
@@ -86,6 +102,11 @@ def triage_summary(store: ResultsStore, run_id: str, known: list[KnownIssue] = (
             continue
         if row["outcome"] == "skipped":
             skipped += 1
+            continue
+        if row["outcome"] == NOT_RUN:
+            # No verdict: neither a failure nor a regression; rerun it.
+            why = row["message"].removeprefix("not run: ")
+            not_run.append(f"  {row['test']}" + (f"  {why}" if why else ""))
             continue
         v = verdict(row["test"], row["outcome"], run["build"],
                     store.history(row["test"], run_id), known)
@@ -102,11 +123,15 @@ def triage_summary(store: ResultsStore, run_id: str, known: list[KnownIssue] = (
             broken_hosts[row["host"]].append(row["test"])
     latency_lines = [f"  {text}" for text in latency_regressions(store, run_id)]
     out = [f"xenhil run {run_id} (build {run['build'] or '?'}"
-           + (f", series {run['series']}" if run["series"] else "") + ")",
-           f"{passed} passed, {len(blocking) + len(nonblocking)} failed, {skipped} skipped", ""]
+           + (f", series {run['series']}" if run["series"] else "") + ")"]
+    if run_state and run_state != "complete":
+        out.append(f"run state: {run_state}")
+    out += [f"{passed} passed, {len(blocking) + len(nonblocking)} failed, {skipped} skipped"
+            + (f", {len(not_run)} not run" if not_run else ""), ""]
     sections = [
         ("Tests which did not succeed and are blocking (regressions)", blocking),
         ("Tests which did not succeed, but are not blocking", nonblocking),
+        ("Tests which did not run (the run stopped before their verdict: rerun them)", not_run),
         ("Broken hosts (infrastructure failures)",
          [f"  {h}: {len(t)} test(s), first {t[0]}" for h, t in sorted(broken_hosts.items())]),
         ("Latency regressions", latency_lines),

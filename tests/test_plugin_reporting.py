@@ -104,7 +104,8 @@ def test_failures_land_in_their_class(pytester: pytest.Pytester, tmp_path: Path)
         assert f"[{cls}]" in results[name]["statusDetails"]["message"], name
     assert _labels(results["test_fine"], "failure_class") == []
     categories = json.loads((alluredir / "categories.json").read_text())
-    assert [c["name"].split(":")[0] for c in categories] == ["Infrastructure", "Product", "Test bug"]
+    assert [c["name"].split(":")[0] for c in categories] == ["Infrastructure", "Product", "Test bug",
+                                                              "Not run"]
     env = (alluredir / "environment.properties").read_text()
     assert "xenhil.series=https://example.invalid/s" in env
     assert "xenhil.run_id=" in env
@@ -175,6 +176,7 @@ def test_category_patterns_match_only_their_class() -> None:
         "Infrastructure": "ConsoleTimeout: [infrastructure] no prompt\n  tail...",
         "Product": "ProductError: [product] expected qnet\nseen qall",
         "Test bug": "KeyError: 'x'\n[test-bug] failure class (unclassified KeyError during call)",
+        "Not run": "[not-run] not run: interrupted by SIGTERM before it started",
     }
     for category in CATEGORIES:
         hits = [k for k, m in messages.items() if re.fullmatch(category["messageRegex"], m)]

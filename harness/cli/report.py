@@ -24,7 +24,7 @@ def _inputs(args: argparse.Namespace) -> dict:
     """Every input checked, nothing written yet."""
     from harness.dburl import is_postgres, sqlite_path
     from harness.options import check_input_path, check_output_folder, check_store_url
-    from harness.report import run_id_of
+    from harness.report import run_id_of, run_state_of
     from harness.results.verdicts import load_known_issues
 
     results = check_input_path("RESULTS_DIR", args.results_dir, folder=True)
@@ -58,6 +58,7 @@ def _inputs(args: argparse.Namespace) -> dict:
         targets = [results, output, *store_files, *also]
         scan = (inventory_path, secrets, targets)
     return {"results": results, "output": output, "db": db, "known": known, "run_id": run_id,
+            "run_state": run_state_of(results) if run_id == run_id_of(results) else None,
             "scan": scan}
 
 
@@ -75,7 +76,8 @@ def _report(args: argparse.Namespace) -> int:
     inputs = _inputs(args)
     store = ResultsStore(inputs["db"], create=False)
     try:
-        summary = scrub(triage_summary(store, inputs["run_id"], inputs["known"]))
+        summary = scrub(triage_summary(store, inputs["run_id"], inputs["known"],
+                                       run_state=inputs["run_state"]))
     except KeyError:
         raise ConfigError(f"--run {inputs['run_id']}: not in the results store {store.url}",
                           help="pass the run id the results carry, or the right --results-db") from None
