@@ -269,7 +269,12 @@ def _worker_event(config: pytest.Config, name: str, kwargs: dict, live: dict) ->
     elif name == "warning_recorded":
         config.hook.pytest_warning_recorded.call_historic(kwargs={
             k: kwargs[k] for k in ("warning_message", "when", "nodeid", "location")})
-    elif name in ("workerfinished", "errordown", "internal_error") and node is not None:
+    elif name in ("workerfinished", "errordown") and node is not None:
+        # As pytest-xdist's loop tells the plugins (fixtures.health reads
+        # the worker's output here).
+        config.hook.pytest_testnodedown(node=node, error=kwargs.get("error"))
+        live.pop(node.gateway.id, None)
+    elif name == "internal_error" and node is not None:
         live.pop(node.gateway.id, None)
 
 

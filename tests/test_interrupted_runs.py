@@ -173,11 +173,14 @@ def _as_a_ci_job() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _interrupted_run(run_dir: Path, signum: int, to_group: bool, workers: int) -> dict:
+def _interrupted_run(run_dir: Path, signum: int, to_group: bool, workers: int,
+                     ready=None) -> dict:
     """Start the suite, wait until every worker is blocked in a test holding
     a host and a guest (every test before those has ended by then: each
-    worker takes its tests in order), send the signal, wait for the end."""
+    worker takes its tests in order) or ``ready()`` says so, send the
+    signal, wait for the end."""
     marks = run_dir / "marks"
+    ready = ready or (lambda: len(list(marks.iterdir())) >= workers)
     xdist = ["-n", str(workers)] if workers > 1 else []
     argv = [sys.executable, "-m", "pytest", *xdist, "--lab", str(run_dir / "lab.yaml"),
             "--lab-db", f"sqlite://{run_dir / 'leases.sqlite'}", "--reserve-timeout", "60",
@@ -193,7 +196,7 @@ def _interrupted_run(run_dir: Path, signum: int, to_group: bool, workers: int) -
                             else _as_from_a_terminal)
     try:
         deadline = time.monotonic() + 40
-        while len(list(marks.iterdir())) < workers:
+        while not ready():
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail("the run never reached its blocking tests:\n" + proc.communicate()[0])
@@ -326,3 +329,38 @@ def test_a_run_killed_outright_still_leaves_a_report_of_what_ran_and_what_did_no
                                                  for p in (html / "test-cases").glob("*.json"))}
     assert len(statuses) == COLLECTED - workers, sorted(statuses)
     assert [statuses[f"test_quick[{n}]"] for n in range(3)] == ["passed"] * 3
+
+
+BREAKS_ITS_HOST = """
+import os, time, pytest
+
+def test_breaks_its_host(host):
+    host.mark_broken("broken on purpose by the test")
+
+@pytest.mark.parametrize("n", range(3))
+def test_blocks(host, n):
+    open(os.path.join(os.environ["XH_MARKS"], f"blocking-{n}"), "w").close()
+    time.sleep(300)
+"""
+
+
+def test_an_interrupted_run_does_not_health_check_the_host_it_quarantined(run_dir: Path) -> None:
+    """A host the run latched broken is quarantined when its lease goes; the
+    health check a run gives such hosts at its end (power cycle, a guest
+    boot: minutes) is not for an interrupted one, and says so.  With -n 2
+    on two hosts, one quarantined: gw0 broke its host and then waits for the
+    other, which gw1 holds in a blocked test; the controller learns of the
+    quarantine only from gw0's end, which it reads while it waits."""
+    from harness.lab.inventory import load_inventory
+    from harness.lab.leases import Pool, open_store
+    pool = Pool(open_store(f"sqlite://{run_dir / 'leases.sqlite'}"),
+                load_inventory(run_dir / "lab.yaml"))
+    (run_dir / "run" / "test_suite.py").write_text(BREAKS_ITS_HOST)
+    run = _interrupted_run(run_dir, signal.SIGTERM, False, 2, ready=lambda: (
+        list((run_dir / "marks").iterdir()) and pool.store.quarantined() and pool.store.waiters()))
+    assert run["rc"] == pytest.ExitCode.INTERRUPTED, run["output"]
+    assert [lease for _, lease in pool.status(include_expired=True)] == [None, None]
+    assert pool.store.waiters() == []          # the claim interrupted while it waited is gone
+    [quarantined] = pool.store.quarantined()
+    assert (f"{quarantined}: not checked: the run was interrupted; it stays quarantined"
+            in run["output"]), run["output"]
