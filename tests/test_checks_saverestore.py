@@ -1,5 +1,7 @@
 """Save/restore checks over save files laid out as xl writes them
 (tests/support/savefile_builder.py), recorded-shape rangesets and lspci."""
+from pathlib import Path
+
 import pytest
 
 from harness.checks.failure import CheckFailed
@@ -89,7 +91,13 @@ def test_pci_topology_must_not_change():
 def test_models_running():
     paths = state_paths(Split.single(), 9)
     assert paths == {"0": "/local/domain/0/device-model/9/state"}
-    assert sorted(state_paths(parse_split(["name=qnet,vifs=nic1", "name=qall,ui"]), 9)) == ["qall", "qnet"]
+    # The port's keys, as recorded on the virtual lab (domain 1, qnet+qall).
+    recorded = (Path(__file__).parent / "data" / "recorded" /
+                "xenstore_device_model_qnet_qall_port_417_emulated.txt").read_text()
+    split_paths = state_paths(parse_split(["name=qnet,vifs=nic1", "name=qall,ui"]), 1)
+    assert sorted(split_paths) == ["qall", "qnet"]
+    for path in split_paths.values():
+        assert f'{path} = "running"' in recorded
     check_models_running({paths["0"]: "running"}, {"xenstore": "x"}, {"expected": 1, "seen": 1})
     with pytest.raises(CheckFailed) as info:
         check_models_running({paths["0"]: None}, {"xenstore": "x"}, {"expected": 1, "seen": 0})

@@ -1,5 +1,7 @@
 """expected_topology() from device-model command lines (tests/data/checks:
 written from libxl_dm.c's argument formats, see README.md there)."""
+from pathlib import Path
+
 import pytest
 
 from harness.checks.failure import CheckFailed
@@ -103,11 +105,32 @@ def test_command_lines_must_match_the_models():
         expected_topology(QNET_QALL, {"qall": data("cmdline_split_qall.txt")}, GUEST)
 
 
-def test_identify_models_by_name_in_the_command_line():
-    cmds = [argv_of(data("cmdline_split_qnet.txt")), argv_of(data("cmdline_split_qall.txt"))]
-    assert sorted(identify_models(cmds, QNET_QALL)) == ["qall", "qnet"]
+RECORDED = Path(__file__).parent / "data" / "recorded"
+
+
+def recorded_port_cmdlines() -> list[list[str]]:
+    """The two QEMUs of a qnet+qall guest on the virtual lab with our port of
+    the series (/proc/PID/cmdline, one argument a line, '----' between)."""
+    text = (RECORDED / "qemu_cmdlines_qnet_qall_port_417_emulated.txt").read_text()
+    return [[a for a in block.splitlines() if a] for block in text.split("----\n") if block.strip()]
+
+
+def test_identify_models_by_their_dm_id_in_real_command_lines():
+    cmds = recorded_port_cmdlines()
+    # Both carry both model names (the guest is called xh-qnet-qall): the
+    # names cannot tell them apart, the port's dm-id does.
+    assert all(any("qnet" in a for a in argv) and any("qall" in a for a in argv) for argv in cmds)
+    models = identify_models(cmds, QNET_QALL)
+    assert sorted(models) == ["qall", "qnet"]
+    assert any(a.startswith("e1000,") for a in models["qnet"])
+    assert "-serial" in models["qall"] and "-serial" not in models["qnet"]
     with pytest.raises(CheckFailed) as info:
         identify_models(cmds[:1], QNET_QALL)
     assert_failure_message(info.value, "expected: one QEMU for each of ['qnet', 'qall']")
     with pytest.raises(CheckFailed):
         identify_models(cmds, Split.single())
+    unsplit = [[a for a in argv if "dm-id" not in a] for argv in cmds]
+    with pytest.raises(CheckFailed) as info:
+        identify_models(unsplit, QNET_QALL)
+    assert_failure_message(info.value, "dm-id=0..1")
+

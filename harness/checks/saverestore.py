@@ -31,9 +31,11 @@ from harness.xen.splits import Split
 
 #: libxl's device-model state key (facts doc section 4).
 DM_STATE_PATH = "/local/domain/0/device-model/{domid}/state"
-#: UNVERIFIED: per-model xenstore paths of the series.  Used for splits only;
-#: pass ``state_paths=`` to save_restore_cycle when the series differs.
-SPLIT_DM_STATE_PATH = "/local/domain/0/device-model/{domid}/{model}/state"
+#: Per-model state keys of our port of the series (lab/series/device-models,
+#: QEMU patch 5): model i of ``device_models`` writes its run state under
+#: ``dm/<i>``, seen on the virtual lab with the qnet+qall split.  Splits only;
+#: pass ``state_paths=`` to save_restore_cycle for another implementation.
+SPLIT_DM_STATE_PATH = "/local/domain/0/device-model/{domid}/dm/{index}/state"
 DM_RUNNING = "running"
 #: /proc/uptime may step back this much across a restore (clock source
 #: re-synchronisation) and still count as continued.
@@ -143,7 +145,7 @@ def state_paths(split: Split, domid: int) -> dict[str, str]:
     """Model -> xenstore state key."""
     if split.is_single:
         return {split.model_names[0]: DM_STATE_PATH.format(domid=domid)}
-    return {m: SPLIT_DM_STATE_PATH.format(domid=domid, model=m) for m in split.model_names}
+    return {m: SPLIT_DM_STATE_PATH.format(domid=domid, index=i) for i, m in enumerate(split.model_names)}
 
 
 # --------------------------------------------------------------------------

@@ -507,12 +507,23 @@ def with_probe(topology: ExpectedTopology, settings, evidence: Evidence | None =
 # Reading the command lines on a host
 # --------------------------------------------------------------------------
 
-#: UNVERIFIED: how a model's QEMU shows which model it is.  The series names
-#: logs and debug output after the model; we look for the model name as a
-#: whole word in its command line (e.g. in the log or -name argument).
-def _names_model(argv: Sequence[str], model: str) -> bool:
-    pattern = re.compile(rf"(^|[^A-Za-z0-9_]){re.escape(model)}($|[^A-Za-z0-9_])")
-    return any(pattern.search(a) for a in argv)
+#: How a model's QEMU shows which model it is: our port of the series
+#: (lab/series/device-models) starts model i of ``device_models`` with
+#: ``-accel xen,dm-id=i,dm-classes=...`` (recorded:
+#: tests/data/recorded/qemu_cmdlines_qnet_qall_port_417_emulated.txt).  Model
+#: names are not used: the guest's name (``-name xh-qnet-qall``) and its log
+#: paths carry every model's name.
+_DM_ID = re.compile(r"(?:^|,)dm-id=(\d+)(?:,|$)")
+
+
+def model_index(argv: Sequence[str]) -> int | None:
+    """The ``dm-id`` of a device model's command line (None: not a split model)."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-accel" and value.split(",", 1)[0] == "xen":
+            m = _DM_ID.search(value)
+            if m:
+                return int(m.group(1))
+    return None
 
 
 def identify_models(cmdlines: Sequence[Sequence[str]], split: Split) -> dict[str, list[str]]:
@@ -527,13 +538,14 @@ def identify_models(cmdlines: Sequence[Sequence[str]], split: Split) -> dict[str
         return {names[0]: list(cmdlines[0])}
     found: dict[str, list[str]] = {}
     for argv in cmdlines:
-        matches = [m for m in names if _names_model(argv, m)]
-        if len(matches) != 1:
-            raise TopologyInputError(
-                f"cannot tell which model of split {split.id} runs `{' '.join(argv)[:300]}` "
-                f"(model names found in it: {matches})",
-                help="pass qemu_cmdlines keyed by model to expected_topology() yourself")
-        found[matches[0]] = list(argv)
+        index = model_index(argv)
+        if index is None or index >= len(names):
+            raise CheckFailed(
+                "one device model per model of the split",
+                expected=f"-accel xen,dm-id=0..{len(names) - 1} in each QEMU of split {split.id}",
+                seen=f"dm-id {index} in `{' '.join(argv)[:300]}`",
+                evidence={"processes": quote_cmds(cmdlines)})
+        found[names[index]] = list(argv)
     if sorted(found) != sorted(names) or len(cmdlines) != len(names):
         raise CheckFailed("one device model per model of the split",
                           expected=f"one QEMU for each of {names}",
