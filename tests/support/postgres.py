@@ -22,6 +22,14 @@ from typing import Iterator
 
 import pytest
 
+# Imported here, at collection, on purpose: an in-process pytester run
+# (pytester.runpytest) that imports psycopg first drops it from sys.modules
+# when it ends, and the next import builds new exception classes while
+# psycopg's C core still raises the old ones: `except psycopg.OperationalError`
+# then misses "connection refused" while a server starts (seen as
+# test_results_store_contract errors after test_results' usage-error run).
+import psycopg  # noqa: F401
+
 BIN_DIRS = ["/usr/local/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"]
 
 
