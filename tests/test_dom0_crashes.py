@@ -143,3 +143,12 @@ def test_a_triple_fault_after_the_quirks_names_its_domain_and_the_eoi_site():
     assert [(f.domid, f.vcpu) for f in faults] == [(3, 0)]
     assert parse_triple_faults(text, [4]) == []
     assert "rcx: 000000000000080b" in text.split("d3v0 Triple fault", 1)[1]
+
+
+def test_a_triple_fault_with_the_hosts_state_in_the_guests_vmcb_is_told_apart():
+    # d5 and d6 booting at once; d3's earlier crash is still in the ring.
+    text = (RECORDED / "xl_dmesg_triple_fault_host_state_in_vmcb_417_emulated.txt").read_text()
+    assert [(f.domid, f.vcpu) for f in parse_triple_faults(text, [5, 6])] == [(5, 0)]
+    assert [(f.domid, f.vcpu) for f in parse_triple_faults(text, [3, 4])] == [(3, 0)]
+    assert parse_triple_faults(text, [6]) == []
+

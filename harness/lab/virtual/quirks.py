@@ -208,6 +208,23 @@ _EMULATED_GUEST_QUIRKS: dict[str, object] = {
 #   dmesg, which evidence reads.
 GUEST_CMDLINE_EMULATED = ("pci=noearly", "loglevel=4")
 
+# What the quirks above do NOT fix (issue 19, measured 2026-11-30 with all of
+# them, machine otherwise quiet, two guests booting at once on one host,
+# benchmarks/bench_lab_stability.py --concurrent 2): 2 triple faults in 6
+# boots, each after the guest reached its shell.  Xen's dumps of those
+# guests (tests/data/recorded/xl_dmesg_triple_fault_x2apic_eoi_* and
+# *_host_state_in_vmcb_*) show the cause is below the guest: one faulted right
+# after a wrmsr to the x2APIC EOI register (an intercepted instruction, like
+# the earlier `in`/`out` sites), and in the other the guest's VMCB held the
+# host's own state at VMRUN (Xen's CS, RIP, stack, and the VMCB address in
+# RAX), so the guest resumed at a Xen address and faulted three times.  That
+# points at QEMU 7.2's TCG emulation of VMRUN/#VMEXIT (nested SVM), not at
+# anything Xen or the guest is told.  Pinning both guests to one physical
+# CPU (`cpus="1-1"`) gave no crash in 4 boots but halved their speed and
+# left 2 of them without their network (ready marker) after 13 minutes:
+# no remedy.  Next: an instrumented lab QEMU that reports a #VMEXIT taken
+# outside guest mode or a VMCB save with host state, then its fix.
+
 
 def guest_cmdline_quirks(capabilities: Mapping[str, object]) -> tuple[str, ...]:
     """Kernel options the test guest gets on such a host (none on real hardware)."""
