@@ -63,6 +63,7 @@ def probe_host(request):
 
 @pytest.fixture(scope="module")
 def probe_guest(probe_host, tmp_path_factory):
+    from harness.lab.virtual.guestkit import GUEST_PROMPT, READY_CONDITION
     from harness.xen.catalog import load_catalog
     from harness.xen.testguest import guest_model
 
@@ -72,7 +73,12 @@ def probe_guest(probe_host, tmp_path_factory):
     # handle_ioreq trace in a file of its own.
     model = guest_model(name, load_catalog().get("single"), probe_host.spec.capabilities,
                         trace_events=("handle_ioreq",), device_model_args=["-D", trace])
-    guest = Guest(probe_host, model, tmp_path_factory.mktemp("probe-guest"))
+    # Ready as the suites' guests are (the init's network job done): its
+    # "XENHIL-GUEST-READY" line, written while a loaded host's UART drains a
+    # few characters a second, otherwise lands inside a command's output
+    # (CI under load: in the middle of `lspci -n`).
+    guest = Guest(probe_host, model, tmp_path_factory.mktemp("probe-guest"),
+                  ready_condition=READY_CONDITION, prompt=GUEST_PROMPT)
     holder = ProbeGuest(guest, None, trace)
     try:
         domid = guest.create(paused=True)
