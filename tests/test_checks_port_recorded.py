@@ -5,8 +5,6 @@ recording and fails on a minimally altered copy.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from harness.checks.failure import CheckFailed
@@ -18,9 +16,8 @@ from harness.xen.parsers.lspci import parse_pci_listing
 from harness.xen.parsers.rangesets import parse_ioreq_rangesets
 from harness.xen.splits import parse_split
 from harness.xen.xlconfig import HvmGuest, Vif
-from tests.test_checks_topology import recorded_port_cmdlines
+from tests.support.checks import recorded, recorded_port_cmdlines
 
-RECORDED = Path(__file__).parent / "data" / "recorded"
 SPLIT = parse_split(["name=qnet,vifs=nic1", "name=qall,ui,audio,ide,serial"])
 GUEST = HvmGuest("xh-qnet-qall", vifs=[Vif("nic1")])
 CLASSES = ["ui", "ide", "serial", "platform", "nic:nic1"]
@@ -30,22 +27,18 @@ CLASSES = ["ui", "ide", "serial", "platform", "nic:nic1"]
 SERVER_MODELS = {0: "qnet", 1: "qall"}
 
 
-def text(name: str) -> str:
-    return (RECORDED / name).read_text()
-
-
 def topology():
     return expected_topology(SPLIT, identify_models(recorded_port_cmdlines(), SPLIT), GUEST)
 
 
 def servers(dump: str | None = None):
-    return parse_ioreq_rangesets(dump or text("xl_dmesg_q_qnet_qall_port_417_emulated.txt"))[1]
+    return parse_ioreq_rangesets(dump or recorded("xl_dmesg_q_qnet_qall_port_417_emulated.txt"))[1]
 
 
 def needs():
     topo = topology()
     bars = {"00:04.0": parse_sysfs_resource(
-        text("guest_sysfs_resource_e1000_qnet_qall_port_417_emulated.txt"), "00:04.0")}
+        recorded("guest_sysfs_resource_e1000_qnet_qall_port_417_emulated.txt"), "00:04.0")}
     return needs_by_model(io_needs(topo, bars, CLASSES), class_owners(SPLIT, topo, CLASSES))
 
 
@@ -53,7 +46,7 @@ def test_the_guest_sees_the_devices_the_two_command_lines_give():
     topo = topology()
     assert {d.bdf: d.model for d in topo.devices}["00:04.0"] == "qnet"
     assert topo.platform_model == "qall"
-    seen = parse_pci_listing(text("guest_lspci_n_qnet_qall_port_417_emulated.txt"), "lspci -n")
+    seen = parse_pci_listing(recorded("guest_lspci_n_qnet_qall_port_417_emulated.txt"), "lspci -n")
     check_pci_views(topo, {"lspci -n": seen}, {"lspci": "recorded"})
     without_nic = [d for d in seen if d.bdf != "00:04.0"]
     with pytest.raises(CheckFailed, match="00:04.0"):
@@ -62,7 +55,7 @@ def test_the_guest_sees_the_devices_the_two_command_lines_give():
 
 def test_each_model_owns_exactly_its_pci_functions():
     check_pci_ownership(topology(), servers(), SERVER_MODELS, {"rangesets": "recorded"})
-    stolen = text("xl_dmesg_q_qnet_qall_port_417_emulated.txt").replace(
+    stolen = recorded("xl_dmesg_q_qnet_qall_port_417_emulated.txt").replace(
         "ioreq_server 1 pci { 0, 8-9, b, 10, 18 }", "ioreq_server 1 pci { 0, 8-9, b, 10, 18, 20 }")
     with pytest.raises(CheckFailed, match="00:04.0"):
         check_pci_ownership(topology(), servers(stolen), SERVER_MODELS, {"rangesets": "altered"})
@@ -70,8 +63,8 @@ def test_each_model_owns_exactly_its_pci_functions():
 
 def test_the_nics_ports_and_memory_are_qnets_alone():
     check_server_ranges(servers(), SERVER_MODELS, needs(), {"rangesets": "recorded"})
-    double = text("xl_dmesg_q_qnet_qall_port_417_emulated.txt").replace(
+    double = recorded("xl_dmesg_q_qnet_qall_port_417_emulated.txt").replace(
         "c000-c0ff, c140-c14f }", "c000-c0ff, c100-c14f }")
-    assert double != text("xl_dmesg_q_qnet_qall_port_417_emulated.txt")
+    assert double != recorded("xl_dmesg_q_qnet_qall_port_417_emulated.txt")
     with pytest.raises(CheckFailed, match="0xc100-0xc13f"):
         check_server_ranges(servers(double), SERVER_MODELS, needs(), {"rangesets": "altered"})

@@ -1,7 +1,5 @@
 """Save/restore checks over save files laid out as xl writes them
 (tests/support/savefile_builder.py), recorded-shape rangesets and lspci."""
-from pathlib import Path
-
 import pytest
 
 from harness.checks.failure import CheckFailed
@@ -13,7 +11,7 @@ from harness.xen.parsers.lspci import PciDevice, parse_pci_listing
 from harness.xen.parsers.rangesets import parse_ioreq_rangesets
 from harness.xen.splits import Split, parse_split
 
-from tests.support.checks import assert_failure_message, data
+from tests.support.checks import assert_failure_message, data, recorded
 from tests.support.savefile_builder import SaveFileBuilder
 
 QEMU = sf.EMULATOR_QEMU_UPSTREAM
@@ -92,12 +90,11 @@ def test_models_running():
     paths = state_paths(Split.single(), 9)
     assert paths == {"0": "/local/domain/0/device-model/9/state"}
     # The port's keys, as recorded on the virtual lab (domain 1, qnet+qall).
-    recorded = (Path(__file__).parent / "data" / "recorded" /
-                "xenstore_device_model_qnet_qall_port_417_emulated.txt").read_text()
+    keys = recorded("xenstore_device_model_qnet_qall_port_417_emulated.txt")
     split_paths = state_paths(parse_split(["name=qnet,vifs=nic1", "name=qall,ui"]), 1)
     assert sorted(split_paths) == ["qall", "qnet"]
     for path in split_paths.values():
-        assert f'{path} = "running"' in recorded
+        assert f'{path} = "running"' in keys
     check_models_running({paths["0"]: "running"}, {"xenstore": "x"}, {"expected": 1, "seen": 1})
     with pytest.raises(CheckFailed) as info:
         check_models_running({paths["0"]: None}, {"xenstore": "x"}, {"expected": 1, "seen": 0})

@@ -1,7 +1,5 @@
 """expected_topology() from device-model command lines (tests/data/checks:
 written from libxl_dm.c's argument formats, see README.md there)."""
-from pathlib import Path
-
 import pytest
 
 from harness.checks.failure import CheckFailed
@@ -10,7 +8,7 @@ from harness.checks.topology import (TopologyInputError, argv_of, expected_topol
 from harness.xen.splits import Split, parse_split
 from harness.xen.xlconfig import HvmGuest, Vif
 
-from tests.support.checks import assert_failure_message, data
+from tests.support.checks import assert_failure_message, data, recorded_port_cmdlines
 
 GUEST = HvmGuest("xhguest", vifs=[Vif("nic1", mac="00:16:3e:5a:01:02")])
 QNET_QALL = parse_split(["name=qnet,vifs=nic1", "name=qall,ui,audio,ide,serial"])
@@ -103,16 +101,6 @@ def test_command_lines_it_cannot_read_are_test_bugs(change, words):
 def test_command_lines_must_match_the_models():
     with pytest.raises(TopologyInputError, match="has models"):
         expected_topology(QNET_QALL, {"qall": data("cmdline_split_qall.txt")}, GUEST)
-
-
-RECORDED = Path(__file__).parent / "data" / "recorded"
-
-
-def recorded_port_cmdlines() -> list[list[str]]:
-    """The two QEMUs of a qnet+qall guest on the virtual lab with our port of
-    the series (/proc/PID/cmdline, one argument a line, '----' between)."""
-    text = (RECORDED / "qemu_cmdlines_qnet_qall_port_417_emulated.txt").read_text()
-    return [[a for a in block.splitlines() if a] for block in text.split("----\n") if block.strip()]
 
 
 def test_identify_models_by_their_dm_id_in_real_command_lines():

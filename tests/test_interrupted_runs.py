@@ -218,6 +218,16 @@ def _interrupted_run(run_dir: Path, signum: int, to_group: bool, workers: int,
             proc.wait()
 
 
+
+def _report_triage(run_dir: Path) -> str:
+    """`xenhil report` of the run (as a user runs it); its triage text."""
+    report = subprocess.run([sys.executable, "-m", "harness.cli.main", "report",
+                             str(run_dir / "allure"), "-o", str(run_dir / "html"),
+                             "--artifacts", str(run_dir / "artifacts")],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert report.returncode == 0, report.stdout + report.stderr
+    return (run_dir / "html" / "triage.txt").read_text()
+
 def _walk(node: dict):
     for child in node.get("children", []):
         yield child
@@ -270,12 +280,7 @@ def test_an_interrupted_run_ends_cleanly_and_its_report_lists_what_did_not_run(
     assert not list((run_dir / "guests").glob("*.running"))
 
     # `xenhil report` renders the results.
-    report = subprocess.run([sys.executable, "-m", "harness.cli.main", "report",
-                             str(run_dir / "allure"), "-o", str(run_dir / "html"),
-                             "--artifacts", str(run_dir / "artifacts")],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert report.returncode == 0, report.stdout + report.stderr
-    triage = (run_dir / "html" / "triage.txt").read_text()
+    triage = _report_triage(run_dir)
     how = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
     assert f"run state: interrupted by {how}: {NOT_RUN} of {COLLECTED} tests not run" in triage
     assert f"3 passed, 1 failed, 0 skipped, {NOT_RUN} not run" in triage, triage
@@ -308,12 +313,7 @@ def test_a_run_killed_outright_still_leaves_a_report_of_what_ran_and_what_did_no
     report: passed tests passed, the rest listed as not run."""
     run = _interrupted_run(run_dir, signal.SIGKILL, True, workers)
     assert run["rc"] == -signal.SIGKILL
-    report = subprocess.run([sys.executable, "-m", "harness.cli.main", "report",
-                             str(run_dir / "allure"), "-o", str(run_dir / "html"),
-                             "--artifacts", str(run_dir / "artifacts")],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert report.returncode == 0, report.stdout + report.stderr
-    triage = (run_dir / "html" / "triage.txt").read_text()
+    triage = _report_triage(run_dir)
     assert "run state: running (if this run is over, it was killed before its end" in triage
     assert f"3 passed, 1 failed, 0 skipped, {NOT_RUN} not run" in triage, triage
     listed = triage.split("Tests which did not run")[1].split("\n\n")[0].splitlines()[1:]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
 import os
 import socket
 import sqlite3
@@ -24,10 +23,10 @@ import pytest
 
 from harness.errors import ConfigError, InfrastructureError
 from harness.results.store import ResultsStore
+from tests.support.at_once import errors_of_processes_at_once
 from tests.support.postgres import postgres_url  # noqa: F401   (module-scoped fixture)
 
 XENHIL = str(Path(sys.executable).with_name("xenhil"))
-SPAWN = multiprocessing.get_context("spawn")
 
 # --- the version-1 tables, frozen ----------------------------------------------------
 # FROZEN COPY of the results store's DDL at schema version 1 (harness/results/store.py
@@ -382,19 +381,8 @@ def test_processes_opening_a_new_store_at_once_all_succeed(new_store_url):
     processes, rounds = 4, 3
     for _ in range(rounds):
         url = new_store_url()
-        barrier, results = SPAWN.Barrier(processes), SPAWN.Queue()
-        children = [SPAWN.Process(target=open_and_record,
-                                  args=(url, f"runner-{i}", barrier, results), daemon=True)
-                    for i in range(processes)]
-        for child in children:
-            child.start()
-        try:
-            errors = [e for e in (results.get(timeout=120) for _ in children) if e]
-        finally:
-            for child in children:
-                child.join(30)
-                if child.is_alive():
-                    child.kill()
+        errors = errors_of_processes_at_once(open_and_record,
+                                             [(url, f"runner-{i}") for i in range(processes)])
         assert errors == []
         assert schema_version(url) == 2
         runs = sql(url, "SELECT seq, run_id, runner FROM runs ORDER BY seq")
@@ -558,19 +546,8 @@ def test_the_lease_and_results_stores_create_one_database_at_once(postgres_url):
     # EXISTS of it at once fail in PostgreSQL unless both take one lock.
     for _ in range(4):
         url = new_database(postgres_url, prefix="shared")
-        barrier, results = SPAWN.Barrier(2), SPAWN.Queue()
-        children = [SPAWN.Process(target=open_lease_or_results_store,
-                                  args=(url, kind, barrier, results), daemon=True)
-                    for kind in ("leases", "results")]
-        for child in children:
-            child.start()
-        try:
-            errors = [e for e in (results.get(timeout=120) for _ in children) if e]
-        finally:
-            for child in children:
-                child.join(30)
-                if child.is_alive():
-                    child.kill()
+        errors = errors_of_processes_at_once(open_lease_or_results_store,
+                                             [(url, "leases"), (url, "results")])
         assert errors == []
         assert sorted(sql(url, "SELECT component FROM xenhil_schema")) == [("leases",), ("results",)]
 

@@ -4,11 +4,9 @@ Switching a new file to WAL used to fail at once with "database is locked"
 for the losers (seen in CI; about 1 open in 11 with 6 processes)."""
 from __future__ import annotations
 
-import multiprocessing
-
+from tests.support.at_once import errors_of_processes_at_once
 from tests.support.store_open import open_both_stores
 
-CTX = multiprocessing.get_context("spawn")
 PROCESSES = 6
 ROUNDS = 5
 
@@ -18,16 +16,6 @@ def test_processes_opening_new_stores_at_once_all_succeed(tmp_path):
     for round_no in range(ROUNDS):
         directory = tmp_path / f"round{round_no}"
         directory.mkdir()
-        barrier, results = CTX.Barrier(PROCESSES), CTX.Queue()
-        children = [CTX.Process(target=open_both_stores, args=(str(directory), barrier, results),
-                                daemon=True) for _ in range(PROCESSES)]
-        for child in children:
-            child.start()
-        try:
-            errors += [e for e in (results.get(timeout=120) for _ in children) if e]
-        finally:
-            for child in children:
-                child.join(30)
-                if child.is_alive():
-                    child.kill()
+        errors += errors_of_processes_at_once(open_both_stores,
+                                              [(str(directory),)] * PROCESSES)
     assert errors == []
