@@ -94,14 +94,20 @@ def health_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def quarantine_command(args: argparse.Namespace) -> int:
+def _pool_and_person(args: argparse.Namespace):
+    """The lab's pool (the host checked against the inventory first) and the
+    person at the keyboard, for the by-hand quarantine commands."""
     from harness.cli.reserve import open_pool
     from harness.lab.leases import Holder
 
     inventory = load_lab(args)
     inventory.host(args.host)
-    pool = open_pool(args, inventory=inventory)
-    me = Holder.current(run_id=INTERACTIVE_RUN, worker="main")
+    return (open_pool(args, inventory=inventory),
+            Holder.current(run_id=INTERACTIVE_RUN, worker="main"))
+
+
+def quarantine_command(args: argparse.Namespace) -> int:
+    pool, me = _pool_and_person(args)
     q = pool.quarantine_host(args.host, args.reason, by=me)
     print(f"quarantined {args.host} (by {me.person}): {q.reason}")
     print(f"it returns after a passing `xenhil lab health {args.host}`, or "
@@ -110,13 +116,9 @@ def quarantine_command(args: argparse.Namespace) -> int:
 
 
 def unquarantine_command(args: argparse.Namespace) -> int:
-    from harness.cli.reserve import open_pool
-    from harness.lab.leases import Holder, format_time
+    from harness.lab.leases import format_time
 
-    inventory = load_lab(args)
-    inventory.host(args.host)
-    pool = open_pool(args, inventory=inventory)
-    me = Holder.current(run_id=INTERACTIVE_RUN, worker="main")
+    pool, me = _pool_and_person(args)
     q = pool.unquarantine_host(args.host, args.reason, by=me)
     if q is None:
         print(f"{args.host} was not quarantined; nothing to do")
