@@ -24,7 +24,8 @@ import logging
 import re
 import threading
 import urllib.parse
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
 
 log = logging.getLogger("xenhil.secrets")
 
@@ -85,15 +86,55 @@ def secret_forms(value: str) -> dict[str, str]:
     return found
 
 # PEM private keys of any kind (RSA, EC, OPENSSH, ENCRYPTED, plain PKCS#8),
-# also inside reprs where newlines are written "\\n".  A block cut off before
-# its END line (a log tail, a truncated repr) is masked over the PEM headers
-# and base64 lines that follow its BEGIN line.
+# also inside reprs where newlines are written "\\n".  A block runs from its
+# BEGIN line to the first END line after it; one cut off before its END line
+# (a log tail, a truncated repr) is masked over the PEM headers and base64
+# lines that follow its BEGIN line.  Found with one pass for the BEGIN lines
+# and one for the END lines, not one regex with a lazy ".*?END": that
+# rescanned the rest of the text for every BEGIN without an END (quadratic:
+# 4 000 of them in a test's output took seconds to scrub).
 _NEWLINE = r"(?:\r?\n|\\r\\n|\\n)"
-PRIVATE_KEY_BLOCK = re.compile(
-    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----"
-    r"(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----"
-    rf"|(?:{_NEWLINE}(?:Proc-Type|DEK-Info):[^\n\\]*)*(?:{_NEWLINE}*[ \t]*[A-Za-z0-9+/=]+)*)",
-    re.DOTALL)
+_KEY_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+_KEY_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY-----")
+_KEY_CUT_BODY = re.compile(rf"(?:{_NEWLINE}(?:Proc-Type|DEK-Info):[^\n\\]*)*"
+                           rf"(?:{_NEWLINE}*[ \t]*[A-Za-z0-9+/=]+)*")
+_KEY_MARK = "PRIVATE KEY-----"
+
+
+def private_key_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every private-key block in ``text``, in order, in
+    time linear in its length."""
+    if _KEY_MARK not in text:
+        return []
+    ends = [(m.start(), m.end()) for m in _KEY_END.finditer(text)]
+    spans: list[tuple[int, int]] = []
+    done, i = 0, 0
+    for begin in _KEY_BEGIN.finditer(text):
+        if begin.start() < done:
+            continue                       # inside the block masked before
+        while i < len(ends) and ends[i][0] < begin.end():
+            i += 1
+        end = ends[i][1] if i < len(ends) else _KEY_CUT_BODY.match(text, begin.end()).end()
+        spans.append((begin.start(), end))
+        done = end
+    return spans
+
+
+def private_key_blocks(text: str) -> list[str]:
+    """Every private-key block of ``text`` (see :func:`private_key_spans`)."""
+    return [text[start:end] for start, end in private_key_spans(text)]
+
+
+def _masked(text, spans: list[tuple[int, int]], mask):
+    """``text`` (str or bytes) with each of the ordered, disjoint ``spans`` replaced by ``mask``."""
+    if not spans:
+        return text
+    parts, at = [], 0
+    for start, end in spans:
+        parts += [text[at:start], mask]
+        at = end
+    parts.append(text[at:])
+    return text[:0].join(parts)
 
 # --- the secret registry -----------------------------------------------------
 
@@ -162,8 +203,7 @@ def scrub(text: str, secrets: Iterable[str] | None = None) -> str:
     every private-key block replaced by ``***``."""
     if not text:
         return text
-    if "PRIVATE KEY-----" in text:
-        text = PRIVATE_KEY_BLOCK.sub(MASK, text)
+    text = _masked(text, private_key_spans(text), MASK)
     for secret in _ordered(secrets):
         if secret in text:
             text = text.replace(secret, MASK)
@@ -172,8 +212,9 @@ def scrub(text: str, secrets: Iterable[str] | None = None) -> str:
 
 def scrub_bytes(data: bytes, secrets: Iterable[str] | None = None) -> bytes:
     """Byte-level scrub (for text of unknown encoding)."""
-    if b"PRIVATE KEY-----" in data:
-        data = re.sub(PRIVATE_KEY_BLOCK.pattern.encode(), MASK.encode(), data, flags=re.DOTALL)
+    if _KEY_MARK.encode() in data:
+        # latin-1 maps each byte to one character: the spans are byte offsets.
+        data = _masked(data, private_key_spans(data.decode("latin-1")), MASK.encode())
     for secret in _ordered(secrets):
         raw = secret.encode("utf-8")
         if raw in data:
@@ -276,39 +317,68 @@ class ScrubbingLogFilter(logging.Filter):
 
 # --- inline secrets nobody registered ------------------------------------------
 
+@dataclass(frozen=True)
+class InlineRule:
+    """One place a secret hides: ``pattern``'s group 1 is the part kept, the
+    value masked follows it: up to the end of the match, or (``to_last_at``)
+    up to the last '@' of the word, a URL's password running to it."""
+
+    name: str
+    pattern: re.Pattern
+    to_last_at: bool = False
+
+    def spans(self, text: str) -> Iterator[tuple[int, int]]:
+        """(start, end) of each value in ``text``, in order."""
+        if not self.to_last_at:
+            for m in self.pattern.finditer(text):
+                yield m.end(1), m.end()
+            return
+        # Word by word, the prefix searched only before the word's last '@':
+        # a regex looking ahead for that '@' rescanned the word from every
+        # scheme-like start (quadratic: 100 000 characters took 10 s).
+        for word in re.finditer(r"\S+", text):
+            at = word.group().rfind("@")
+            m = self.pattern.search(word.group(), 0, at) if at > 0 else None
+            if m is not None:
+                yield word.start() + m.end(1), word.start() + at
+
+
 #: Where a secret hides in text that is not itself a secret, each with the
-#: part to keep (group 1) before the masked value.  Change the rules here only.
-INLINE_SECRET_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
+#: part to keep (group 1) before the masked value.  Change the rules here
+#: only.  Each is matched in time linear in the text's length (hostile input
+#: reaches error messages): no nested or unanchored backtracking.
+INLINE_SECRET_RULES: tuple[InlineRule, ...] = (
     # scheme://user:PASSWORD@host: the password runs to the last '@' before the path
-    ("URL password", re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^\s]*(?=@[^@\s]*(?:\s|$))")),
+    InlineRule("URL password", re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)"),
+               to_last_at=True),
     # user:PASSWORD@host without a scheme (an address field, an scp/ssh target)
-    ("user:password@host", re.compile(r"((?:^|(?<=[\s'\"]))[A-Za-z0-9_.-]+:)[^\s@'\"/]+(?=@[A-Za-z0-9])")),
+    InlineRule("user:password@host", re.compile(r"((?:^|(?<=[\s'\"]))[A-Za-z0-9_.-]+:)[^\s@'\"/]+(?=@[A-Za-z0-9])")),
     # libpq keyword DSNs and URL queries: password=..., sslpassword=...
-    ("password keyword", re.compile(r"((?:^|[\s?&;])[A-Za-z_]*(?:password|passwd|pwd|secret|token)\s*=\s*)"
-                                    r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;]*)",
-                                    re.IGNORECASE)),
+    InlineRule("password keyword", re.compile(r"((?:^|[\s?&;])[A-Za-z_]*(?:password|passwd|pwd|secret|token)\s*=\s*)"
+                                              r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;]*)",
+                                              re.IGNORECASE)),
     # command lines: -P VALUE, -PVALUE, --password VALUE, --password=VALUE, sshpass -p VALUE
-    ("password option", re.compile(r"((?:^|\s)(?:-P|--pass(?:word|wd)?|--pw|-pw|--secret|--token|"
-                                   r"(?<=sshpass )-p)(?:\s+|=)?)(?!-)[^\s]+")),
+    InlineRule("password option", re.compile(r"((?:^|\s)(?:-P|--pass(?:word|wd)?|--pw|-pw|--secret|--token|"
+                                             r"(?<=sshpass )-p)(?:\s+|=)?)(?!-)[^\s]+")),
 )
 
 
 def redact_inline(text: str) -> str:
-    """``text`` with every value that :data:`INLINE_SECRET_PATTERNS` says may
+    """``text`` with every value that :data:`INLINE_SECRET_RULES` says may
     be a secret replaced by ``***``, and every registered secret scrubbed:
     what an error message may print of a URL, DSN or command line."""
     if not text:
         return text
     text = scrub(text)
-    for _, pattern in INLINE_SECRET_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + MASK, text)
+    for rule in INLINE_SECRET_RULES:
+        text = _masked(text, list(rule.spans(text)), MASK)
     return text
 
 
 def inline_secret_kind(text: str) -> str | None:
-    """The name of the first INLINE_SECRET_PATTERNS rule ``text`` matches
+    """The name of the first INLINE_SECRET_RULES rule ``text`` matches
     (``"URL password"``, ...), None when it holds no inline secret."""
-    for name, pattern in INLINE_SECRET_PATTERNS:
-        if pattern.search(text):
-            return name
+    for rule in INLINE_SECRET_RULES:
+        if next(rule.spans(text), None) is not None:
+            return rule.name
     return None
