@@ -53,6 +53,11 @@ class Companion(Protocol):
     def reattach(self, guest: "Guest", domid: int) -> None: ...
     def detach(self, guest: "Guest") -> None: ...
     def evidence(self, guest: "Guest", directory: Path) -> dict[str, str]: ...
+    # A guest another process booted is used by whoever holds its host next
+    # (fixtures.guest): what that process needs to take the companion over
+    # (JSON), and taking it over.
+    def record(self) -> dict: ...
+    def adopt(self, guest: "Guest", record: dict) -> None: ...
 
 
 class GuestLeak(ProductError):
@@ -107,12 +112,46 @@ class Guest:
                 log.debug("closing console of %s", self.name, exc_info=True)
             self._console = None
 
+    def detach_console(self) -> None:
+        """Let go of the console: only one `xl console` may attach to a
+        domain, and the next holder of the host may be another process."""
+        self._close_console()
+
     # -- lifecycle -----------------------------------------------------------
+    def record(self) -> dict:
+        """What another process needs to take this running guest over
+        (:meth:`adopt`): its companions' state, as JSON."""
+        return {"companions": {c.name: c.record() for c in self.companions}}
+
+    def adopt(self, domid: int, record: dict) -> None:
+        """Take over this guest, already running as ``domid``: booted by
+        another process (or another Guest object) from the same config;
+        ``record`` is what its :meth:`record` returned.  Its console is
+        attached on first use."""
+        self.domid = int(domid)
+        self.domids_seen = [self.domid]
+        self.state = GuestState.RUNNING
+        states = record.get("companions", {})
+        for companion in self.companions:
+            companion.adopt(self, states.get(companion.name, {}))
+
     def _refresh_domid(self) -> int:
         result = self.host.ssh.run(["xl", "domid", self.name], timeout=30, check=True)
         self.domid = int(result.stdout.strip())
         self.domids_seen.append(self.domid)
         return self.domid
+
+    def make_disks(self, size: str) -> None:
+        """Create the guest's raw disk images on the host, ``size`` each (truncate: sparse)."""
+        paths = [d.target for d in getattr(self.config, "disks", ())]
+        if paths:
+            self.host.ssh.run(["mkdir", "-p", GUEST_DIR], check=True)
+            self.host.ssh.run(["truncate", "-s", size, *paths], check=True)
+
+    def remove_files(self) -> None:
+        """Remove what the guest left in dom0's GUEST_DIR (after destroy)."""
+        disks = [d.target for d in getattr(self.config, "disks", ())]
+        self.host.ssh.run(["rm", "-f", *disks, self.save_path, self.cfg_path], timeout=60)
 
     @step("create guest {self.name} on {self.host.name}")
     def create(self, paused: bool = False) -> int:

@@ -35,7 +35,7 @@ from harness.errors import XenhilError
 from harness.interrupt import Interruption
 from harness.lab.model import KNOWN_CAPABILITIES, os_user
 
-pytest_plugins = ["fixtures.lab", "fixtures.guest", "fixtures.reporting"]
+pytest_plugins = ["fixtures.lab", "fixtures.guest", "fixtures.scheduling", "fixtures.reporting"]
 
 log = logging.getLogger("xenhil.plugin")
 
@@ -123,7 +123,7 @@ def _checked_options(config: pytest.Config) -> dict:
     a bad one is one usage error, not an error per test or an INTERNALERROR."""
     from harness.options import check_pytest_options, one_line
     names = ("--lab", "--lab-db", "--reserve-timeout", "--lease-ttl", "--xen-build", "--series",
-             "--run-id", "--artifacts", "--results-db")
+             "--run-id", "--artifacts", "--results-db", "--saverestore-cycles", "--latency-samples")
     raw = {name: config.getoption(name, None) for name in names}
     try:
         checked = check_pytest_options(raw)

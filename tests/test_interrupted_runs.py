@@ -8,8 +8,9 @@ a CI time limit or ``kill`` sends) or Ctrl-C, alone and under pytest-xdist
 - no lease is left in the lease store, and each one was released, not left
   to expire;
 - the guest each worker had on its host was destroyed while the host was
-  still leased (a stand-in for a booted guest, in the real guest pool, whose
-  "domain" is a file on its sshd host);
+  still leased (a stand-in for a booted guest, in the real guest pool and
+  recorded in the lease store, whose "domain" is a file on its sshd host:
+  tests/support/standin_guest.py);
 - `xenhil report`, run on the results, renders them: the failure classes'
   categories, the tests that passed before the signal as passed, and the
   tests that never gave a verdict as "not run" (category, triage list).
@@ -28,6 +29,7 @@ import pytest
 import yaml
 
 from tests.support.sshd import running_sshd
+from tests.support.standin_guest import CONFTEST as STANDIN_CONFTEST
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +45,7 @@ def test_product_failure(host):
     raise ProductError("device model answered on the wrong port")
 
 @pytest.mark.parametrize("n", range(4))
-def test_blocks(standin_guest, guest, n):
+def test_blocks(guest, n):
     open(os.path.join(os.environ["XH_MARKS"], f"blocking-{os.getpid()}-{n}"), "w").close()
     time.sleep(300)
 
@@ -51,57 +53,9 @@ def test_after():
     pass
 '''
 
-CONFTEST = '''
-import json, os
-from pathlib import Path
-import pytest
-
-
-@pytest.fixture
-def xen_host(host):
-    """No Xen on an sshd host: the host as it is."""
-    return host
-
-
-class StandInGuest:
-    """A booted guest as the guest pool sees it; its domain is a file on its
-    host (the sshd runs on this machine).  destroy() records whether the
-    host's lease was still held while it ran."""
-
-    domid = None
-
-    def __init__(self, host, lab, name, folder):
-        self.host, self.lab, self.name = host, lab, name
-        self.running = Path(folder) / f"{name}.running"
-        self.save_path = str(Path(folder) / f"{name}.save")
-        self.cfg_path = str(Path(folder) / f"{name}.cfg")
-        host.ssh.run(["touch", str(self.running)], check=True)
-
-    def run(self, command, timeout=None):
-        return self.host.ssh.run(command, timeout=timeout, check=True)
-
-    def destroy(self):
-        lease = dict((spec.name, lease) for spec, lease in self.lab.pool.status())[self.host.name]
-        self.host.ssh.run(["rm", "-f", str(self.running)], check=True)
-        with open(os.environ["XH_DESTROYED"], "a") as out:
-            out.write(json.dumps({"guest": self.name, "host": self.host.name, "pid": os.getpid(),
-                                  "lease_holder_pid": lease.holder.pid if lease else None}) + "\\n")
-
-    def leak_check(self):
-        assert not self.running.exists(), f"{self.running} survived destroy()"
-
-
-@pytest.fixture
-def standin_guest(host, lab, guest_pool, xen_build, catalog_split):
-    """Put a stand-in where the pool keeps this worker's guest of the split
-    on the host, so that the real ``guest`` fixture hands it out."""
-    host.facts[f"capabilities:{xen_build.build_id}"] = set()
-    key = (host.name, catalog_split.id)
-    if key not in guest_pool._guests:
-        guest_pool._guests[key] = StandInGuest(host, lab, f"xh-standin-{os.getpid()}",
-                                               os.environ["XH_GUESTS"])
-    return guest_pool._guests[key]
-'''
+# Guests are stand-ins (tests/support/standin_guest.py): a file on their
+# sshd host, whose destroy records who held the host then.
+CONFTEST = STANDIN_CONFTEST
 
 #: test_quick x3, test_product_failure, test_blocks x4, test_after.
 COLLECTED = 9
@@ -189,7 +143,8 @@ def _interrupted_run(run_dir: Path, signum: int, to_group: bool, workers: int,
     env = {k: v for k, v in os.environ.items()
            if k not in ("XENHIL_LAB", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
     env.update(XH_MARKS=str(marks), XH_GUESTS=str(run_dir / "guests"),
-               XH_DESTROYED=str(run_dir / "destroyed.jsonl"))
+               XH_DESTROYED=str(run_dir / "destroyed.jsonl"),
+               XH_LEASE_DB=f"sqlite://{run_dir / 'leases.sqlite'}", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(argv, cwd=run_dir / "run", env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             preexec_fn=_as_a_ci_job if signum == signal.SIGTERM
@@ -277,7 +232,7 @@ def test_an_interrupted_run_ends_cleanly_and_its_report_lists_what_did_not_run(
     assert len(destroyed) == workers, (destroyed, output)
     for record in destroyed:
         assert record["lease_holder_pid"] == record["pid"], record
-    assert not list((run_dir / "guests").glob("*.running"))
+    assert not list((run_dir / "guests").rglob("*.domain"))
 
     # `xenhil report` renders the results.
     triage = _report_triage(run_dir)

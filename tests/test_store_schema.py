@@ -64,7 +64,7 @@ def _set_version(db: str, version: int | None) -> None:
 
 def test_a_new_lease_store_carries_the_current_schema_version(db):
     open_store(db).close()
-    assert _version(db) == SQLLeaseStore.SCHEMA_VERSION == 2
+    assert _version(db) == SQLLeaseStore.SCHEMA_VERSION == 3
 
 
 def test_a_lease_store_without_a_version_is_upgraded_in_place_keeping_its_leases(db, tmp_path):
@@ -75,13 +75,13 @@ def test_a_lease_store_without_a_version_is_upgraded_in_place_keeping_its_leases
     assert _version(db) == 0
 
     store = open_store(db)
-    assert _version(db) == 2
+    assert _version(db) == 3
     assert store.leases()[lease.host].id == lease.id
     assert [g.lease_id for g in store.grants()] == [lease.id]
     assert store.release(lease.id, lease.host, lease.holder) is True
     store.close()
     open_store(db).close()             # a second open finds it current and changes nothing
-    assert _version(db) == 2
+    assert _version(db) == 3
 
 
 def test_a_lease_store_of_a_newer_xenhil_is_refused_untouched(db):

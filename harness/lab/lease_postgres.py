@@ -66,8 +66,10 @@ class PostgresLeaseStore(SQLLeaseStore):
     #: does to each table.
     NEEDED = {"leases": ("INSERT", "UPDATE", "DELETE"), "grants": ("INSERT", "UPDATE"),
               "waiters": ("INSERT", "UPDATE", "DELETE"),
-              "quarantine": ("INSERT", "UPDATE", "DELETE"), "host_events": ("INSERT",)}
-    TABLES = "leases, grants, waiters, quarantine, host_events, xenhil_schema"
+              "quarantine": ("INSERT", "UPDATE", "DELETE"), "host_events": ("INSERT",),
+              "guests": ("INSERT", "UPDATE", "DELETE"),
+              "host_builds": ("INSERT", "UPDATE", "DELETE")}
+    TABLES = "leases, grants, waiters, quarantine, host_events, guests, host_builds, xenhil_schema"
 
     def _may_change_rows(self, cur: Any) -> bool:
         checks = [(table, privilege) for table, privileges in self.NEEDED.items()
@@ -84,6 +86,8 @@ class PostgresLeaseStore(SQLLeaseStore):
                 cur.execute("SELECT count(*) FROM leases, grants, waiters WHERE false")
                 if found >= 2:
                     cur.execute("SELECT count(*) FROM quarantine, host_events WHERE false")
+                if found >= 3:
+                    cur.execute("SELECT count(*) FROM guests, host_builds WHERE false")
         except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable) as exc:
             raise ConfigError(f"lease store {self.url}: this role can neither create the lease "
                               f"tables nor read them ({str(exc).splitlines()[0]})",

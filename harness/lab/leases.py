@@ -22,6 +22,12 @@ so two holders never use one host at the same time.
   (``harness.lab.health``) or an explicit ``xenhil lab unquarantine``; every
   quarantine, release, health check and counted infrastructure failure is a
   row of the ``host_events`` log.
+- Booted guests belong to their host (table ``guests``, schema 3): whoever
+  holds a host's lease may use the guests recorded on it, whichever process
+  booted them (fixtures.guest); ``host_builds`` says which build each host
+  last ran.  A claim that names the guest it needs (:class:`GuestWish`)
+  prefers a free host already running it, then one running its build
+  (affinity: a guest boot costs minutes); it never waits for one.
 
 Layers: :class:`LeaseStore` is the storage interface (atomic operations only);
 :class:`SQLLeaseStore` implements its logic in portable SQL for the SQLite and
@@ -43,7 +49,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -177,6 +183,44 @@ class HostEvent:
     detail: dict            # e.g. a health check's per-step results
 
 
+#: Guest states (table ``guests``).  ``booting``: its booter holds the host
+#: (seen by anyone else: the booter died, the domain is stray); ``ready``:
+#: any holder of the host may use it; ``private``: one test has it (a
+#: disruptive one) and destroys it after; ``broken``: its boot failed in
+#: run ``run_id`` (no domain left), so that run's other tests of the split
+#: on the host fail at once instead of booting again.
+GUEST_BOOTING = "booting"
+GUEST_READY = "ready"
+GUEST_PRIVATE = "private"
+GUEST_BROKEN = "broken"
+
+
+@dataclass(frozen=True)
+class GuestWish:
+    """The guest a claim's test needs: its split and build (the build's label)."""
+
+    split: str
+    build: str
+
+
+@dataclass(frozen=True)
+class GuestRecord:
+    """A guest on a host, as every process sees it (table ``guests``)."""
+
+    host: str
+    name: str               # the domain's name: unique on its host
+    split: str
+    build: str
+    state: str              # GUEST_*
+    domid: int | None
+    run_id: str             # the run that booted it
+    by: str                 # Holder.describe() of the booter
+    created_at: float
+    last_used: float
+    reason: str = ""        # why it is broken
+    detail: dict = field(default_factory=dict)   # e.g. its companions' state (the probe's files)
+
+
 @dataclass(frozen=True)
 class Waiter:
     """A claim waiting in the queue (its ticket orders it)."""
@@ -229,10 +273,12 @@ class LeaseStore(ABC):
     @abstractmethod
     def try_claim(self, holder: Holder, candidates: Sequence[str], ttl: float,
                   ticket: int | None, waiter_ttl: float,
-                  allow_quarantined: bool = False) -> tuple[Lease | None, int | None]:
+                  allow_quarantined: bool = False,
+                  prefer: GuestWish | None = None) -> tuple[Lease | None, int | None]:
         """One attempt to take the first free host of ``candidates`` that no
         older waiter could use and that is not quarantined (unless
-        ``allow_quarantined``).  Returns ``(lease, None)`` on success, else
+        ``allow_quarantined``); with ``prefer``, a free host running that
+        guest ready comes first, then one running its build.  Returns ``(lease, None)`` on success, else
         ``(None, ticket)``: the caller's ticket, created on the first failed
         attempt and refreshed (kept alive for ``waiter_ttl``) by every attempt."""
 
@@ -306,6 +352,36 @@ class LeaseStore(ABC):
     def host_events(self, host: str | None = None, limit: int | None = None) -> list[HostEvent]:
         """The host_events log, oldest first (the newest ``limit``)."""
 
+    # --- guests (schema 3) ------------------------------------------------------
+    @abstractmethod
+    def guests(self, host: str | None = None) -> list[GuestRecord]:
+        """The guests recorded on ``host`` (every host: None), least recently used first."""
+
+    @abstractmethod
+    def put_guest(self, record: GuestRecord) -> GuestRecord:
+        """Record a guest (replacing a record of the same host and name);
+        ``created_at`` and ``last_used`` are set to the store's clock."""
+
+    @abstractmethod
+    def update_guest(self, host: str, name: str, *, state: str | None = None,
+                     domid: int | None = None, reason: str | None = None,
+                     detail: dict | None = None) -> GuestRecord | None:
+        """Change a guest's record and mark it used now; None when it is not recorded."""
+
+    @abstractmethod
+    def forget_guest(self, host: str, name: str) -> bool:
+        """Drop a guest's record (its domain was destroyed); False when there was none."""
+
+    @abstractmethod
+    def host_builds(self) -> dict[str, str]:
+        """host -> the label of the build it last ran."""
+
+    @abstractmethod
+    def record_build(self, host: str, build: str, by: Holder) -> list[GuestRecord]:
+        """``host`` now runs ``build``: the records of its guests of another
+        build are dropped (their domains ended with the host's reboot) and
+        returned."""
+
     def close(self) -> None:
         """Close connections held by this process."""
 
@@ -327,11 +403,12 @@ class SQLLeaseStore(LeaseStore):
     #: stores carried one (the same tables as version 1).  A store is
     #: upgraded in place when it is opened, in the write transaction that
     #: creates the tables, so concurrent openers upgrade it once.
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     #: version -> statements that take a store of that version to the next.
     #: 0 -> 1: the version is recorded.  1 -> 2: the quarantine and
-    #: host_events tables, which :meth:`_schema` creates (IF NOT EXISTS).
-    MIGRATIONS: dict[int, tuple[str, ...]] = {0: (), 1: ()}
+    #: host_events tables; 2 -> 3: the guests and host_builds tables; both
+    #: made by :meth:`_schema` (IF NOT EXISTS), so no statement of their own.
+    MIGRATIONS: dict[int, tuple[str, ...]] = {0: (), 1: (), 2: ()}
     #: The version the store had when this process opened it: a read-only
     #: store may be older (without the quarantine tables: nothing quarantined).
     schema_found = SCHEMA_VERSION
@@ -362,6 +439,14 @@ class SQLLeaseStore(LeaseStore):
             f"at {real} NOT NULL, kind TEXT NOT NULL, by_who TEXT NOT NULL, run_id TEXT NOT NULL, "
             f"reason TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{{}}')",
             "CREATE INDEX IF NOT EXISTS host_events_by_host ON host_events (host, event)",
+            # Schema 3: guests belong to their host, whoever booted them.
+            f"CREATE TABLE IF NOT EXISTS guests (host TEXT NOT NULL, name TEXT NOT NULL, "
+            f"split TEXT NOT NULL, build TEXT NOT NULL, state TEXT NOT NULL, domid INTEGER, "
+            f"run_id TEXT NOT NULL, by_who TEXT NOT NULL, created_at {real} NOT NULL, "
+            f"last_used {real} NOT NULL, reason TEXT NOT NULL DEFAULT '', "
+            f"detail TEXT NOT NULL DEFAULT '{{}}', PRIMARY KEY (host, name))",
+            f"CREATE TABLE IF NOT EXISTS host_builds (host TEXT PRIMARY KEY, build TEXT NOT NULL, "
+            f"at {real} NOT NULL, by_who TEXT NOT NULL)",
         ]
 
     def _upgrade(self, cur: Any) -> None:
@@ -468,6 +553,20 @@ class SQLLeaseStore(LeaseStore):
 
     _HOLDER = "holder_user, holder_machine, holder_pid, holder_worker, holder_run"
 
+    def _by_affinity(self, cur: Any, candidates: Sequence[str], prefer: GuestWish | None
+                     ) -> Sequence[str]:
+        """``candidates`` reordered for a claim that needs ``prefer``'s guest:
+        hosts running it ready first, then hosts running its build, then
+        the rest (inventory order within each)."""
+        if prefer is None:
+            return candidates
+        with_guest = {row[0] for row in self._x(
+            cur, "SELECT host FROM guests WHERE split = ? AND build = ? AND state = ?",
+            (prefer.split, prefer.build, GUEST_READY)).fetchall()}
+        with_build = {row[0] for row in self._x(
+            cur, "SELECT host FROM host_builds WHERE build = ?", (prefer.build,)).fetchall()}
+        return sorted(candidates, key=lambda h: (h not in with_guest, h not in with_build))
+
     def _pick(self, cur: Any, candidates: Sequence[str], ticket: int | None,
               now: float, allow_quarantined: bool = False
               ) -> tuple[str | None, tuple | None, int, tuple[str, ...]]:
@@ -500,7 +599,8 @@ class SQLLeaseStore(LeaseStore):
         return None, None, competitors, held_back
 
     # --- LeaseStore ------------------------------------------------------------
-    def try_claim(self, holder, candidates, ttl, ticket, waiter_ttl, allow_quarantined=False):
+    def try_claim(self, holder, candidates, ttl, ticket, waiter_ttl, allow_quarantined=False,
+                  prefer=None):
         with self._write() as cur:
             now = self._now_in(cur)
             self._x(cur, "DELETE FROM waiters WHERE expires_at < ?", (now,))
@@ -511,7 +611,8 @@ class SQLLeaseStore(LeaseStore):
                     # waiter_ttl): queue again, at the back.
                     log.warning("waiter ticket %s of %s expired; queueing again", ticket, holder)
                     ticket = None
-            host, old, _, _ = self._pick(cur, candidates, ticket, now, allow_quarantined)
+            host, old, _, _ = self._pick(cur, self._by_affinity(cur, candidates, prefer), ticket,
+                                         now, allow_quarantined)
             if host is None:
                 if ticket is None:
                     ticket = self._x(
@@ -736,6 +837,79 @@ class SQLLeaseStore(LeaseStore):
         return [HostEvent(id=int(r[0]), host=r[1], at=r[2], kind=r[3], by=r[4], run_id=r[5],
                           reason=r[6], detail=json.loads(r[7] or "{}")) for r in reversed(rows)]
 
+    # --- guests (schema 3) ------------------------------------------------------
+    _GUEST = ("host, name, split, build, state, domid, run_id, by_who, created_at, last_used, "
+              "reason, detail")
+
+    @staticmethod
+    def _guest_from(row: Sequence[Any]) -> GuestRecord:
+        return GuestRecord(host=row[0], name=row[1], split=row[2], build=row[3], state=row[4],
+                           domid=None if row[5] is None else int(row[5]), run_id=row[6],
+                           by=row[7], created_at=row[8], last_used=row[9], reason=row[10],
+                           detail=json.loads(row[11] or "{}"))
+
+    def _guest_row(self, cur: Any, host: str, name: str) -> GuestRecord | None:
+        row = self._x(cur, f"SELECT {self._GUEST} FROM guests WHERE host = ? AND name = ?",
+                      (host, name)).fetchone()
+        return self._guest_from(row) if row else None
+
+    def guests(self, host=None):
+        if self.schema_found < 3:
+            return []       # a read-only store of an older xenhil: it records no guests
+        sql = f"SELECT {self._GUEST} FROM guests"
+        params: tuple = ()
+        if host is not None:
+            sql += " WHERE host = ?"
+            params = (host,)
+        with self._read() as cur:
+            rows = self._x(cur, sql + " ORDER BY last_used, host, name", params).fetchall()
+        return [self._guest_from(r) for r in rows]
+
+    def put_guest(self, record):
+        with self._write() as cur:
+            now = self._now_in(cur)
+            self._x(cur, "DELETE FROM guests WHERE host = ? AND name = ?", (record.host, record.name))
+            self._x(cur, f"INSERT INTO guests ({self._GUEST}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record.host, record.name, record.split, record.build, record.state,
+                     record.domid, record.run_id, record.by, now, now, record.reason,
+                     json.dumps(record.detail, sort_keys=True, default=str)))
+            return self._guest_row(cur, record.host, record.name)
+
+    def update_guest(self, host, name, *, state=None, domid=None, reason=None, detail=None):
+        changes = {"state": state, "domid": domid, "reason": reason,
+                   "detail": None if detail is None else json.dumps(detail, sort_keys=True,
+                                                                    default=str)}
+        changes = {column: value for column, value in changes.items() if value is not None}
+        with self._write() as cur:
+            changes["last_used"] = self._now_in(cur)
+            sets = ", ".join(f"{column} = ?" for column in changes)
+            self._x(cur, f"UPDATE guests SET {sets} WHERE host = ? AND name = ?",
+                    (*changes.values(), host, name))
+            return self._guest_row(cur, host, name)
+
+    def forget_guest(self, host, name):
+        with self._write() as cur:
+            return self._x(cur, "DELETE FROM guests WHERE host = ? AND name = ?",
+                           (host, name)).rowcount > 0
+
+    def host_builds(self):
+        if self.schema_found < 3:
+            return {}
+        with self._read() as cur:
+            return dict(self._x(cur, "SELECT host, build FROM host_builds").fetchall())
+
+    def record_build(self, host, build, by):
+        with self._write() as cur:
+            now = self._now_in(cur)
+            gone = [self._guest_from(r) for r in self._x(
+                cur, f"SELECT {self._GUEST} FROM guests WHERE host = ? AND build <> ?",
+                (host, build)).fetchall()]
+            self._x(cur, "DELETE FROM guests WHERE host = ? AND build <> ?", (host, build))
+            self._x(cur, "DELETE FROM host_builds WHERE host = ?", (host,))
+            self._x(cur, "INSERT INTO host_builds (host, build, at, by_who) VALUES (?, ?, ?, ?)",
+                    (host, build, now, by.describe()))
+        return gone
+
 
 # --- store URLs -----------------------------------------------------------
 
@@ -868,12 +1042,14 @@ class Pool:
     @step("claim a host for {holder} ({tags} {capabilities} {host})")
     def claim(self, holder: Holder, tags: Sequence[str] = (), capabilities: dict | None = None,
               timeout: float = 600.0, host: str | None = None, ttl: float | None = None,
-              allow_quarantined: bool = False) -> Lease:
+              allow_quarantined: bool = False, prefer: GuestWish | None = None) -> Lease:
         """Lease a free matching host, waiting (in FIFO order) up to ``timeout`` s.
         Quarantined hosts are skipped; when every matching host is
         quarantined, :class:`HostsQuarantined` at once (also while waiting,
         as soon as the last one is).  ``allow_quarantined``: take one anyway
-        (a health check, a person repairing it)."""
+        (a health check, a person repairing it).  ``prefer``: the guest the
+        claim's test needs; among the free hosts it may take, one running it
+        comes first, then one running its build (never a reason to wait)."""
         candidates = self.candidates(tags, capabilities, host)
         ttl = self.ttl if ttl is None else float(ttl)
         # inf or nan must never reach the store (a lease that never expires,
@@ -905,7 +1081,8 @@ class Pool:
                                                       self.store.quarantined())
                 if ticket is None or position.free or now - last_attempt >= self.waiter_ttl / 4:
                     lease, ticket = self.store.try_claim(holder, candidates, ttl, ticket,
-                                                         self.waiter_ttl, allow_quarantined)
+                                                         self.waiter_ttl, allow_quarantined,
+                                                         prefer)
                     last_attempt = time.monotonic()
                     if lease is not None:
                         _HELD[lease.id] = (self, lease)

@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 
 from harness.errors import XenhilError
-from harness.probe_dm.host import ProbeCounters, ProbeHandle, install, start_probe
+from harness.probe_dm.host import ProbeCounters, ProbeHandle, ProbeSpec, install, start_probe
 from harness.step import step
 
 log = logging.getLogger("xenhil.probe_dm.companion")
@@ -76,6 +76,26 @@ class ProbeCompanion:
     def detach(self, guest) -> None:
         if self.handle is not None:
             self.handle.stop()
+
+    def record(self) -> dict:
+        """The running probe's files, for another process taking the guest over."""
+        h = self.handle
+        if h is None:
+            return {}
+        return {"domid": h.domid, "directory": h.directory, "counters_path": h.counters_path,
+                "stderr_path": h.stderr_path, "log_path": h.log_path}
+
+    def adopt(self, guest, record: dict) -> None:
+        """Serve as the companion of a probe another process started (its
+        :meth:`record`); the probe process itself keeps running in dom0."""
+        if not record:
+            self.handle = None
+            return
+        s = self.settings
+        spec = ProbeSpec(tuple(tuple(p) for p in s.ports), tuple(s.mmio), s.bdf, s.vendor, s.device)
+        self.handle = ProbeHandle(guest.host, int(record["domid"]), spec, record["directory"],
+                                  record["counters_path"], record["stderr_path"],
+                                  record.get("log_path"))
 
     # -- what the checks read -------------------------------------------------
     def counters(self) -> ProbeCounters:
