@@ -28,28 +28,43 @@ DAY = 86400.0
 
 
 @dataclass(frozen=True)
-class Seconds:
-    """A duration option: a finite number of seconds within [low, high]."""
+class Range:
+    """A number option: finite, within [low, high] (an integer when
+    ``integer``), measured in ``unit``."""
 
     meaning: str
     low: float
     high: float
     example: float
     low_open: bool = False        # True: low itself is not allowed (must be more)
+    unit: str = "seconds"
+    integer: bool = False
 
 
-#: Every duration option, by the name the user types (and, when two verbs
+#: Every number option, by the name the user types (and, when two verbs
 #: give one name different rules, the verb in parentheses).
-SECONDS: dict[str, Seconds] = {
+NUMBERS: dict[str, Range] = {
     # A heartbeat renews every TTL/3: below a second it would hammer the store;
     # above a day a dead holder would block its host for as long.
-    "--lease-ttl": Seconds("seconds a lease lives without a heartbeat", 1.0, DAY, 120),
-    "--reserve-timeout": Seconds("seconds a test waits for a free host", 0.0, 7 * DAY, 1800),
+    "--lease-ttl": Range("seconds a lease lives without a heartbeat", 1.0, DAY, 120),
+    "--reserve-timeout": Range("seconds a test waits for a free host", 0.0, 7 * DAY, 1800),
     # xenhil reserve: nothing renews an interactive lease, hence the longer bound.
-    "--ttl": Seconds("seconds the interactive lease lives", 1.0, 30 * DAY, 14400),
-    "--timeout": Seconds("seconds to wait", 0.0, 7 * DAY, 60),
+    "--ttl": Range("seconds the interactive lease lives", 1.0, 30 * DAY, 14400),
+    "--timeout": Range("seconds to wait", 0.0, 7 * DAY, 60),
     # xenhil host run --timeout: the command's own limit.
-    "--timeout (host run)": Seconds("seconds the command may run", 0.0, 7 * DAY, 600, low_open=True),
+    "--timeout (host run)": Range("seconds the command may run", 0.0, 7 * DAY, 600, low_open=True),
+    # xenhil lab health: power cycle to dom0's SSH; an emulated host takes minutes.
+    "--boot-timeout": Range("seconds from power cycle to dom0's SSH", 0.0, DAY, 900, low_open=True),
+    # xenhil build: 0 empties the cache with --prune; a petabyte is no limit, a typo.
+    "--max-size": Range("gigabytes the build cache may hold", 0.0, 1e6, 25, unit="GB"),
+    "--jobs": Range("parallel compile jobs", 1, 1024, 8, unit="jobs", integer=True),
+    # Suites' options: a count of 0 or less would make their test pass
+    # having checked nothing.
+    "--saverestore-cycles": Range("save/restore cycles of the repeated-cycles test", 1, 1000, 3,
+                                  unit="cycles", integer=True),
+    # The Mann-Whitney comparison needs a sample; 10 million accesses take hours.
+    "--latency-samples": Range("timed accesses per server", 10, 10_000_000, 100_000,
+                               unit="samples", integer=True),
 }
 
 #: A run id becomes a folder name (artifacts/<run id>) and a lease column.
@@ -75,10 +90,11 @@ def shown(value: object) -> str:
     return repr(text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX - 3] + "...")
 
 
-def seconds(option: str, value: object) -> float:
-    """``value`` (text or number) as the duration option ``option``:
-    ConfigError when it is not a finite number in the option's range."""
-    rule = SECONDS[option]
+def number(option: str, value: object) -> float:
+    """``value`` (text or number) as the number option ``option`` of
+    :data:`NUMBERS`: ConfigError when it is not a finite number in the
+    option's range (an int for an integer option)."""
+    rule = NUMBERS[option]
     option = option.split(" (")[0]
     fix = f"give {rule.meaning}, e.g. {option} {rule.example:g}"
     try:
@@ -87,25 +103,57 @@ def seconds(option: str, value: object) -> float:
         raise ConfigError(f"{option} {shown(value)}: not a number", help=fix) from None
     if not math.isfinite(number):
         raise ConfigError(f"{option} {shown(value)}: not a finite number", help=fix)
+    if rule.integer and number != int(number):
+        raise ConfigError(f"{option} {shown(value)}: not a whole number", help=fix)
     too_low = number <= rule.low if rule.low_open else number < rule.low
     if too_low or number > rule.high:
         low = f"more than {rule.low:g}" if rule.low_open else f"at least {rule.low:g}"
         raise ConfigError(f"{option} {shown(value)}: out of range ({low} and at most "
-                          f"{rule.high:g} seconds)", help=fix)
-    return number
+                          f"{rule.high:g} {rule.unit})", help=fix)
+    return int(number) if rule.integer else number
 
 
-def argparse_seconds(option: str):
-    """An argparse ``type=`` for the duration option ``option``."""
+def argparse_type(check, *args):
+    """An argparse ``type=`` from a check of this module: its ConfigError
+    becomes argparse's one-line usage error (exit 2), fix included."""
     import argparse
 
-    def parse(text: str) -> float:
+    def parse(text: str):
         try:
-            return seconds(option, text)
+            return check(*args, text)
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(f"{exc.args[0]}; fix: {exc.help}") from None
-    parse.__name__ = "seconds"
+    parse.__name__ = check.__name__
     return parse
+
+
+def argparse_number(option: str):
+    """An argparse ``type=`` for the number option ``option`` (looked up
+    now: an option missing from NUMBERS fails when the parser is built,
+    not when a user types a value)."""
+    NUMBERS[option]
+    return argparse_type(number, option)
+
+
+#: A reason (quarantine, unquarantine) is logged on one line with its author
+#: and shown by `xenhil lab status`: a sentence, not a file.
+REASON_MAX = 500
+
+
+def reason(option: str, value: str) -> str:
+    """A reason given with ``option``: one line of 1 to REASON_MAX printable
+    characters, surrounding blanks dropped."""
+    text = (value or "").strip()
+    fix = f"say why in a sentence, e.g. {option} 'BMC does not answer'"
+    if not text:
+        raise ConfigError(f"{option}: empty", help=fix)
+    if len(text) > REASON_MAX:
+        raise ConfigError(f"{option}: {len(text)} characters, more than {REASON_MAX}",
+                          help=fix + "; put details in the issue tracker and link it")
+    if not text.isprintable():
+        raise ConfigError(f"{option} {shown(text)}: holds a line break or control character",
+                          help=fix)
+    return text
 
 
 def check_run_id(value: str) -> str:
@@ -276,7 +324,10 @@ def check_pytest_options(options: dict) -> dict:
     pytest.UsageError)."""
     checked = dict(options)
     for option in ("--lease-ttl", "--reserve-timeout"):
-        checked[option] = seconds(option, options[option])
+        checked[option] = number(option, options[option])
+    for option in ("--saverestore-cycles", "--latency-samples"):   # the suites' own, when loaded
+        if options.get(option) is not None:
+            checked[option] = number(option, options[option])
     if options.get("--run-id") is not None:
         check_run_id(options["--run-id"])
     if options.get("--lab-db"):
@@ -291,5 +342,5 @@ def check_pytest_options(options: dict) -> dict:
     return checked
 
 
-__all__ = ["SECONDS", "Seconds", "seconds", "argparse_seconds", "check_run_id", "check_store_url",
+__all__ = ["NUMBERS", "Range", "number", "argparse_number", "argparse_type", "reason", "check_run_id", "check_store_url",
            "check_output_folder", "check_input_path", "check_pytest_options", "one_line", "shown"]

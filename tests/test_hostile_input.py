@@ -437,6 +437,75 @@ for name, (ref, files, fld) in CREDENTIALS.items():
     case("credential", name, ["power", "h1", "status", "--lab", "{d}/lab.yaml"], fld,
          files={"lab.yaml": text, **files})
 
+# 8b. The other verbs' numbers and paths, each refused before anything is
+# fetched, built, leased or written.
+for value in ("nan", "inf", "-1", "abc", "1e999", "2e6", ""):
+    case("cli-number", f"build --max-size={value!r}",
+         ["build", "--list", "--cache", "{d}/cache", f"--max-size={value}"], "--max-size")
+for value in ("0", "-1", "1.5", "nan", "5000", "x"):
+    case("cli-number", f"build --jobs={value!r}",
+         ["build", "--xen-series", "{d}/s", "-o", "{d}/o.tar.gz", f"--jobs={value}"], "--jobs",
+         files={"s": FOLDER})
+for option in ("--boot-timeout", "--timeout"):
+    for value in ("nan", "inf", "-1", "1e999", "abc") + (("0",) if option == "--boot-timeout" else ()):
+        case("cli-number", f"lab health {option}={value!r}",
+             ["lab", "health", "--lab", "{d}/lab.yaml", f"{option}={value}"], option,
+             files={"lab.yaml": NONE_LAB})
+for value in ("abc", "nan", "-5", "inf"):
+    case("environment", f"XENHIL_BUILD_CACHE_GB={value!r}", ["build", "--list", "--cache", "{d}/cache"],
+         "XENHIL_BUILD_CACHE_GB", env={"XENHIL_BUILD_CACHE_GB": value})
+for name, path in (("a FIFO", "{d}/fifo"), ("/dev/zero", "/dev/zero"), ("a folder", "{d}")):
+    case("environment", f"XENHIL_LAB is {name}", ["lab", "status"], "--lab",
+         files={"fifo": FIFO}, env={"XENHIL_LAB": path})
+
+REASONS = {"empty": "", "blank": "   ", "line break": "BMC\ndown", "escape": "\x1b[2Jgone",
+           "10 000 characters": "x" * 10_000, "501 characters": "y" * 501}
+for verb in ("quarantine", "unquarantine"):
+    for name, reason in REASONS.items():
+        case("cli-args", f"lab {verb} --reason {name}",
+             ["lab", verb, "h1", "--lab", "{d}/lab.yaml", f"--reason={reason}"], "--reason",
+             files={"lab.yaml": NONE_LAB})
+OTHER_ARGS = {
+    "lab health --artifacts a file": (["lab", "health", "--lab", "{d}/lab.yaml", "--artifacts", "{d}/f"],
+                                      "--artifacts"),
+    "host console --transcripts a file": (["host", "console", "h1", "--lab", "{d}/lab.yaml",
+                                           "--transcripts", "{d}/f"], "--transcripts"),
+    "host run --artifacts a file": (["host", "run", "h1", "--lab", "{d}/lab.yaml", "--artifacts", "{d}/f",
+                                     "--", "true"], "--artifacts"),
+    "power of a host without power control": (["power", "h1", "cycle", "--lab", "{d}/lab.yaml"], "power.kind"),
+    "build -o in a missing folder": (["build", "--xen-series", "{d}/s", "-o", "{d}/no/o.tar.gz",
+                                      "--cache", "{d}/cache"], "-o"),
+    "build -o a folder": (["build", "--xen-series", "{d}/s", "-o", "{d}/s", "--cache", "{d}/cache"], "-o"),
+    "build -o an existing file": (["build", "--xen-series", "{d}/s", "-o", "{d}/f", "--cache", "{d}/cache"],
+                                  "-o"),
+    "build --cache a file": (["build", "--list", "--cache", "{d}/f"], "--cache"),
+    "build --components unknown": (["build", "--xen-series", "{d}/s", "--components", "xen,sound",
+                                    "--cache", "{d}/cache"], "--components"),
+    "split check --vif 100 000 characters": (["split", "check", "name=a,ui", "--vif", "v" * 100_000], "--vif"),
+    "split check --vif with a comma": (["split", "check", "name=a,ui", "--vif", "nic1,nic2"], "--vif"),
+}
+for name, (argv, fld) in OTHER_ARGS.items():
+    case("cli-args", name, argv, fld, files={"lab.yaml": NONE_LAB, "f": b"x", "s": FOLDER})
+
+# 8c. The split catalog (xenhil split list --catalog): read bounded like the inventory.
+CATALOGS = {
+    "FIFO": FIFO,
+    "/dev/zero": DEVZERO,
+    "a folder": FOLDER,
+    "5 MiB": b"# " + b"x" * (5 << 20) + b"\n",
+    "binary": bytes(range(256)) * 4,
+    "alias bomb": "version: 1\n" + alias_bomb().replace("hosts:", "splits:"),
+    "recursive alias": "version: 1\nsplits: &s [*s]\n",
+    "nested 10000 [": "version: 1\nsplits: " + "[" * 10_000 + "]" * 10_000 + "\n",
+    "nested 40 lists": "version: 1\nsplits: " + "[" * 40 + "]" * 40 + "\n",
+    "150k values": "version: 1\nsplits:\n" + "  - x\n" * 150_000,
+    "unbalanced bracket": "version: 1\nsplits: [\n",
+    "no version": "splits: []\n",
+}
+for name, content in CATALOGS.items():
+    case("split-catalog", name, ["split", "list", "--catalog", "{d}/catalog.yaml"], "catalog",
+         files={"catalog.yaml": content})
+
 # 9. pytest options (one usage error at start-up, exit 4).
 PYTEST_OPTIONS = {
     "--lease-ttl": ["nan", "inf", "-1", "0", "1e999", "abc", "99999999"],
@@ -450,6 +519,9 @@ PYTEST_OPTIONS = {
     "--lab": ["{d}/nope.yaml", "{d}", "{d}/fifo", "/dev/zero", "{d}/bomb.yaml", "{d}/inline.yaml"],
     "--xen-build": ["{d}/nope", "{d}/fifo", "/dev/zero", "{d}/garbage.tar.gz", "{d}/sparse.tar.gz",
                     "{d}/dotdot.tar.gz", "{d}/empty"],
+    # The suites' counts: 0 or less would make their test pass having checked nothing.
+    "--saverestore-cycles": ["0", "-1", "5000"],
+    "--latency-samples": ["0", "-5", "1", "99999999999"],
 }
 PYTEST_FILES = {
     "test_x.py": "def test_x():\n    pass\n",

@@ -28,7 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_LIMIT_GB = float(os.environ.get("XENHIL_BUILD_CACHE_GB", "25"))
+# $XENHIL_BUILD_CACHE_GB overrides it; read and checked by `xenhil build`
+# (harness.cli.build), not here: a bad value at import broke every verb.
+DEFAULT_LIMIT_GB = 25.0
 KINDS = ("builds", "components", "work", "logs")
 
 

@@ -265,15 +265,26 @@ class Result:
     components_built: list[str]
 
 
+def named_components(text: str) -> list[str] | None:
+    """``--components``: the comma list's components, None for auto and
+    all; ConfigError naming what is unknown (checked before anything is
+    fetched or built)."""
+    if text in ("auto", "all"):
+        return None
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [c for c in chosen if c not in R.COMPONENTS]
+    if bad or not chosen:
+        from harness.options import shown
+        raise ConfigError(f"--components {shown(text)}: unknown {shown(','.join(bad))}",
+                          help=f"use auto, all, or a comma list of {', '.join(R.COMPONENTS)}")
+    return chosen
+
+
 def choose_components(request: Request, xen_over: dict, qemu_over: dict) -> list[str]:
     if request.components == "all":
         return list(R.COMPONENTS)
-    if request.components != "auto":
-        chosen = [c.strip() for c in request.components.split(",") if c.strip()]
-        bad = [c for c in chosen if c not in R.COMPONENTS]
-        if bad or not chosen:
-            raise ConfigError(f"--components {request.components!r}: unknown {bad}",
-                              help=f"use auto, all, or a comma list of {', '.join(R.COMPONENTS)}")
+    chosen = named_components(request.components)
+    if chosen is not None:
         if "xen" not in chosen:
             chosen.insert(0, "xen")  # a build always carries the hypervisor it boots
         return chosen

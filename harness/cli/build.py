@@ -16,6 +16,7 @@ from harness.build import engine, sources
 from harness.build.recipes import COMPONENTS
 from harness.build.series import parse_series
 from harness.errors import ConfigError
+from harness.options import argparse_number
 
 
 def default_cache() -> Path:
@@ -44,12 +45,13 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output", default=None, metavar="PATH",
                         help="also write the build here: a tarball (.tar, .tar.gz, .tar.xz) or "
                              "a symlink to the dist tree")
-    parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("-j", "--jobs", type=argparse_number("--jobs"), default=os.cpu_count() or 2)
     parser.add_argument("--cache", default=None, type=Path,
                         help="cache folder (default: $XENHIL_CACHE or /var/cache/xenhil)")
-    parser.add_argument("--max-size", type=float, default=bcache.DEFAULT_LIMIT_GB, metavar="GB",
+    parser.add_argument("--max-size", type=argparse_number("--max-size"), default=None, metavar="GB",
                         help="cache size limit, pruned least recently used first after a build "
-                             "and by --prune (default %(default)s; $XENHIL_BUILD_CACHE_GB)")
+                             f"and by --prune (default $XENHIL_BUILD_CACHE_GB, else "
+                             f"{bcache.DEFAULT_LIMIT_GB:g})")
     parser.add_argument("--list", action="store_true", help="list the cached builds and exit")
     parser.add_argument("--prune", action="store_true",
                         help="prune the cache to --max-size (--max-size 0 empties it) and exit")
@@ -86,13 +88,47 @@ def cmd_list(cache: Path, as_json: bool) -> int:
     return 0
 
 
-def cmd_build(args: argparse.Namespace) -> int:
+def _checked(args: argparse.Namespace) -> tuple[Path, float]:
+    """The cache folder and its limit in GB, every input checked before
+    anything is fetched, built or pruned: an output path that cannot be
+    written fails now, not after an hour of compiling."""
+    from harness.options import check_output_folder, number, shown
     cache = args.cache or default_cache()
-    limit = int(args.max_size * 1e9)
+    check_output_folder("--cache", cache)
+    if args.max_size is not None:
+        limit = args.max_size
+    else:
+        env = os.environ.get("XENHIL_BUILD_CACHE_GB")
+        try:
+            limit = number("--max-size", env) if env is not None else bcache.DEFAULT_LIMIT_GB
+        except ConfigError as exc:
+            raise ConfigError(f"$XENHIL_BUILD_CACHE_GB {shown(env)}: {exc.args[0].split(': ', 1)[1]}",
+                              help="set it to the build cache's size limit in GB, e.g. 25, "
+                                   "or unset it") from None
+    engine.named_components(args.components)
+    if args.output:
+        out = Path(args.output)
+        if not out.parent.is_dir():
+            raise ConfigError(f"-o {shown(out)}: {shown(out.parent)} is not a folder",
+                              help="give a path in an existing folder")
+        check_output_folder("--output", out.parent)
+        if out.is_dir() and not out.is_symlink():
+            raise ConfigError(f"-o {shown(out)}: is a folder",
+                              help="give a tarball path (.tar, .tar.gz, .tar.xz) or a symlink "
+                                   "path that does not exist yet")
+        if not engine.is_tarball_name(out.name) and out.exists() and not out.is_symlink():
+            raise ConfigError(f"-o {shown(out)}: exists and is not a symlink",
+                              help="remove it or pick another path")
+    return cache, limit
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    cache, max_size = _checked(args)
+    limit = int(max_size * 1e9)
     if args.list:
         return cmd_list(cache, args.json)
     if args.prune:
-        removed = bcache.prune(cache, limit, remove_all=args.max_size == 0)
+        removed = bcache.prune(cache, limit, remove_all=max_size == 0)
         for e in removed:
             print(f"removed {e.kind}/{e.name} ({_gb(e.size)})")
         print(f"cache now {_gb(sum(e.size for e in bcache.entries(cache)))} (limit {_gb(limit)})")
@@ -104,8 +140,6 @@ def cmd_build(args: argparse.Namespace) -> int:
             for name, sha in src.files.items():
                 print(f"  {sha}  {name}")
         return 0
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs}: needs at least 1")
     request = engine.Request(
         xen_series=parse_series(args.xen_series) if args.xen_series else [],
         qemu_series=parse_series(args.qemu_series) if args.qemu_series else [],
@@ -125,7 +159,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 out.unlink(missing_ok=True)
                 out.symlink_to(result.dist)
                 output = out
-            else:
+            else:   # made since _checked looked
                 raise ConfigError(f"-o {out}: exists and is not a symlink", help="remove it or pick another path")
     if args.json:
         print(json.dumps({"key": result.key, "dist": str(result.dist), "cached": result.cached,

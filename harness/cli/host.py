@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.cli.common import add_lab_options, load_lab
 from harness.errors import ConfigError
-from harness.options import argparse_seconds
+from harness.options import argparse_number
 
 
 def _host_spec(args: argparse.Namespace):
@@ -23,6 +23,8 @@ def _run(args: argparse.Namespace) -> int:
     if not command:
         raise ConfigError("no command given", help="xenhil host run HOST -- CMD [ARG...]")
     spec = _host_spec(args)
+    from harness.options import check_output_folder
+    check_output_folder("--artifacts", args.artifacts)
     # One word: the user's own shell line ("xenhil host run h -- 'xl list | wc -l'");
     # several words: quote each, as ssh would not.
     line = command[0] if len(command) == 1 else shlex.join(command)
@@ -40,8 +42,9 @@ def _console(args: argparse.Namespace) -> int:
     from harness.access.console import console_for
     from harness.cli.console_interactive import interactive
 
+    from harness.options import check_output_folder
     spec = _host_spec(args)
-    transcripts = Path(args.transcripts)
+    transcripts = check_output_folder("--transcripts", args.transcripts)
     transcripts.mkdir(parents=True, exist_ok=True)
     console = console_for(spec, transcripts)
     print(f"connected to {spec.name}'s console; Ctrl-] leaves "
@@ -60,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = verbs.add_parser("run", help="run a command over SSH; its exit status is passed through")
     add_lab_options(run)
     run.add_argument("host")
-    run.add_argument("--timeout", type=argparse_seconds("--timeout (host run)"), default=600.0,
+    run.add_argument("--timeout", type=argparse_number("--timeout (host run)"), default=600.0,
                      metavar="SEC", help="the command's time limit (default 600)")
     run.add_argument("--artifacts", default="artifacts/cli", help=argparse.SUPPRESS)
     # The command comes after "--" (main() passes it through untouched), so

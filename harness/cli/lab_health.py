@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from harness.cli.common import add_lab_options, load_lab
-from harness.options import argparse_seconds
+from harness.options import argparse_number, argparse_type, reason
 
 INTERACTIVE_RUN = "interactive"
 
@@ -27,9 +27,9 @@ def add_health_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hosts to check (default: every host of the inventory)")
     parser.add_argument("--quarantined", action="store_true",
                         help="check the quarantined hosts (with HOST: those of them)")
-    parser.add_argument("--timeout", type=argparse_seconds("--timeout"), default=600.0,
+    parser.add_argument("--timeout", type=argparse_number("--timeout"), default=600.0,
                         metavar="SEC", help="how long to wait for a host someone holds (default 600)")
-    parser.add_argument("--boot-timeout", type=argparse_seconds("--boot-timeout"), default=None,
+    parser.add_argument("--boot-timeout", type=argparse_number("--boot-timeout"), default=None,
                         metavar="SEC",
                         help="power cycle to dom0's SSH (default: the host's 'dom0 boot' budget, "
                              "harness/budgets.py)")
@@ -40,7 +40,7 @@ def add_health_arguments(parser: argparse.ArgumentParser) -> None:
 def add_quarantine_arguments(parser: argparse.ArgumentParser) -> None:
     add_lab_options(parser)
     parser.add_argument("host", metavar="HOST")
-    parser.add_argument("--reason", required=True, metavar="TEXT",
+    parser.add_argument("--reason", required=True, metavar="TEXT", type=argparse_type(reason, "--reason"),
                         help="why (logged with your name and the time)")
 
 
@@ -50,9 +50,11 @@ def health_command(args: argparse.Namespace) -> int:
     from harness.lab.health import check_host
     from harness.lab.leases import Holder, format_time
 
+    from harness.options import check_output_folder
     inventory = load_lab(args)
     for name in args.hosts:
         inventory.host(name)             # an unknown name, before anything is touched
+    check_output_folder("--artifacts", args.artifacts)
     pool = open_pool(args, ttl=120.0, inventory=inventory)
     names = list(args.hosts) or list(inventory.hosts)
     if args.quarantined:

@@ -10,7 +10,12 @@ from harness.cli.common import add_lab_options, load_lab
 def _power(args: argparse.Namespace) -> int:
     from harness.host import Host
 
+    from harness.errors import ConfigError
     spec = load_lab(args).host(args.host)
+    if spec.power.kind == "none":        # the inventory says so: nothing to try, nothing to make
+        raise ConfigError(f"{spec.name} has no power control (hosts[{spec.name}].power.kind none)",
+                          help="power it by hand, or add a power section (kind ipmi, command "
+                               "or ssh-reboot) to the inventory")
     if spec.power.password is not None:
         spec.power.password.resolve()        # an unusable reference fails before anything is made
     driver = Host(spec, Path("artifacts/cli")).power

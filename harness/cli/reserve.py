@@ -15,7 +15,7 @@ import argparse
 from harness.cli.common import add_lab_options, load_lab
 from harness.errors import ConfigError
 from harness.lab.model import KNOWN_CAPABILITIES
-from harness.options import argparse_seconds, shown
+from harness.options import argparse_number, shown
 
 INTERACTIVE_RUN = "interactive"
 DEFAULT_INTERACTIVE_TTL = 4 * 3600.0
@@ -32,10 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="the host must have this capability value, e.g. cpu_vendor=amd, "
                               "iommu=true (repeatable)")
     reserve.add_argument("--host", default=None, help="this host and no other")
-    reserve.add_argument("--ttl", type=argparse_seconds("--ttl"), default=DEFAULT_INTERACTIVE_TTL,
+    reserve.add_argument("--ttl", type=argparse_number("--ttl"), default=DEFAULT_INTERACTIVE_TTL,
                          metavar="SEC",
                          help="lease lifetime (default 4 h); nothing renews it")
-    reserve.add_argument("--timeout", type=argparse_seconds("--timeout"),
+    reserve.add_argument("--timeout", type=argparse_number("--timeout"),
                          default=DEFAULT_INTERACTIVE_TIMEOUT, metavar="SEC",
                          help="how long to wait in line for a busy host (default 60; 0: do not wait)")
     reserve.set_defaults(func=reserve_command)

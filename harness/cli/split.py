@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from harness.options import argparse_type
 from harness.xen import splits
 from harness.xen.catalog import load_catalog
 from harness.xen.splits import Split, parse_split
@@ -22,6 +23,7 @@ def register(subparsers) -> None:
     check.add_argument("models", nargs="*", metavar="MODEL",
                        help="one model string per device model (quote each)")
     check.add_argument("--vif", action="append", default=None, metavar="ID",
+                       type=argparse_type(splits.check_vif_id, "--vif"),
                        help="a vif id of the guest (repeat); then every guest vif must be owned "
                             "and every vifs= id must be a guest vif")
     check.add_argument("--has", action="append", default=[], metavar="CLASS",

@@ -57,6 +57,7 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
+from harness import safeyaml
 from harness.errors import ConfigError
 from harness.secrets import inline_secret_kind, redact_inline
 from harness.lab.model import (KNOWN_CAPABILITIES, CredentialRef, HostSpec, Inventory,
@@ -74,11 +75,10 @@ HOST_KEY_TYPES = (
     "ssh-rsa", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com", "ssh-dss",
 )
 
-# Bounds on the YAML, so that a hostile file is refused in bounded time and
-# memory (an inventory of 1000 hosts is about 30 000 events, 6 levels deep).
-MAX_YAML_EVENTS = 100_000        # scalars, mappings, sequences, aliases
-MAX_YAML_DEPTH = 32              # nested mappings/sequences
-MAX_YAML_NODES = 200_000         # nodes once aliases are expanded (alias bombs)
+# Bounds on the YAML (harness.safeyaml.LIMITS), so that a hostile file is
+# refused in bounded time and memory (an inventory of 1000 hosts is about
+# 30 000 events, 6 levels deep).
+MAX_YAML_DEPTH = safeyaml.LIMITS["depth"]
 
 # Which virtualisation extension each CPU vendor has.
 _VIRT_OF_VENDOR = {"intel": "vmx", "amd": "svm"}
@@ -340,13 +340,15 @@ def _read_yaml(path: Path, shown: str) -> _Document | list[Problem]:
     loader = None
     try:
         loader = _InventoryLoader(text)   # its reader refuses control characters here
-        shape = _shape_problem(text)
+        shape = safeyaml.shape_problem(text, _InventoryLoader)
         if shape is not None:
-            return fail(*shape)
+            fix = {"depth": "an inventory is a few levels deep: fix the brackets or indentation",
+                   "events": "give the lab's inventory file"}[shape.kind]
+            more = ", far more than any inventory" if shape.kind == "events" else ""
+            return fail(shape.message + more, fix, shape.line)
         node = loader.get_single_node()
-        if node is not None and _expanded_size(node) > MAX_YAML_NODES:
-            return fail(f"the YAML expands to more than {MAX_YAML_NODES} values through its "
-                        "aliases (*name), or an alias refers to itself",
+        if node is not None and safeyaml.expanded_size(node) > safeyaml.LIMITS["nodes"]:
+            return fail(safeyaml.ALIASES_MESSAGE,
                         "write the values out instead of nesting aliases of aliases")
         lines: dict[tuple, int] = {}
         duplicates: list[tuple[tuple, int, int]] = []
@@ -392,72 +394,6 @@ def _read_yaml(path: Path, shown: str) -> _Document | list[Problem]:
                                   "keep one of them")
         document.problems.append(replace(problem, line=again))
     return document
-
-
-def _shape_problem(text: str) -> tuple[str, str, int] | None:
-    """(message, fix, line) when the YAML is deeper or longer than any
-    inventory, found from its event stream (which, unlike composing, is not
-    recursive and keeps nothing), before anything is built from it."""
-    # libyaml's parser when present: the same events, many times faster.
-    loader = getattr(yaml, "CSafeLoader", _InventoryLoader)(text)
-    depth = events = 0
-    try:
-        while loader.check_event():
-            event = loader.get_event()
-            events += 1
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                depth += 1
-                if depth > MAX_YAML_DEPTH:
-                    return (f"the YAML is nested more than {MAX_YAML_DEPTH} levels deep",
-                            "an inventory is a few levels deep: fix the brackets or indentation",
-                            event.start_mark.line + 1)
-            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                depth -= 1
-            if events > MAX_YAML_EVENTS:
-                return (f"the YAML has more than {MAX_YAML_EVENTS} values, far more than any "
-                        "inventory", "give the lab's inventory file", event.start_mark.line + 1)
-    finally:
-        loader.dispose()
-    return None
-
-
-def _expanded_size(root: yaml.Node) -> int:
-    """How many nodes the document has once every alias is expanded, without
-    expanding them (each node's size is counted once); a node that contains
-    itself counts as unbounded."""
-    sizes: dict[int, int] = {}
-    unbounded = MAX_YAML_NODES + 1
-    # Iterative post-order: an alias bomb can be deep in aliases but not in nesting.
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    active: set[int] = set()
-    while stack:
-        node, children_done = stack.pop()
-        key = id(node)
-        if children_done:
-            active.discard(key)
-            children = _children(node)
-            sizes[key] = min(unbounded, 1 + sum(sizes.get(id(c), unbounded) for c in children))
-            continue
-        if key in sizes:
-            continue
-        if key in active:
-            return unbounded     # an alias to an enclosing node: a recursive structure
-        active.add(key)
-        stack.append((node, True))
-        for child in _children(node):
-            if id(child) in active:
-                return unbounded
-            if id(child) not in sizes:
-                stack.append((child, False))
-    return sizes.get(id(root), unbounded)
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
 
 
 def _record_lines(node: yaml.Node, path: tuple, lines: dict, duplicates: list, depth: int) -> None:

@@ -38,9 +38,11 @@ HEALTH_STEPS: tuple[str, ...] = ("power-cycle", "xen-banner", "dom0-ssh", "xl-in
 
 def os_user() -> str:
     """The name of the user this process runs as, from the operating system
-    (the effective uid's passwd entry), never from $LOGNAME/$USER, which
-    anyone can set: lease holders and run provenance use it."""
-    uid = os.geteuid()
+    (the real uid's passwd entry), never from $LOGNAME/$USER, which anyone
+    can set: lease holders and run provenance use it.  The real uid, not the
+    effective one: it is the person who started the process, also under a
+    set-uid helper, where the effective uid names the helper's owner."""
+    uid = os.getuid()
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:  # no passwd entry (containers)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from harness.errors import ConfigError
 from harness.results.store import Outcome
@@ -49,15 +48,9 @@ def load_known_issues(path: Path | None) -> list[KnownIssue]:
     from harness.safeio import read_text
     text = read_text(path, "known issues file", fix="pass --known-issues a YAML list of "
                      "{test, reason, link}")
-    try:
-        data = yaml.safe_load(text) or []
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: known issues file is not "
-                          "valid YAML", help="fix the YAML at that line") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: known issues file is nested too deeply",
-                          help="write a flat list of {test, reason, link}") from None
+    from harness import safeyaml
+    data = safeyaml.load(text, f"known issues file {path}",
+                         fix="fix the YAML at that line: a flat list of {test, reason, link}") or []
     if not isinstance(data, list):
         raise ConfigError(f"{path}: expected a list of {{test, reason, link}} entries",
                           help="write e.g. `- {test: 'suites/pci/test_x.py::test_y', reason: ..., link: ...}`")

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import yaml
-
 from harness.errors import ConfigError
 from harness.probe_dm.companion import ProbeSettings
 from harness.xen.splits import DEVICE_MODELS_CAPABILITY, SPLIT_ID_JOINER, Split, parse_split
@@ -81,14 +79,12 @@ class Catalog:
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
     path = Path(path) if path is not None else default_catalog_path()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read split catalog {path}: {exc.strerror}",
-                          help="pass the path of fixtures/splits.yaml") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"split catalog {path} is not valid YAML: {exc}",
-                          help="fix the YAML syntax at the line shown") from None
+    from harness import safeyaml
+    from harness.safeio import read_text
+    # Bounded: a FIFO, /dev/zero or an alias bomb given as --catalog is refused.
+    text = read_text(path, "split catalog", fix="pass the path of fixtures/splits.yaml")
+    data = safeyaml.load(text, f"split catalog {path}", fix="fix the YAML at that line "
+                         "(see the comment at the top of fixtures/splits.yaml)")
     if not isinstance(data, dict) or data.get("version") != CATALOG_VERSION \
             or not isinstance(data.get("splits"), list):
         raise ConfigError(f"split catalog {path}: expected a mapping with version: {CATALOG_VERSION} "

@@ -124,7 +124,9 @@ class _IdentRule:
 
     def problem(self, value: str) -> tuple[int, str] | None:
         """(offset, what) of the first violation, or None."""
-        for i, c in enumerate(value):
+        # Past max_len the value is too long whatever follows: a hostile
+        # 100 000-character word costs no more than a 33-character one.
+        for i, c in enumerate(value[:self.max_len + 1]):
             if not re.fullmatch(f"[{self.first if i == 0 else self.rest}]", c):
                 return i, f"bad character {c!r}" + (" at the start" if i == 0 and
                                                     re.fullmatch(f"[{self.rest}]", c) else "")
@@ -144,6 +146,18 @@ PathExists = Callable[[str], bool]
 def is_valid_vif_id(vif_id: str) -> bool:
     """Whether ``vif_id`` can be written in a vif entry and in vifs=."""
     return isinstance(vif_id, str) and _VIF_ID_RULE.fullmatch(vif_id)
+
+
+def check_vif_id(option: str, vif_id: str) -> str:
+    """``vif_id`` given with ``option`` (``split check --vif``); ConfigError
+    saying what is wrong with it, the value shown short."""
+    problem = _VIF_ID_RULE.problem(vif_id)
+    if problem is not None:
+        from harness.options import shown
+        raise ConfigError(f"{option} {shown(vif_id)}: not a vif id ({problem[1]})",
+                          help=f"give the id= of one of the guest's vif entries: letters, digits, "
+                               f"'_', '.' or '-', at most {GRAMMAR.max_identifier_length}")
+    return vif_id
 
 
 # --------------------------------------------------------------------------
