@@ -1,0 +1,293 @@
+"""Guests belong to their host (issue 18, items 1 and 2), on real parts: a
+real sshd host (127.0.3.x), the real lease store (SQLite, and a real
+PostgreSQL server for the store's own operations), the real guest pool and
+real pytest-xdist workers.  The guests are stand-ins whose domain is a file
+on the sshd host and whose boot is a sleep there
+(tests/support/standin_guest.py): what is measured is which process boots,
+finds, takes over and destroys which guest.
+
+- two workers (-n 2) on one host boot one guest between them, as one
+  worker does, and the run's end destroys it;
+- a host keeps --guests-per-host guests and destroys the least recently
+  used one to boot another; another process (pool) takes over a guest it
+  did not boot, without booting;
+- a claim prefers a free host running the guest, then one running its
+  build, and never waits for one;
+- a lease store of schema 2 is upgraded to 3 in place, keeping its rows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.lab.leases import (GUEST_BOOTING, GUEST_READY, GuestRecord, GuestWish, Holder,
+                                SQLLeaseStore, open_store)
+from tests.support.leases import make_pool
+from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
+from tests.support.sshd import running_sshd
+from tests.support.standin_guest import CONFTEST, StandInGuest
+
+ROOT = Path(__file__).resolve().parent.parent
+ME = Holder.current(run_id="run-g")
+
+
+@pytest.fixture(scope="module")
+def sshd_host(tmp_path_factory):
+    with running_sshd(tmp_path_factory.mktemp("sshd"),
+                      address=f"127.0.3.{random.randint(10, 250)}") as server:
+        yield server
+
+
+def _inventory(path: Path, server) -> Path:
+    host = {"name": "h1", "address": server.address,
+            "ssh": {"address": server.address, "port": server.port, "user": server.user,
+                    "key_file": str(server.client_key), "host_key": server.host_key},
+            "power": {"kind": "none"}}
+    path.write_text(yaml.safe_dump({"hosts": [host]}, sort_keys=False))
+    return path
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# --- two workers, one host, one guest -------------------------------------------------
+
+SUITE = '''
+import json, os, pytest
+
+@pytest.mark.parametrize("n", range(6))
+def test_uses_the_guest(guest, n):
+    assert guest.run("echo up").strip() == "up"
+    with open(os.environ["XH_USES"], "a") as out:
+        out.write(json.dumps({"guest": guest.name, "worker": os.environ.get(
+            "PYTEST_XDIST_WORKER", "main"), "pid": os.getpid()}) + "\\n")
+'''
+
+
+def _run(tmp_path: Path, server, workers: int) -> dict:
+    run = tmp_path / f"n{workers}"
+    (run / "suite").mkdir(parents=True)
+    (run / "suite" / "test_suite.py").write_text(SUITE)
+    (run / "suite" / "conftest.py").write_text(CONFTEST)
+    lab = _inventory(run / "lab.yaml", server)
+    db = run / "leases.sqlite"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XENHIL_LAB", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
+    env.update(XH_GUESTS=str(run / "guests"), XH_BOOT_S="0.5", XH_BOOTS=str(run / "boots.jsonl"),
+               XH_DESTROYED=str(run / "destroyed.jsonl"), XH_USES=str(run / "uses.jsonl"),
+               XH_LEASE_DB=f"sqlite://{db}", PYTHONPATH=str(ROOT))
+    xdist = ["-n", str(workers)] if workers > 1 else []
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", *xdist, "--lab", str(lab), "--lab-db", f"sqlite://{db}",
+         "--run-id", f"share-{workers}", "--split", "single", "--artifacts", str(run / "art"),
+         "-p", "no:cacheprovider", "-q"],
+        cwd=run / "suite", env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"boots": _lines(run / "boots.jsonl"), "uses": _lines(run / "uses.jsonl"),
+            "destroyed": _lines(run / "destroyed.jsonl"), "db": db, "guests": run / "guests",
+            "output": result.stdout}
+
+
+def test_two_workers_on_one_host_share_one_guest_and_the_run_end_destroys_it(tmp_path, sshd_host):
+    alone = _run(tmp_path, sshd_host, 1)
+    shared = _run(tmp_path, sshd_host, 2)
+    assert len(alone["boots"]) == 1, alone
+    # -n 2 boots no more than -n 1: one guest, booted by one worker ...
+    [boot] = shared["boots"]
+    assert len(shared["uses"]) == 6
+    # ... and used by both, the other one taking over a guest it did not boot.
+    assert {u["guest"] for u in shared["uses"]} == {boot["guest"]}
+    users = {u["pid"] for u in shared["uses"]}
+    assert len(users) == 2 and boot["pid"] in users, shared["uses"]
+    # The run's end (the xdist controller) destroyed it under the host's
+    # lease, and no record or domain of the run is left.
+    [destroyed] = shared["destroyed"]
+    assert destroyed["guest"] == boot["guest"] and destroyed["pid"] not in users
+    assert destroyed["lease_holder_pid"] == destroyed["pid"]
+    store = open_store(f"sqlite://{shared['db']}")
+    try:
+        assert store.guests() == []
+        assert all(lease is None or lease.expired() for lease in store.leases().values())
+    finally:
+        store.close()
+    assert not list(shared["guests"].rglob("*.domain"))
+
+
+# --- eviction, and taking over another pool's guest ---------------------------------
+
+class _Pools:
+    """Guest pools on one real sshd host and one real SQLite store, as two
+    processes of a run have them (each its own pool and Host object)."""
+
+    def __init__(self, tmp_path: Path, server, monkeypatch):
+        from harness.host import Host
+        from harness.lab.inventory import load_inventory
+        monkeypatch.setenv("XH_GUESTS", str(tmp_path / "guests"))
+        monkeypatch.setenv("XH_BOOTS", str(tmp_path / "boots.jsonl"))
+        monkeypatch.setenv("XH_DESTROYED", str(tmp_path / "destroyed.jsonl"))
+        self.tmp_path = tmp_path
+        self.spec = load_inventory(_inventory(tmp_path / "lab.yaml", server)).host("h1")
+        self.store = open_store(tmp_path / "leases.sqlite")
+        self.hosts = []
+        self.Host = Host
+
+    def pool(self, worker: str, limit: int = 2):
+        from fixtures.guest import GuestPool
+        host = self.Host(self.spec, self.tmp_path / worker)
+        self.hosts.append(host)
+        pool = GuestPool(worker, self.tmp_path / worker, book=self.store, run_id="run-g",
+                         by=worker, guests_per_host=limit, host_object=lambda name: host,
+                         guest_type=StandInGuest)
+        return pool, host
+
+    def boots(self) -> list[str]:
+        return [b["guest"] for b in _lines(self.tmp_path / "boots.jsonl")]
+
+    def destroyed(self) -> list[str]:
+        return [d["guest"] for d in _lines(self.tmp_path / "destroyed.jsonl")]
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.close()
+        self.store.close()
+
+
+@pytest.fixture
+def pools(tmp_path, sshd_host, monkeypatch):
+    made = _Pools(tmp_path, sshd_host, monkeypatch)
+    yield made
+    made.close()
+
+
+def test_a_host_keeps_its_limit_of_guests_and_destroys_the_least_recently_used(pools):
+    from harness.xen.catalog import load_catalog
+    catalog = load_catalog()
+    single, qnet, qserial = (catalog.get(s) for s in ("single", "qnet+qall", "qserial+qnet+qall"))
+    gw0, host0 = pools.pool("gw0", limit=2)
+    gw1, host1 = pools.pool("gw1", limit=2)
+
+    a = gw0.get(host0, single, "B1")
+    b = gw1.get(host1, qnet, "B1")
+    assert pools.boots() == [a.name, b.name]
+    # gw1 takes over gw0's guest of split single: no boot.
+    again = gw1.get(host1, single, "B1")
+    assert again.name == a.name and again is not a and pools.boots() == [a.name, b.name]
+    # The host is full (2); qnet+qall's guest was used least recently: it goes.
+    c = gw0.get(host0, qserial, "B1")
+    assert pools.destroyed() == [b.name]
+    assert sorted(r.name for r in pools.store.guests("h1")) == sorted([a.name, c.name])
+    assert not (Path(os.environ["XH_GUESTS"]) / "h1" / f"{b.name}.domain").exists()
+    # Another build's guest of the same split is another guest.
+    d = gw1.get(host1, single, "B2")
+    assert d.name not in (a.name, c.name) and pools.destroyed() == [b.name, a.name]
+    assert [r.state for r in pools.store.guests("h1")] == [GUEST_READY, GUEST_READY]
+
+
+def test_a_guest_left_booting_by_a_dead_process_is_destroyed_by_the_next_holder(pools):
+    from harness.xen.catalog import load_catalog
+    single = load_catalog().get("single")
+    gw0, host0 = pools.pool("gw0")
+    pools.store.put_guest(GuestRecord(host="h1", name="xh-gw9-single-1", split="single",
+                                      build="B1", state=GUEST_BOOTING, domid=None, run_id="dead",
+                                      by="gw9", created_at=0, last_used=0))
+    guest = gw0.get(host0, single, "B1")
+    assert pools.destroyed() == ["xh-gw9-single-1"] and pools.boots() == [guest.name]
+    assert [r.name for r in pools.store.guests("h1")] == [guest.name]
+
+
+def test_a_disruptive_test_gets_a_guest_of_its_own_destroyed_after_it(pools):
+    from harness.xen.catalog import load_catalog
+    single = load_catalog().get("single")
+    gw0, host0 = pools.pool("gw0")
+    shared = gw0.get(host0, single, "B1")
+    own = gw0.get(host0, single, "B1", exclusive=True)   # the host's, taken over
+    assert own.name == shared.name
+    assert [r.state for r in pools.store.guests("h1")] == ["private"]
+    gw0.discard(own)
+    assert pools.store.guests("h1") == [] and pools.destroyed() == [own.name]
+    assert gw0.get(host0, single, "B1").name != own.name      # a fresh one for the others
+
+
+# --- affinity -------------------------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path) -> str:
+    return fresh_store_url(request, tmp_path, "affinity")
+
+
+def _ready(store, host: str, split: str, build: str, state: str = GUEST_READY) -> None:
+    store.put_guest(GuestRecord(host=host, name=f"xh-{split}-{host}", split=split, build=build,
+                                state=state, domid=7, run_id="run-g", by="gw0",
+                                created_at=0, last_used=0))
+
+
+def test_a_claim_prefers_a_host_running_its_guest_then_its_build_and_never_waits_for_one(db):
+    pool = make_pool(db, ["h1", "h2", "h3", "h4"], ttl=600)
+    store = pool.store
+    _ready(store, "h3", "single", "B1")
+    _ready(store, "h2", "single", "B1", state=GUEST_BOOTING)    # not ready: no pull
+    _ready(store, "h1", "qnet+qall", "B1")                      # another split
+    store.record_build("h4", "B1", ME)
+    want = GuestWish("single", "B1")
+    first = pool.claim(ME, timeout=0, prefer=want)
+    assert first.host == "h3"                    # runs the guest
+    second = pool.claim(ME, timeout=0, prefer=want)
+    assert second.host == "h4"                   # runs the build
+    third = pool.claim(ME, timeout=0, prefer=want)
+    assert third.host == "h1"                    # neither: inventory order, no waiting
+    pool.release(first)
+    assert pool.claim(ME, timeout=0, prefer=GuestWish("single", "B2")).host == "h2"
+    assert pool.claim(ME, timeout=0).host == "h3"    # no wish: the free one
+    # A new build on h1 ends its guests of the old one.
+    assert [g.name for g in store.record_build("h1", "B2", ME)] == ["xh-qnet+qall-h1"]
+    assert store.host_builds() == {"h1": "B2", "h4": "B1"}
+
+
+# --- schema 2 -> 3 --------------------------------------------------------------------
+
+def _as_schema_2(db: str) -> None:
+    """The store as xenhil wrote it before guests were recorded: the same
+    tables without guests and host_builds, version 2."""
+    drop = ["DROP TABLE guests", "DROP TABLE host_builds"]
+    if db.startswith("postgresql://"):
+        import psycopg
+        with psycopg.connect(db, autocommit=True) as conn:
+            for sql in drop:
+                conn.execute(sql)
+            conn.execute("UPDATE xenhil_schema SET version = 2 WHERE component = 'leases'")
+        return
+    conn = sqlite3.connect(db)
+    for sql in drop:
+        conn.execute(sql)
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+
+
+def test_a_schema_2_store_is_upgraded_in_place_keeping_its_leases_and_quarantines(db):
+    pool = make_pool(db, ["h1", "h2"], ttl=600)
+    lease = pool.claim(ME, timeout=0)
+    pool.quarantine_host("h2", "before the upgrade", ME)
+    pool.store.close()
+    _as_schema_2(db)
+
+    store = open_store(db)
+    assert SQLLeaseStore.SCHEMA_VERSION == 3 and store.schema_found == 3
+    assert store.leases()[lease.host].id == lease.id
+    assert store.quarantined()["h2"].reason == "before the upgrade"
+    assert store.guests() == [] and store.host_builds() == {}
+    _ready(store, "h1", "single", "B1")
+    store.close()
+    again = open_store(db)              # a second open changes nothing
+    assert [g.name for g in again.guests()] == ["xh-single-h1"]
+    assert again.guests()[0].state == GUEST_READY and again.guests()[0].domid == 7
+    again.close()
