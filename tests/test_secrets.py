@@ -320,3 +320,29 @@ def test_masking_takes_time_linear_in_the_text(name: str) -> None:
     scrub(text, [])
     scrub_bytes(text.encode(), [])
     assert time.process_time() - started < 2.0
+
+
+def test_an_id_given_by_hand_that_holds_a_secret_stops_the_run_before_any_test(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A parameter's own id is masked (tests/test_secrets_run.py); an id
+    written by hand never passes pytest's id hook, so it is refused, masked."""
+    password = "ipmi-" + secrets.token_urlsafe(12)
+    lab = tmp_path / "lab.yaml"
+    lab.write_text("hosts:\n  - name: h1\n    address: 127.0.4.1\n    ssh: none\n"
+                   f"    power: {{kind: ipmi, address: 127.0.4.2, user: ADMIN, "
+                   f"password: {{env: {PASSWORD_VAR}}}}}\n")
+    monkeypatch.setenv(PASSWORD_VAR, password)
+    marker = tmp_path / "ran"
+    pytester.makepyfile(test_ids=f"""
+        import os, pytest
+        from pathlib import Path
+
+        @pytest.mark.parametrize("pw", [pytest.param(1, id=os.environ["{PASSWORD_VAR}"])])
+        def test_named_after_the_password(pw):
+            Path({str(marker)!r}).write_text("ran")
+    """)
+    result = pytester.runpytest(f"--lab={lab}", f"--artifacts={tmp_path / 'artifacts'}")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output
+    assert "test_named_after_the_password[***] holds a lab secret" in output, output
+    assert password not in output and not marker.exists()

@@ -121,6 +121,13 @@ def test_a_secret_in_a_skip_reason():
 
 def test_passes_with_secrets_in_its_output():
     print(every_form())
+
+
+@pytest.mark.parametrize("password", [os.environ[os.environ["SECRETS_BMC_VAR"]]])
+def test_parametrized_with_the_password(password):
+    # Its id would hold the password: pytest's lines, the artifacts folder
+    # and the results store's key all come from it.
+    attach_text("logged in", "login")
 '''
 
 
@@ -184,7 +191,9 @@ def test_a_run_printing_every_secret_leaves_none_and_a_planted_copy_is_found(
             "--log-file-level=DEBUG", "-rA", "-l", "-n", str(workers)]
     proc = subprocess.run(args, cwd=run_dir, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
-    assert "3 failed, 1 passed, 1 skipped" in out, out[-4000:]
+    assert "3 failed, 2 passed, 1 skipped" in out, out[-4000:]
+    assert f"test_parametrized_with_the_password[{MASK}] PASSED" in out or \
+        f"PASSED test_leaky.py::test_parametrized_with_the_password[{MASK}]" in out, out[-4000:]
     (artifacts / "terminal.txt").write_text(out)     # the run's console output is a file of the run too
 
     # The scan over everything the run wrote, with the report's triage text.
@@ -218,6 +227,10 @@ def test_a_run_printing_every_secret_leaves_none_and_a_planted_copy_is_found(
     assert len(messages) == 4 and all(MASK in m for m in messages), messages
     assert sum(m.startswith("AssertionError: login refused") for m in messages) == 3, messages
     assert "Skipped: no BMC answered to ***" in messages, messages
+    with sqlite3.connect(db) as conn:
+        tests = {t for (t,) in conn.execute("SELECT test FROM outcomes")}
+    conn.close()
+    assert f"test_leaky.py::test_parametrized_with_the_password[{MASK}]" in tests, tests
     triage = (report / "triage.txt").read_text()
     assert triage.count(f"as-is={MASK}") == 3, triage
     assert f"as-is: {MASK}" in out
@@ -249,6 +262,16 @@ def test_a_run_printing_every_secret_leaves_none_and_a_planted_copy_is_found(
         finally:
             path.write_bytes(original)
         assert [leak.path for leak in leaks] == [path], (kind, form, leaks)
+    # A name is written too: a file or a folder named with a secret.
+    for value, form, kind in ((lab["password"], "hex", "file"), (lab["passphrase"], "URL-escaped", "folder")):
+        named = tool_logs[0].parent / f"dump-{_encoded(value)[form]}"      # neither has a '/'
+        named.mkdir() if kind == "folder" else named.write_text("nothing secret inside")
+        try:
+            leaks = scan_files(targets, found)
+        finally:
+            named.rmdir() if kind == "folder" else named.unlink()
+        assert [leak.path for leak in leaks] == [named], (kind, form, leaks)
+        assert leaks[0].what.endswith("in its name")
     # The results store: a value written through SQLite, in its own encoding.
     for value, form in ((lab["password"], "base64"), (key_line, "as-is")):
         saved = {p: p.read_bytes() for p in artifacts.glob("results.sqlite*")}

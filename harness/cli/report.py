@@ -119,12 +119,15 @@ def _scan_secrets(inventory_path: Path, secrets: dict[str, str], targets: list[P
 def _scan_targets(inventory_path: Path, secrets: dict[str, str], targets: list[Path],
                   names: dict[Path, str]) -> int:
     from harness.results.secret_scan import scan, scanned_files
+    from harness.secrets import scrub
 
     leaks = scan(targets, secrets)
     shown = ", ".join(names.get(f, str(f)) for f in targets)
     if leaks:
         for leak in leaks:
-            print(f"SECRET LEAK: {names.get(leak.path, leak.path)} holds the {leak.what}")
+            # Masked: a leak in a file's name would be printed by naming the file.
+            # (The scan's secrets were registered when they were resolved.)
+            print(scrub(f"SECRET LEAK: {names.get(leak.path, leak.path)} holds the {leak.what}"))
         print(f"secret scan: {len(leaks)} leak(s) of {inventory_path}'s secrets under {shown}")
         return 1
     print(f"secret scan: none of {inventory_path}'s {len(secrets)} secret value(s), in any "

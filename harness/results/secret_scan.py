@@ -70,7 +70,9 @@ def _label(what: str, form: str) -> str:
     return what if form == "plain" else f"{what} ({form})"
 
 
-def _files(targets: Iterable[Path]) -> Iterator[Path]:
+def _entries(targets: Iterable[Path]) -> Iterator[tuple[Path, bool]]:
+    """(path, whether it is a regular file) of every target and of every
+    file and folder under the folders among them."""
     for target in targets:
         target = Path(target)
         try:
@@ -81,19 +83,24 @@ def _files(targets: Iterable[Path]) -> Iterator[Path]:
                                       "results, the report, the run's artifacts folder, "
                                       "results.sqlite)") from None
         if stat.S_ISREG(mode):
-            yield target
+            yield target, True
             continue
         if not stat.S_ISDIR(mode):
             continue   # a FIFO, socket or device holds no written data
         for root, dirs, names in os.walk(target, onerror=_walk_error):
             dirs.sort()
+            for name in dirs:
+                yield Path(root) / name, False
             for name in sorted(names):
                 path = Path(root) / name
                 try:
-                    if stat.S_ISREG(path.lstat().st_mode):
-                        yield path
+                    yield path, stat.S_ISREG(path.lstat().st_mode)
                 except FileNotFoundError:
                     continue   # removed while walking
+
+
+def _files(targets: Iterable[Path]) -> Iterator[Path]:
+    return (path for path, regular in _entries(targets) if regular)
 
 
 def _walk_error(exc: OSError) -> None:
@@ -177,7 +184,14 @@ def scan(targets: Iterable[Path], secrets: dict[str, str]) -> list[Leak]:
     or a file cannot be read."""
     wanted = needles(secrets)
     leaks: list[Leak] = []
-    for path in _files(targets):
+    for path, regular in _entries(targets):
+        # A name is written too: a test's dump-PASSWORD.txt, a folder named
+        # after a test id that held a secret.
+        named: dict[str, str] = {}
+        _match(os.fsencode(path.name), wanted, named)
+        leaks.extend(Leak(path, f"{_label(what, form)} in its name") for what, form in sorted(named.items()))
+        if not regular:
+            continue
         hits = _raw_hits(path, wanted)
         if _is_sqlite(path):
             for what, form in _sqlite_hits(path, wanted).items():
