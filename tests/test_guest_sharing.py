@@ -291,3 +291,44 @@ def test_a_schema_2_store_is_upgraded_in_place_keeping_its_leases_and_quarantine
     assert [g.name for g in again.guests()] == ["xh-single-h1"]
     assert again.guests()[0].state == GUEST_READY and again.guests()[0].domid == 7
     again.close()
+
+
+# --- order and distribution -------------------------------------------------------------
+
+pytest_plugins = ["pytester"]
+
+
+def test_the_tests_of_a_split_run_together_and_the_others_keep_their_place(pytester):
+    pytester.makepyfile("""
+        import pytest
+        def test_first(): pass
+        def test_a(split): pass
+        def test_between(): pass
+        def test_b(split): pass
+        @pytest.mark.disruptive
+        def test_c(split): pass
+    """)
+    result = pytester.runpytest("--collect-only", "-q", "--split", "single", "--split", "qnet+qall")
+    names = [line.split("::")[1] for line in result.outlines if "::" in line]
+    assert names == ["test_first", "test_a[split=single]", "test_b[split=single]", "test_between",
+                     "test_a[split=qnet+qall]", "test_b[split=qnet+qall]",
+                     "test_c[split=single]", "test_c[split=qnet+qall]"]
+
+
+def test_a_run_on_a_lab_under_xdist_steals_work_unless_the_user_chose_a_mode(pytester, tmp_path,
+                                                                            sshd_host):
+    from xdist.scheduler import WorkStealingScheduling
+
+    from fixtures.scheduling import pytest_xdist_make_scheduler
+    lab = _inventory(tmp_path / "lab.yaml", sshd_host)
+
+    def configured(*args):
+        from xdist.plugin import pytest_cmdline_main
+        config = pytester.parseconfigure("-n", "2", *args)
+        pytest_cmdline_main(config)       # pytest-xdist's own: -n 2 -> --dist load, two workers
+        return config
+
+    assert isinstance(pytest_xdist_make_scheduler(configured("--lab", str(lab)), None),
+                      WorkStealingScheduling)
+    assert pytest_xdist_make_scheduler(configured("--dist", "load", "--lab", str(lab)), None) is None
+    assert pytest_xdist_make_scheduler(configured(), None) is None
