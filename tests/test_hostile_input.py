@@ -133,6 +133,14 @@ def sparse_tar() -> bytes:
     return gzip.compress(bytes(raw) + b"\0" * 1024)
 
 
+def tar_bomb() -> bytes:
+    """A gzip tarball of a few KiB whose member claims 600 MiB (its first MiB
+    of zeros follows): a decompression bomb, refused from the header."""
+    info = tarfile.TarInfo("boot/xen-4.17.gz")
+    info.size = 600 << 20
+    return gzip.compress(info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * (1 << 20))
+
+
 # --------------------------------------------------------------------------
 # The corpus
 # --------------------------------------------------------------------------
@@ -518,7 +526,7 @@ PYTEST_OPTIONS = {
     "--artifacts": ["{d}/f", "{d}/f/sub"],
     "--lab": ["{d}/nope.yaml", "{d}", "{d}/fifo", "/dev/zero", "{d}/bomb.yaml", "{d}/inline.yaml"],
     "--xen-build": ["{d}/nope", "{d}/fifo", "/dev/zero", "{d}/garbage.tar.gz", "{d}/sparse.tar.gz",
-                    "{d}/dotdot.tar.gz", "{d}/empty"],
+                    "{d}/dotdot.tar.gz", "{d}/empty", "{d}/bomb.tar.gz"],
     # The suites' counts: 0 or less would make their test pass having checked nothing.
     "--saverestore-cycles": ["0", "-1", "5000"],
     "--latency-samples": ["0", "-5", "1", "99999999999"],
@@ -533,12 +541,15 @@ PYTEST_FILES = {
     "garbage.tar.gz": b"\x1f\x8b" + b"garbage" * 50,
     "sparse.tar.gz": sparse_tar(),
     "dotdot.tar.gz": tar_bytes([tar_member("../../etc/evil", b"x")]),
+    "bomb.tar.gz": tar_bomb(),
 }
 for option, values in PYTEST_OPTIONS.items():
     for value in values:
         fld = {"--lab": "lab"}.get(option, option)
         if option == "--lab" and value in ("{d}/bomb.yaml", "{d}/inline.yaml"):
             fld = "power.commands.on" if "inline" in value else "bomb.yaml"
+        if value == "{d}/bomb.tar.gz":
+            fld = "decompression bomb"
         case("pytest-option", f"{option}={value.replace(SECRET, 'SECRET')}",
              ["-p", "no:cacheprovider", "-q", "-p", "no:randomly", f"{option}={value}", "test_x.py"],
              fld, files=PYTEST_FILES, rc=4, runner="pytest")

@@ -203,6 +203,12 @@ def _manifest_fields(path, manifest: dict | None) -> dict:
 TAR_MEMBERS_MAX = 100_000
 TAR_MEMBER_MAX = 2 << 30          # one file (QEMU's binary is about 50 MiB)
 TAR_TOTAL_MAX = 8 << 30           # everything that would be installed
+# Every byte is hashed: a few MiB of compressed zeros claiming gigabytes took
+# seconds per GiB.  A dist tree compresses about 4:1 (xz: 6:1); more than
+# TAR_RATIO_MAX:1 past a floor small trees always fit in is a decompression
+# bomb, refused from the member headers before their bytes are read.
+TAR_RATIO_MAX = 40
+TAR_RATIO_FLOOR = 256 << 20
 MANIFEST_MAX = 4 << 20
 
 
@@ -212,6 +218,7 @@ def _from_tarball(tarball: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuil
     files = []
     manifest_bytes = None
     total = 0
+    unpacked_max = min(TAR_TOTAL_MAX, max(TAR_RATIO_FLOOR, TAR_RATIO_MAX * tarball.stat().st_size))
     try:
         with tarfile.open(tarball) as tar:
             for count, m in enumerate(tar, start=1):   # one member at a time, none kept
@@ -232,6 +239,11 @@ def _from_tarball(tarball: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuil
                     raise XenBuildError(f"--xen-build {tarball}: member {shown(m.name)} makes the "
                                         f"build larger than {TAR_MEMBER_MAX >> 30} GiB per file or "
                                         f"{TAR_TOTAL_MAX >> 30} GiB in all",
+                                        help="tar the `make dist` output only (dist/install)")
+                if total > unpacked_max:
+                    raise XenBuildError(f"--xen-build {tarball}: unpacks to more than "
+                                        f"{TAR_RATIO_MAX} times its own size (member "
+                                        f"{shown(m.name)}): a decompression bomb, not a build",
                                         help="tar the `make dist` output only (dist/install)")
                 names.append(m.name)
                 digest = hashlib.sha256()
