@@ -144,7 +144,8 @@ def _register_lab_secrets(config: pytest.Config, state: RunState) -> None:
     from harness.lab.inventory import load_inventory
     inventory = load_inventory(path)      # checked by _checked_options
     config.stash[_HOSTS] = list(inventory.hosts.values())
-    state.unresolved = register_inventory_secrets(inventory)
+    state.unresolved = register_inventory_secrets(
+        inventory, (state.options["--lab-db"], config.getoption("--results-db", None)))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -31,6 +31,8 @@ LIMITS: dict[str, int] = {
     "known_hosts file": 16 * MiB,
     "split catalog": 4 * MiB,
     "known issues file": 4 * MiB,
+    # ~/.pgpass: a line per database a user reaches.
+    "PostgreSQL password file": 1 * MiB,
     # A manifest written by `xenhil build`.
     "build manifest": 4 * MiB,
 }

@@ -346,3 +346,40 @@ def test_an_id_given_by_hand_that_holds_a_secret_stops_the_run_before_any_test(
     assert result.ret == pytest.ExitCode.USAGE_ERROR, output
     assert "test_named_after_the_password[***] holds a lab secret" in output, output
     assert password not in output and not marker.exists()
+
+
+def test_a_postgresql_stores_password_is_a_secret_of_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store URL holds no password (refused when it does): libpq takes it
+    from $PGPASSWORD or the password file, so those are masked and scanned
+    for when a store is PostgreSQL, and nothing is asked when it is not."""
+    from harness.lab.credentials import libpq_passwords, resolve_all
+    from harness.lab.inventory import load_inventory
+    from harness.results.secret_scan import inventory_secrets, scan
+
+    env_pw, file_pw = "pg-" + secrets.token_hex(6), "a:b\\c-" + secrets.token_hex(6)
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("# comment\n"
+                        f"db.example:5432:leases:lab:{file_pw.replace(chr(92), chr(92) * 2).replace(':', chr(92) + ':')}\n"
+                        "*:*:*:other:\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSWORD", env_pw)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    assert libpq_passwords() == {env_pw: "$PGPASSWORD", file_pw: str(passfile)}
+
+    host = "  - name: h1\n    address: 127.0.4.1\n    ssh: none\n    power: {kind: none}\n"
+    sqlite_lab, pg_lab = tmp_path / "sqlite.yaml", tmp_path / "pg.yaml"
+    sqlite_lab.write_text(f"lease_db: sqlite:///{tmp_path}/leases.sqlite\nhosts:\n{host}")
+    pg_lab.write_text(f"lease_db: postgresql://lab@db.example/leases\nhosts:\n{host}")
+    assert resolve_all(load_inventory(sqlite_lab)) == ({}, [])
+    assert set(resolve_all(load_inventory(sqlite_lab), ("postgresql://lab@db/results",))[0]) == {env_pw, file_pw}
+    found = inventory_secrets(load_inventory(pg_lab))
+    assert set(found) == {env_pw, file_pw}
+    assert scrub(f"env: PGPASSWORD={env_pw}") == f"env: PGPASSWORD={MASK}"
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "env.txt").write_text("PGPASSWORD=" + env_pw.encode().hex())
+    leaks = scan([results], found)
+    assert [(leak.path.name, leak.what) for leak in leaks] == [
+        ("env.txt", "PostgreSQL store password ($PGPASSWORD) (hex)")]

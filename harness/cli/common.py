@@ -29,7 +29,7 @@ def load_lab(args: argparse.Namespace):
         check_store_url("--lab-db", args.lab_db, postgres=True)
     check_input_path("--lab", path, folder=False)
     inventory = load_inventory(path)
-    register_inventory_secrets(inventory)
+    register_inventory_secrets(inventory, (getattr(args, "lab_db", None),))
     return inventory
 
 

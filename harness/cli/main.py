@@ -108,7 +108,8 @@ def _register_lab_secrets(args: argparse.Namespace) -> None:
     try:
         from harness.lab.credentials import register_inventory_secrets
         from harness.lab.inventory import load_inventory
-        register_inventory_secrets(load_inventory(path))
+        register_inventory_secrets(load_inventory(path), (getattr(args, "lab_db", None),
+                                                          getattr(args, "results_db", None)))
     except Exception:  # the verb's own checks say what is wrong
         pass
 

@@ -53,7 +53,8 @@ def _inputs(args: argparse.Namespace) -> dict:
         from harness.results.secret_scan import inventory_secrets
         inventory_path = check_input_path("--scan-secrets", args.scan_secrets, folder=False)
         also = [check_input_path("--scan-also", p) for p in args.scan_also]
-        secrets = inventory_secrets(load_inventory(inventory_path))   # registered for masking too
+        # Registered for masking too; a PostgreSQL results store's password with them.
+        secrets = inventory_secrets(load_inventory(inventory_path), (db,))
         store_files = [db_path, *_store_companions(db_path)] if db_path is not None else []
         targets = [results, output, *store_files, *also]
         scan = (inventory_path, secrets, targets)

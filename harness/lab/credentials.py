@@ -10,6 +10,8 @@ Only :class:`Credential.what` and ``field`` are ever printed, never a value.
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ class Credential:
     field: str                       # "hosts[vhost1].power.password"
     ref: CredentialRef | None = None
     key_file: Path | None = None     # an SSH private key (its body lines are the secrets)
+    postgres: bool = False           # a PostgreSQL store's password, as libpq finds it
 
     def resolve(self) -> dict[str, str]:
         """Secret value -> what it is; ConfigError (one line, no value) when
@@ -34,6 +37,10 @@ class Credential:
         if self.ref is not None:
             value = self.ref.resolve()
             return {value: self.what} if value else {}
+        if self.postgres:
+            from harness.secrets import register_secret
+            return {register_secret(value): f"{self.what} ({where})"
+                    for value, where in libpq_passwords().items()}
         from harness.safeio import read_text
         from harness.secrets import register_private_key
         text = read_text(self.key_file, "key file",
@@ -43,9 +50,47 @@ class Credential:
                 if len(line.strip()) >= KEY_LINE_MIN and not line.strip().startswith("-----")}
 
 
-def referenced(inventory: Inventory) -> list[Credential]:
-    """Every credential reference and key file of ``inventory``, in host order."""
+def libpq_passwords() -> dict[str, str]:
+    """Password -> where libpq would find it: $PGPASSWORD, and every entry of
+    the password file ($PGPASSFILE, else ~/.pgpass).  A store URL never
+    holds its password (harness.options refuses it); libpq takes it from
+    these, so these are the store's secrets.  Every entry counts, not only
+    the one matching the URL: each is a database password of this user.
+    Nothing found is no secret, not an error: the server may trust the
+    user without one (peer or certificate authentication)."""
+    found: dict[str, str] = {}
+    if os.environ.get("PGPASSWORD"):
+        found[os.environ["PGPASSWORD"]] = "$PGPASSWORD"
+    path = Path(os.environ.get("PGPASSFILE") or Path.home() / ".pgpass")
+    try:
+        from harness.safeio import read_text
+        text = read_text(path, "PostgreSQL password file") if path.is_file() else ""
+    except ConfigError:
+        text = ""          # libpq would not read it either (not a regular file, too large)
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            fields = _PGPASS_FIELD.findall(line + ":")
+            if len(fields) >= 5 and fields[4]:
+                found.setdefault(_PGPASS_ESCAPE.sub(r"\1", ":".join(fields[4:])), str(path))
+    return found
+
+
+# hostname:port:database:username:password, ':' and '\' escaped by '\'
+# (libpq's passwordFromFile): each field up to an unescaped ':'.
+_PGPASS_FIELD = re.compile(r"((?:[^:\\]|\\.)*):")
+_PGPASS_ESCAPE = re.compile(r"\\(.)")
+
+
+def referenced(inventory: Inventory, store_urls: tuple[str | None, ...] = ()) -> list[Credential]:
+    """Every credential reference and key file of ``inventory``, in host
+    order, and the password of a PostgreSQL store (its ``lease_db``, or one
+    of ``store_urls``: a run's --lab-db and --results-db)."""
     found: list[Credential] = []
+    from harness.dburl import is_postgres
+    stores = [("lease_db", inventory.lease_db), *((f"store {i}", url) for i, url in enumerate(store_urls))]
+    if any(url and is_postgres(url) for _, url in stores):
+        found.append(Credential("PostgreSQL store password", "lease_db / --lab-db / --results-db",
+                                postgres=True))
     for host in inventory.hosts.values():
         at = f"hosts[{host.name}]"
         if host.power is not None and host.power.password is not None:
@@ -65,13 +110,14 @@ def referenced(inventory: Inventory) -> list[Credential]:
     return found
 
 
-def resolve_all(inventory: Inventory) -> tuple[dict[str, str], list[str]]:
+def resolve_all(inventory: Inventory, store_urls: tuple[str | None, ...] = ()
+                ) -> tuple[dict[str, str], list[str]]:
     """(secret value -> what it is, one line per reference that cannot be
     resolved here: the field and why, never a value).  Every resolved value
     is registered with harness.secrets as a side effect."""
     values: dict[str, str] = {}
     unresolved: list[str] = []
-    for credential in referenced(inventory):
+    for credential in referenced(inventory, store_urls):
         try:
             values.update(credential.resolve())
         except ConfigError as exc:
@@ -80,11 +126,13 @@ def resolve_all(inventory: Inventory) -> tuple[dict[str, str], list[str]]:
     return values, unresolved
 
 
-def register_inventory_secrets(inventory: Inventory) -> list[str]:
-    """Resolve and register every secret of ``inventory`` for masking; the
-    lines of those that cannot be resolved in this process (a host using one
-    fails when it first needs it, with the same reason)."""
-    return resolve_all(inventory)[1]
+def register_inventory_secrets(inventory: Inventory, store_urls: tuple[str | None, ...] = ()
+                               ) -> list[str]:
+    """Resolve and register every secret of ``inventory`` (and of a
+    PostgreSQL store among ``store_urls``) for masking; the lines of those
+    that cannot be resolved in this process (a host using one fails when it
+    first needs it, with the same reason)."""
+    return resolve_all(inventory, store_urls)[1]
 
 
-__all__ = ["Credential", "referenced", "resolve_all", "register_inventory_secrets"]
+__all__ = ["Credential", "libpq_passwords", "referenced", "resolve_all", "register_inventory_secrets"]

@@ -43,12 +43,13 @@ class Leak:
     what: str          # "power password of vhost1 (base64)", never the value
 
 
-def inventory_secrets(inventory) -> dict[str, str]:
-    """Secret value -> what it is, for every host of ``inventory``.  Raises
-    :class:`ScanIncomplete` naming each reference that cannot be resolved
-    here: a secret the scan cannot know is a secret it cannot look for."""
+def inventory_secrets(inventory, store_urls: tuple[str | None, ...] = ()) -> dict[str, str]:
+    """Secret value -> what it is, for every host of ``inventory`` (and a
+    PostgreSQL store's password, its lease_db's or one of ``store_urls``'s).
+    Raises :class:`ScanIncomplete` naming each reference that cannot be
+    resolved here: a secret the scan cannot know is a secret it cannot look for."""
     from harness.lab.credentials import resolve_all
-    values, unresolved = resolve_all(inventory)
+    values, unresolved = resolve_all(inventory, store_urls)
     if unresolved:
         raise ScanIncomplete(f"cannot check {len(unresolved)} secret(s) of {inventory.path}: "
                              + " | ".join(unresolved))
