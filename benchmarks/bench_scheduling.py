@@ -63,6 +63,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -417,6 +418,49 @@ def run_pytest(workdir: Path, inventory: Path, workers: int, records: Path,
     return rc, wall, launched, ended, log_path.read_text(errors="replace")
 
 
+@contextlib.contextmanager
+def work_folder(kept: Path | None, prefix: str) -> Iterator[Path]:
+    """The benchmark's folder: ``kept`` (a new folder, left for reading), or
+    a temporary one, removed at the end."""
+    if kept is not None:
+        kept.mkdir(parents=True, exist_ok=False)
+        yield kept.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def sshd_hosts(workdir: Path, addresses: list[str]) -> Iterator[list[SSHServer]]:
+    """One real sshd on each address, all stopped by process id at the end,
+    also on failure, Ctrl-C or SIGTERM (main turns SIGTERM into Ctrl-C)."""
+    print(f"starting {len(addresses)} sshd on {addresses[0]}-{addresses[-1].rsplit('.', 1)[1]}",
+          flush=True)
+    servers: list[SSHServer] = []
+    try:
+        for index, address in enumerate(addresses):
+            server = SSHServer(workdir / f"sshd{index}", address=address, log_level="INFO")
+            servers.append(server)
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.kill()
+
+
+def write_result(result: dict, output: Path, pytest_output: str, summary) -> int:
+    """Write the result (with pytest's output tail when the run was not
+    correct), print ``summary(result, output)``; the exit status."""
+    analysis = result["analysis"]
+    if not analysis["correct"]:
+        result["pytest_output_tail"] = pytest_output.splitlines()[-60:]
+        print("pytest output (tail):\n" + "\n".join(result["pytest_output_tail"]))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    summary(result, output)
+    return 0 if analysis["meets_target"] else 1
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
     ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
@@ -455,16 +499,28 @@ def print_summary(result: dict, output: Path) -> None:
     for s in f["starving"]:
         print(f"    {s['worker']}: {s['why']}")
     c = a["correctness"]
+    print_verdict(a, {"overlaps": len(c["overlaps"]), "wrong host": len(c["wrong_host"])}, output)
+
+
+def print_verdict(analysis: dict, problems: dict[str, int], output: Path) -> None:
+    """The summary's last lines: the run's correctness and the verdict."""
+    c = analysis["correctness"]
     print(f"  tests recorded {c['tests_recorded']}/{c['tests_expected']}, pytest exit "
-          f"{c['pytest_exit_status']}, overlaps {len(c['overlaps'])}, wrong host "
-          f"{len(c['wrong_host'])}: {'ok' if a['correct'] else 'WRONG'}")
-    print(f"  target {'met' if a['meets_target'] else 'MISSED'}; written to {output}")
+          f"{c['pytest_exit_status']}, " + ", ".join(f"{k} {n}" for k, n in problems.items())
+          + f": {'ok' if analysis['correct'] else 'WRONG'}")
+    print(f"  target {'met' if analysis['meets_target'] else 'MISSED'}; written to {output}")
+
+
+def parser_with_lab_size(max_hosts: int) -> argparse.ArgumentParser:
+    """The benchmark's argument parser with --hosts and --workers (8 each)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=8, help=f"sshd hosts (8, at most {max_hosts})")
+    parser.add_argument("--workers", type=int, default=8, help="pytest -n (8)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hosts", type=int, default=8, help=f"sshd hosts (8, at most {MAX_HOSTS})")
-    parser.add_argument("--workers", type=int, default=8, help="pytest -n (8)")
+    parser = parser_with_lab_size(MAX_HOSTS)
     parser.add_argument("--tests", type=int, default=48, help="tests in the generated module (48)")
     parser.add_argument("--hold", type=float, default=5.0, help="seconds each test holds its host (5)")
     parser.add_argument("--baseline-runs", type=int, default=2,
@@ -491,51 +547,35 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM ends the run like Ctrl-C: the finally blocks stop what was started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    servers: list[SSHServer] = []
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=False)
-        place = contextlib.nullcontext(str(args.workdir.resolve()))
-    else:
-        place = tempfile.TemporaryDirectory(prefix="xenhil-bench-scheduling-")
-    with place as tmp:
-        workdir = Path(tmp)
-        try:
-            print(f"starting {args.hosts} sshd on 127.0.0.{ADDRESS_BASE}-"
-                  f"{ADDRESS_BASE + args.hosts - 1}", flush=True)
-            for index in range(args.hosts):
-                server = SSHServer(workdir / f"sshd{index}",
-                                   address=f"127.0.0.{ADDRESS_BASE + index}", log_level="INFO")
-                servers.append(server)
-                server.start()
-            inventory = workdir / "lab.yaml"
-            hosts = write_inventory(inventory, servers)
-            (workdir / "run").mkdir()
-            (workdir / "run" / "conftest.py").write_text(CONFTEST)
-            (workdir / "run" / "test_hold.py").write_text(
-                TEST_MODULE.format(hold=args.hold, tests=args.tests))
-            records_path = workdir / "records.jsonl"
-            if args.warm_up:
-                print(f"warm-up (pytest --collect-only): "
-                      f"{warm_up(workdir, inventory, records_path):.1f}s", flush=True)
-            baselines = []
-            if args.baseline_runs:
-                baselines.append(xdist_baseline(workdir, args.workers, records_path))
-                print(f"bare pytest-xdist -n {args.workers} (no xenhil, empty tests): "
-                      f"{baselines[-1]:.2f}s", flush=True)
-            # Generous: the whole run serialised on one host, plus a start-up allowance.
-            timeout = args.tests * (args.hold + 30) + 300
-            print(f"running pytest -n {args.workers}: {args.tests} tests x {args.hold:g}s hold",
-                  flush=True)
-            rc, wall, launched, ended, output = run_pytest(workdir, inventory, args.workers,
-                                                           records_path, timeout)
-            records = read_records(records_path)
-            while len(baselines) < args.baseline_runs:
-                baselines.append(xdist_baseline(workdir, args.workers, records_path))
-                print(f"bare pytest-xdist -n {args.workers} (no xenhil, empty tests): "
-                      f"{baselines[-1]:.2f}s", flush=True)
-        finally:
-            for server in servers:
-                server.kill()
+    addresses = [f"127.0.0.{ADDRESS_BASE + index}" for index in range(args.hosts)]
+    with work_folder(args.workdir, "xenhil-bench-scheduling-") as workdir, \
+            sshd_hosts(workdir, addresses) as servers:
+        inventory = workdir / "lab.yaml"
+        hosts = write_inventory(inventory, servers)
+        (workdir / "run").mkdir()
+        (workdir / "run" / "conftest.py").write_text(CONFTEST)
+        (workdir / "run" / "test_hold.py").write_text(
+            TEST_MODULE.format(hold=args.hold, tests=args.tests))
+        records_path = workdir / "records.jsonl"
+        if args.warm_up:
+            print(f"warm-up (pytest --collect-only): "
+                  f"{warm_up(workdir, inventory, records_path):.1f}s", flush=True)
+        baselines = []
+        if args.baseline_runs:
+            baselines.append(xdist_baseline(workdir, args.workers, records_path))
+            print(f"bare pytest-xdist -n {args.workers} (no xenhil, empty tests): "
+                  f"{baselines[-1]:.2f}s", flush=True)
+        # Generous: the whole run serialised on one host, plus a start-up allowance.
+        timeout = args.tests * (args.hold + 30) + 300
+        print(f"running pytest -n {args.workers}: {args.tests} tests x {args.hold:g}s hold",
+              flush=True)
+        rc, wall, launched, ended, output = run_pytest(workdir, inventory, args.workers,
+                                                       records_path, timeout)
+        records = read_records(records_path)
+        while len(baselines) < args.baseline_runs:
+            baselines.append(xdist_baseline(workdir, args.workers, records_path))
+            print(f"bare pytest-xdist -n {args.workers} (no xenhil, empty tests): "
+                  f"{baselines[-1]:.2f}s", flush=True)
 
     analysis = analyse(records, hosts=hosts, workers=[f"gw{i}" for i in range(args.workers)],
                        tests=args.tests, hold=args.hold, wall_s=wall, launched=launched,
@@ -550,19 +590,18 @@ def main(argv: list[str] | None = None) -> int:
         "records": sorted(records, key=lambda r: r.get("requested", 0)),
         "versions": versions(),
     }
-    if not analysis["correct"]:
-        result["pytest_output_tail"] = output.splitlines()[-60:]
-        print("pytest output (tail):\n" + "\n".join(result["pytest_output_tail"]))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print_summary(result, args.output)
-    return 0 if analysis["meets_target"] else 1
+    return write_result(result, args.output, output, print_summary)
 
 
-if __name__ == "__main__":
+def run_main(main, name: str) -> None:
+    """Exit with ``main()``'s status; Ctrl-C (and SIGTERM, which main turns
+    into it) after the finally blocks stopped every sshd and the pytest run."""
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        print("bench_scheduling: interrupted; every sshd and the pytest run were stopped",
-              file=sys.stderr)
+        print(f"{name}: interrupted; every sshd and the pytest run were stopped", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_main(main, "bench_scheduling")
