@@ -67,6 +67,10 @@ NUMBERS: dict[str, Range] = {
                                unit="samples", integer=True),
 }
 
+#: --series names the patch series in every report (a URL or a message id):
+#: one line, and never a link with credentials in it.
+SERIES_MAX = 2000
+
 #: A run id becomes a folder name (artifacts/<run id>) and a lease column.
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -162,6 +166,46 @@ def check_run_id(value: str) -> str:
                           help="use up to 100 letters, digits, '.', '_' or '-', starting with a "
                                "letter or digit (it names the run's artifacts folder)")
     return value
+
+
+def check_series(value: str) -> str:
+    """--series: one printable line of at most SERIES_MAX characters, no
+    password in it (it is written into every report)."""
+    from harness.secrets import inline_secret_kind
+    text = str(value)
+    fix = "give the series' URL (lore.kernel.org, patchew) or its message id"
+    if not text.strip():
+        raise ConfigError("--series: empty", help=fix)
+    if len(text) > SERIES_MAX:
+        raise ConfigError(f"--series: {len(text)} characters, more than {SERIES_MAX}", help=fix)
+    if not text.isprintable():
+        raise ConfigError(f"--series {shown(text)}: holds a line break or control character", help=fix)
+    if inline_secret_kind(text):
+        raise ConfigError(f"--series {shown(text)}: holds a password ({inline_secret_kind(text)}), "
+                          "and it is written into every report", help=fix + ", without credentials")
+    return text
+
+
+def check_markers(option: str, names: list[str], known: set[str]) -> list[str]:
+    """Marker names given with ``option`` (--require-run): each must be a
+    registered marker, or a typo would silently require nothing."""
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"{option} {shown(name)}: no such marker",
+                              help=f"use a registered marker ({', '.join(sorted(known)[:12])}"
+                                   f"{', ...' if len(known) > 12 else ''}; `pytest --markers` lists them)")
+    return names
+
+
+def _same_sqlite_file(first: str, second: str) -> bool:
+    from harness.dburl import is_postgres, sqlite_path
+    if is_postgres(first) or is_postgres(second):
+        return False
+    a, b = sqlite_path(first, "lease store"), sqlite_path(second, "results store")
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def check_store_url(option: str, url: str, *, postgres: bool = True) -> str:
@@ -321,7 +365,8 @@ def detail_lines(exc: ConfigError) -> list[str]:
 def check_pytest_options(options: dict) -> dict:
     """The xenhil pytest options checked and normalised (numbers as floats);
     the first problem raises ConfigError (the plugin makes it a one-line
-    pytest.UsageError)."""
+    pytest.UsageError).  --require-run is checked at session start
+    (check_markers), once every marker is registered."""
     checked = dict(options)
     for option in ("--lease-ttl", "--reserve-timeout"):
         checked[option] = number(option, options[option])
@@ -334,6 +379,15 @@ def check_pytest_options(options: dict) -> dict:
         check_store_url("--lab-db", options["--lab-db"], postgres=True)
     if options.get("--results-db"):
         check_store_url("--results-db", options["--results-db"], postgres=True)
+    if options.get("--lab-db") and options.get("--results-db") \
+            and _same_sqlite_file(options["--lab-db"], options["--results-db"]):
+        # Both keep their schema version in the file's user_version: one
+        # store would take the other's for a newer or damaged one.
+        raise ConfigError("--lab-db and --results-db name the same SQLite file",
+                          help="give each store its own file (the lease store defaults to the "
+                               "inventory's folder, the results store to artifacts/results.sqlite)")
+    if options.get("--series") is not None:
+        check_series(options["--series"])
     check_output_folder("--artifacts", options["--artifacts"])
     if options.get("--lab"):
         from harness.lab.inventory import load_inventory
@@ -342,5 +396,6 @@ def check_pytest_options(options: dict) -> dict:
     return checked
 
 
-__all__ = ["NUMBERS", "Range", "number", "argparse_number", "argparse_type", "reason", "check_run_id", "check_store_url",
-           "check_output_folder", "check_input_path", "check_pytest_options", "one_line", "shown"]
+__all__ = ["NUMBERS", "Range", "number", "argparse_number", "argparse_type", "reason", "check_run_id",
+           "check_store_url", "check_output_folder", "check_input_path", "check_pytest_options",
+           "check_series", "check_markers", "one_line", "shown"]

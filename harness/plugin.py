@@ -121,10 +121,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def _checked_options(config: pytest.Config) -> dict:
     """The xenhil options, checked once before anything acts (harness.options):
     a bad one is one usage error, not an error per test or an INTERNALERROR."""
+    from harness.lab.credentials import register_lab_secrets_early
     from harness.options import check_pytest_options, one_line
     names = ("--lab", "--lab-db", "--reserve-timeout", "--lease-ttl", "--xen-build", "--series",
              "--run-id", "--artifacts", "--results-db", "--saverestore-cycles", "--latency-samples")
     raw = {name: config.getoption(name, None) for name in names}
+    # First, so that a secret typed into any option is masked in the error.
+    register_lab_secrets_early(raw["--lab"], (raw["--lab-db"], raw["--results-db"]))
     try:
         checked = check_pytest_options(raw)
     except XenhilError as exc:

@@ -527,6 +527,10 @@ PYTEST_OPTIONS = {
     "--lab": ["{d}/nope.yaml", "{d}", "{d}/fifo", "/dev/zero", "{d}/bomb.yaml", "{d}/inline.yaml"],
     "--xen-build": ["{d}/nope", "{d}/fifo", "/dev/zero", "{d}/garbage.tar.gz", "{d}/sparse.tar.gz",
                     "{d}/dotdot.tar.gz", "{d}/empty", "{d}/bomb.tar.gz"],
+    # Written into every report: one line, no credentials.
+    "--series": ["", "s" * 100_000, "https://lore.example/x\nInjected: line", f"https://u:{SECRET}@patchew.example/s"],
+    # A typo would require nothing.
+    "--require-run": ["real-xen", "no such marker"],
     # The suites' counts: 0 or less would make their test pass having checked nothing.
     "--saverestore-cycles": ["0", "-1", "5000"],
     "--latency-samples": ["0", "-5", "1", "99999999999"],
@@ -550,9 +554,21 @@ for option, values in PYTEST_OPTIONS.items():
             fld = "power.commands.on" if "inline" in value else "bomb.yaml"
         if value == "{d}/bomb.tar.gz":
             fld = "decompression bomb"
-        case("pytest-option", f"{option}={value.replace(SECRET, 'SECRET')}",
+        case("pytest-option", f"{option}={value.replace(SECRET, 'SECRET')[:40]}",
              ["-p", "no:cacheprovider", "-q", "-p", "no:randomly", f"{option}={value}", "test_x.py"],
              fld, files=PYTEST_FILES, rc=4, runner="pytest")
+# Options that are wrong together, or hold the lab's own secret: the lab's
+# secrets are registered before any option is checked, so none is echoed.
+PYTEST_COMBINATIONS = {
+    "--lab-db and --results-db one file": (["--lab-db={d}/s.sqlite", "--results-db=sqlite://{d}/s.sqlite"],
+                                           "--results-db"),
+    "the lab's password in --run-id": (["--lab={d}/lab.yaml", f"--run-id={SECRET}/x"], "--run-id"),
+    "the lab's password in --artifacts": (["--lab={d}/lab.yaml", f"--artifacts={{d}}/f/{SECRET}"], "--artifacts"),
+    "the lab's password in --lease-ttl": (["--lab={d}/lab.yaml", f"--lease-ttl={SECRET}"], "--lease-ttl"),
+}
+for name, (options, fld) in PYTEST_COMBINATIONS.items():
+    case("pytest-option", name, ["-p", "no:cacheprovider", "-q", "-p", "no:randomly", *options, "test_x.py"],
+         fld, files={**PYTEST_FILES, "lab.yaml": GOOD_LAB}, rc=4, runner="pytest")
 
 
 # --------------------------------------------------------------------------

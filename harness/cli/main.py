@@ -102,16 +102,10 @@ def _register_lab_secrets(args: argparse.Namespace) -> None:
     typed into any argument is then masked in every message.  Best effort: a
     verb that needs the lab reports its problems itself."""
     import os
-    path = getattr(args, "lab", None) or os.environ.get("XENHIL_LAB")
-    if not path:
-        return
-    try:
-        from harness.lab.credentials import register_inventory_secrets
-        from harness.lab.inventory import load_inventory
-        register_inventory_secrets(load_inventory(path), (getattr(args, "lab_db", None),
-                                                          getattr(args, "results_db", None)))
-    except Exception:  # the verb's own checks say what is wrong
-        pass
+
+    from harness.lab.credentials import register_lab_secrets_early
+    register_lab_secrets_early(getattr(args, "lab", None) or os.environ.get("XENHIL_LAB"),
+                               (getattr(args, "lab_db", None), getattr(args, "results_db", None)))
 
 
 def _print_error(exc: ConfigError) -> None:

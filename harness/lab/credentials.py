@@ -135,4 +135,18 @@ def register_inventory_secrets(inventory: Inventory, store_urls: tuple[str | Non
     return resolve_all(inventory, store_urls)[1]
 
 
-__all__ = ["Credential", "libpq_passwords", "referenced", "resolve_all", "register_inventory_secrets"]
+def register_lab_secrets_early(path: str | Path | None, store_urls: tuple[str | None, ...] = ()) -> None:
+    """Best effort, before any option or argument is checked: every secret
+    of the lab at ``path`` registered, so that a check's message masks a
+    secret typed into any option.  Whatever is wrong with the lab is left
+    to the checks that follow, which say it properly."""
+    if not path:
+        return
+    try:
+        from harness.lab.inventory import load_inventory
+        register_inventory_secrets(load_inventory(path), store_urls)
+    except Exception:  # the lab's own check reports it, with its fix
+        pass
+
+
+__all__ = ["Credential", "register_lab_secrets_early", "libpq_passwords", "referenced", "resolve_all", "register_inventory_secrets"]
