@@ -34,6 +34,14 @@ def _inputs(args: argparse.Namespace) -> dict:
     output = check_output_folder("-o/--output", args.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"-o/--output {output}: is a file, not a folder", help="give a folder")
+    # The report's files would become results Allure reads next time, or
+    # generating the report into a folder could replace the results in it.
+    out, res = output.resolve(), results.resolve()
+    where = ("is RESULTS_DIR" if out == res else "is inside RESULTS_DIR" if res in out.parents
+             else "holds RESULTS_DIR" if out in res.parents else None)
+    if where:
+        raise ConfigError(f"-o/--output {output}: {where} {results}",
+                          help="give the report a folder of its own, e.g. -o allure-report")
     db = args.results_db or f"sqlite://{Path(args.artifacts).resolve() / 'results.sqlite'}"
     check_store_url("--results-db", db, postgres=True)
     # A SQLite store is a file this command checks and scans; a PostgreSQL
