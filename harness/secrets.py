@@ -359,7 +359,18 @@ INLINE_SECRET_RULES: tuple[InlineRule, ...] = (
                                               re.IGNORECASE)),
     # command lines: -P VALUE, -PVALUE, --password VALUE, --password=VALUE, sshpass -p VALUE
     InlineRule("password option", re.compile(r"((?:^|\s)(?:-P|--pass(?:word|wd)?|--pw|-pw|--secret|--token|"
-                                             r"(?<=sshpass )-p)(?:\s+|=)?)(?!-)[^\s]+")),
+                                             r"--k-g|(?<=sshpass )-p)(?:\s+|=)?)(?!-)[^\s]+")),
+    # Tools whose lowercase -p is the password (sshpass, Dell's racadm, FreeIPMI's
+    # ipmipower/ipmiconsole/ipmi-*/bmc-*; ipmitool's -p is the port) and whose -k
+    # is the BMC's K_g key (ipmitool, FreeIPMI), within that tool's next 400
+    # characters of arguments (bounded: unbounded, every repeated tool name
+    # rescanned the rest of the line).
+    InlineRule("password option", re.compile(
+        r"((?<![\w-])(?:(?:sshpass|racadm|ipmipower|ipmiconsole|ipmi-[a-z-]+|bmc-[a-z-]+)\b"
+        r"[^;&|\n]{0,400}?\s-[pk]|ipmitool\b[^;&|\n]{0,400}?\s-k)(?:\s+|=)?)(?!-)\S+")),
+    # curl/wget style: -u USER:PASSWORD, --user USER:PASSWORD, --proxy-user ...
+    InlineRule("user:password option", re.compile(r"((?:^|\s)(?:-u|--user|--proxy-user|-U)(?:\s+|=)"
+                                                  r"['\"]?[^\s:'\"]+:)[^\s'\"]+")),
 )
 
 

@@ -246,6 +246,21 @@ INLINE_SECRETS = {
                                "power.password.env"),
     "password env and file": (host_with("{kind: ipmi, address: b, user: u, password: {env: X, file: /x}}"),
                               "power.password"),
+    "curl -u user:password": (host_with(f"{{kind: command, commands: {{on: 'curl -u admin:{SECRET} https://bmc/on'}}}}"),
+                              "power.commands.on"),
+    "racadm -p": (host_with(f"{{kind: command, commands: {{on: 'racadm -r bmc -u root -p {SECRET} serveraction powerup'}}}}"),
+                  "power.commands.on"),
+    "ipmipower -p": (host_with(f"{{kind: command, commands: {{off: 'ipmipower -h bmc -u admin -p {SECRET} --off'}}}}"),
+                     "power.commands.off"),
+    "ipmitool -k (K_g key)": (host_with(f"{{kind: command, commands: {{on: 'ipmitool -I lanplus -k {SECRET} -E on'}}}}"),
+                              "power.commands.on"),
+    "ipmi-sol -p in serial": (host_with(extra=f"    serial: {{kind: command, command: 'ipmi-sol -h b -u u -p {SECRET}'}}\n"),
+                              "serial.command"),
+    "power.user user:password": (host_with(f"{{kind: ipmi, address: b, user: 'ADMIN:{SECRET}', password: {{env: X}}}}"),
+                                 "power.user"),
+    "serial.user user:password": (host_with(extra=f"    serial: {{kind: ipmi-sol, host: b, user: 'ADMIN:{SECRET}', password: {{env: X}}}}\n"),
+                                  "serial.user"),
+    "ssh.user user:password": (host_with(ssh=f"{{user: 'root:{SECRET}', host_key: '" + HOST_KEY + "'}"), "ssh.user"),
 }
 for name, (text, fld) in INLINE_SECRETS.items():
     case("inventory-secret", name, ["lab", "check", "{d}/lab.yaml"], fld, files={"lab.yaml": text})

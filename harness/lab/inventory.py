@@ -477,7 +477,10 @@ def _show(value: Any, path: tuple) -> str:
     """A value for a message, or nothing when it may be a secret or is long."""
     if _is_secret_path(path) or isinstance(value, (dict, list)) or value is None:
         return ""
-    # A URL's password, a command's -P value, password=...: masked.
+    # A URL's password, a command's -P value, password=...: masked; and in a
+    # user field, what follows a ':' (someone wrote user:password).
+    if isinstance(value, str) and path and path[-1] == "user" and ":" in value:
+        value = value.split(":", 1)[0] + ":***"
     text = repr(redact_inline(value)) if isinstance(value, str) else str(value)
     return f" {text}" if len(text) <= 80 else f" {text[:77]}..."
 
