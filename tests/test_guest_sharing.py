@@ -64,7 +64,7 @@ def _lines(path: Path) -> list[dict]:
 SUITE = '''
 import json, os, pytest
 
-@pytest.mark.parametrize("n", range(6))
+@pytest.mark.parametrize("n", range(int(os.environ["XH_TESTS"])))
 def test_uses_the_guest(guest, n):
     assert guest.run("echo up").strip() == "up"
     with open(os.environ["XH_USES"], "a") as out:
@@ -73,8 +73,9 @@ def test_uses_the_guest(guest, n):
 '''
 
 
-def _run(tmp_path: Path, server, workers: int) -> dict:
-    run = tmp_path / f"n{workers}"
+def _run(tmp_path: Path, server, workers: int, splits=("single",), tests: int = 6,
+         *extra: str) -> dict:
+    run = tmp_path / f"n{workers}-{len(splits)}"
     (run / "suite").mkdir(parents=True)
     (run / "suite" / "test_suite.py").write_text(SUITE)
     (run / "suite" / "conftest.py").write_text(CONFTEST)
@@ -84,12 +85,12 @@ def _run(tmp_path: Path, server, workers: int) -> dict:
            if k not in ("XENHIL_LAB", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
     env.update(XH_GUESTS=str(run / "guests"), XH_BOOT_S="0.5", XH_BOOTS=str(run / "boots.jsonl"),
                XH_DESTROYED=str(run / "destroyed.jsonl"), XH_USES=str(run / "uses.jsonl"),
-               XH_LEASE_DB=f"sqlite://{db}", PYTHONPATH=str(ROOT))
+               XH_LEASE_DB=f"sqlite://{db}", XH_TESTS=str(tests), PYTHONPATH=str(ROOT))
     xdist = ["-n", str(workers)] if workers > 1 else []
     result = subprocess.run(
         [sys.executable, "-m", "pytest", *xdist, "--lab", str(lab), "--lab-db", f"sqlite://{db}",
-         "--run-id", f"share-{workers}", "--split", "single", "--artifacts", str(run / "art"),
-         "-p", "no:cacheprovider", "-q"],
+         "--run-id", f"share-{workers}", *(f"--split={s}" for s in splits),
+         "--artifacts", str(run / "art"), "-p", "no:cacheprovider", "-q", *extra],
         cwd=run / "suite", env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return {"boots": _lines(run / "boots.jsonl"), "uses": _lines(run / "uses.jsonl"),
@@ -120,6 +121,19 @@ def test_two_workers_on_one_host_share_one_guest_and_the_run_end_destroys_it(tmp
     finally:
         store.close()
     assert not list(shared["guests"].rglob("*.domain"))
+
+
+def test_two_workers_on_one_host_boot_what_one_boots_with_more_splits_than_the_host_keeps(
+        tmp_path, sshd_host):
+    """3 splits, a host keeping 2 guests: the host must see the tests in
+    one worker's order (split by split), or two workers alternating between
+    two parts of the order evict each other's guests."""
+    splits = ("single", "qnet+qall", "qide+qall")
+    alone = _run(tmp_path, sshd_host, 1, splits, 4, "--guests-per-host=2")
+    shared = _run(tmp_path, sshd_host, 2, splits, 4, "--guests-per-host=2")
+    assert len(alone["boots"]) == 3, alone["boots"]
+    assert len(shared["boots"]) <= 3, shared["boots"]
+    assert len({u["pid"] for u in shared["uses"]}) == 2 and len(shared["uses"]) == 12
 
 
 # --- eviction, and taking over another pool's guest ---------------------------------
@@ -315,11 +329,9 @@ def test_the_tests_of_a_split_run_together_and_the_others_keep_their_place(pytes
                      "test_c[split=single]", "test_c[split=qnet+qall]"]
 
 
-def test_a_run_on_a_lab_under_xdist_steals_work_unless_the_user_chose_a_mode(pytester, tmp_path,
-                                                                            sshd_host):
-    from xdist.scheduler import WorkStealingScheduling
-
-    from fixtures.scheduling import pytest_xdist_make_scheduler
+def test_a_run_on_a_lab_under_xdist_runs_a_stretch_per_host_unless_the_user_chose_a_mode(
+        pytester, tmp_path, sshd_host):
+    from fixtures.scheduling import HostStretchScheduling, pytest_xdist_make_scheduler
     lab = _inventory(tmp_path / "lab.yaml", sshd_host)
 
     def configured(*args):
@@ -328,7 +340,65 @@ def test_a_run_on_a_lab_under_xdist_steals_work_unless_the_user_chose_a_mode(pyt
         pytest_cmdline_main(config)       # pytest-xdist's own: -n 2 -> --dist load, two workers
         return config
 
-    assert isinstance(pytest_xdist_make_scheduler(configured("--lab", str(lab)), None),
-                      WorkStealingScheduling)
+    scheduler = pytest_xdist_make_scheduler(configured("--lab", str(lab)), None)
+    assert isinstance(scheduler, HostStretchScheduling) and scheduler.hosts == 1
     assert pytest_xdist_make_scheduler(configured("--dist", "load", "--lab", str(lab)), None) is None
     assert pytest_xdist_make_scheduler(configured(), None) is None
+
+
+class _Worker:
+    """What the scheduler sees of a pytest-xdist worker: what it was sent."""
+
+    def __init__(self, name: str):
+        from types import SimpleNamespace
+        self.name, self.shutting_down, self.sent = name, False, []
+        self.gateway = SimpleNamespace(id=name)
+
+    def send_runtest_some(self, indices) -> None:
+        self.sent += list(indices)
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+
+def _scheduler(pytester, workers: int, hosts: int, tests: int):
+    from xdist.plugin import pytest_cmdline_main
+
+    from fixtures.scheduling import HostStretchScheduling
+    config = pytester.parseconfigure("-n", str(workers))
+    pytest_cmdline_main(config)
+    scheduler = HostStretchScheduling(config, None, hosts=hosts)
+    nodes = [_Worker(f"gw{i}") for i in range(workers)]
+    for node in nodes:
+        scheduler.add_node(node)
+        scheduler.add_node_collection(node, [f"t.py::test[{i}]" for i in range(tests)])
+    scheduler.schedule()
+    return scheduler, nodes
+
+
+def test_workers_sharing_one_host_take_the_tests_in_one_order(pytester):
+    scheduler, (a, b) = _scheduler(pytester, workers=2, hosts=1, tests=8)
+    assert (a.sent, b.sent) == ([0, 1], [2, 3])
+    scheduler.mark_test_complete(b, 2)
+    scheduler.mark_test_complete(a, 0)
+    assert (a.sent, b.sent) == ([0, 1, 5], [2, 3, 4])
+    for node, index in ((a, 1), (b, 3), (b, 4), (a, 5)):
+        scheduler.mark_test_complete(node, index)
+    assert sorted(a.sent + b.sent) == list(range(8)) and not scheduler.pending
+    assert scheduler.tests_finished and a.shutting_down and b.shutting_down
+
+
+def test_a_worker_whose_stretch_is_done_takes_the_back_half_of_the_longest(pytester):
+    scheduler, (a, b, c) = _scheduler(pytester, workers=3, hosts=3, tests=30)
+    assert (a.sent, b.sent, c.sent) == ([0, 1], [10, 11], [20, 21])
+    for index in range(10):          # a runs its whole stretch
+        scheduler.mark_test_complete(a, index)
+    # b's stretch had 12-19 left; c's 22-29: a took the back half of the first longest.
+    assert a.sent[-2:] == [16, 17] and b.sent == [10, 11]
+    for index in (10, 11, 12, 13):
+        scheduler.mark_test_complete(b, index)
+    assert b.sent[-2:] == [14, 15] and 16 not in b.sent      # b stays on its own stretch's front
+    for index in (14, 15):           # b's stretch is done: the back half of c's, 26-29
+        scheduler.mark_test_complete(b, index)
+    assert b.sent[-2:] == [26, 27] and c.sent == [20, 21]
+    assert not any(node.shutting_down for node in (a, b, c))
