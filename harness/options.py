@@ -146,7 +146,8 @@ REASON_MAX = 500
 
 def reason(option: str, value: str) -> str:
     """A reason given with ``option``: one line of 1 to REASON_MAX printable
-    characters, surrounding blanks dropped."""
+    characters, surrounding blanks dropped, and any secret in it masked (it
+    is kept in the lease store and shown to everyone by `lab status`)."""
     text = (value or "").strip()
     fix = f"say why in a sentence, e.g. {option} 'BMC does not answer'"
     if not text:
@@ -157,7 +158,8 @@ def reason(option: str, value: str) -> str:
     if not text.isprintable():
         raise ConfigError(f"{option} {shown(text)}: holds a line break or control character",
                           help=fix)
-    return text
+    from harness.secrets import redact_inline
+    return redact_inline(text)
 
 
 def check_run_id(value: str) -> str:

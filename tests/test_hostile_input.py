@@ -512,6 +512,15 @@ OTHER_ARGS = {
 }
 for name, (argv, fld) in OTHER_ARGS.items():
     case("cli-args", name, argv, fld, files={"lab.yaml": NONE_LAB, "f": b"x", "s": FOLDER})
+# argparse's own errors echo what was typed: the lab's secrets are registered
+# before the arguments are parsed.
+for name, argv, fld in (("power action is the lab's password", ["power", "h1", SECRET, "--lab", "{d}/lab.yaml"],
+                         "action"),
+                        ("split check --has the lab's password", ["split", "check", "name=a,ui", "--has", SECRET],
+                         "--has"),
+                        ("lab quarantine --reason the password and a line break",
+                         ["lab", "quarantine", "h1", "--lab", "{d}/lab.yaml", f"--reason=pw {SECRET}\nx"], "--reason")):
+    case("cli-args", name, argv, fld, files={"lab.yaml": GOOD_LAB}, env={"XENHIL_LAB": "{d}/lab.yaml"})
 
 # 8c. The split catalog (xenhil split list --catalog): read bounded like the inventory.
 CATALOGS = {

@@ -392,3 +392,24 @@ def test_a_postgresql_stores_password_is_a_secret_of_the_run(
     leaks = scan([results], found)
     assert [(leak.path.name, leak.what) for leak in leaks] == [
         ("env.txt", "PostgreSQL store password ($PGPASSWORD) (hex)")]
+
+
+def test_a_quarantine_reason_is_kept_and_shown_masked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A reason is free text kept in the lease store and shown to everyone
+    by `lab status`: a secret typed into it (registered, or inline) is masked
+    before it is stored."""
+    from harness.cli.main import main
+    password = "bmc-" + secrets.token_hex(8)
+    monkeypatch.setenv(PASSWORD_VAR, password)
+    lab, store = tmp_path / "lab.yaml", tmp_path / "leases.sqlite"
+    lab.write_text(INVENTORY)
+    common = ["--lab", str(lab), "--lab-db", f"sqlite://{store}"]
+    reason = f"BMC takes {password} only; curl -u admin:inline-pw9 works"
+    assert main(["lab", "quarantine", "h1", "--reason", reason, *common]) == 0
+    assert main(["lab", "status", *common]) == 0
+    out = capsys.readouterr().out
+    assert "BMC takes *** only; curl -u admin:*** works" in out, out
+    assert password not in out and "inline-pw9" not in out
+    data = b"".join(p.read_bytes() for p in tmp_path.glob("leases.sqlite*"))
+    assert password.encode() not in data and b"inline-pw9" not in data

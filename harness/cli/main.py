@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1:]
+    # Before parsing: argparse's errors and the options' checks echo values.
+    _register_lab_secrets(argv)
     args = parser.parse_args(argv)
     args.passthrough = passthrough
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -68,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     from harness.secrets import ScrubbingLogFilter
     for handler in logging.getLogger().handlers:
         handler.addFilter(ScrubbingLogFilter())
-    _register_lab_secrets(args)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
@@ -96,16 +97,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BUG
 
 
-def _register_lab_secrets(args: argparse.Namespace) -> None:
+def _register_lab_secrets(argv: list[str]) -> None:
     """Every secret the lab (--lab, else $XENHIL_LAB) references, registered
-    for masking before the verb does anything, whatever the verb: a secret
-    typed into any argument is then masked in every message.  Best effort: a
-    verb that needs the lab reports its problems itself."""
+    for masking before the arguments are even parsed, whatever the verb: a
+    secret typed into any argument is then masked in every message.  Best
+    effort: a verb that needs the lab reports its problems itself."""
     import os
 
     from harness.lab.credentials import register_lab_secrets_early
-    register_lab_secrets_early(getattr(args, "lab", None) or os.environ.get("XENHIL_LAB"),
-                               (getattr(args, "lab_db", None), getattr(args, "results_db", None)))
+
+    def given(option: str) -> str | None:
+        for i, arg in enumerate(argv):
+            if arg == option and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(option + "="):
+                return arg[len(option) + 1:]
+        return None
+    register_lab_secrets_early(given("--lab") or os.environ.get("XENHIL_LAB"),
+                               (given("--lab-db"), given("--results-db")))
 
 
 def _print_error(exc: ConfigError) -> None:
