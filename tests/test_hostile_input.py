@@ -203,26 +203,27 @@ for name, (content, fld) in INVENTORY_FILES.items():
     files = {} if content is None else {"lab.yaml": content}
     case("inventory-file", name, ["lab", "check", "{d}/lab.yaml"], fld, files=files)
 
+def power_command(line: str, action: str = "on") -> tuple[str, str]:
+    """(An inventory whose host's power ``action`` runs ``line``, the field named.)"""
+    return host_with(f"{{kind: command, commands: {{{action}: '{line}'}}}}"), f"power.commands.{action}"
+
+
+def serial_command(line: str) -> tuple[str, str]:
+    """(An inventory whose host's console is ``line``'s output, the field named.)"""
+    return host_with(extra=f"    serial: {{kind: command, command: '{line}'}}\n"), "serial.command"
+
+
 INLINE_SECRETS = {
     # where the secret hides -> (inventory text, field named)
-    "ipmitool -P": (host_with(f"{{kind: command, commands: {{on: 'ipmitool -H b -U u -P {SECRET} power on'}}}}"),
-                    "power.commands.on"),
-    "ipmitool -Pvalue": (host_with(f"{{kind: command, commands: {{off: 'ipmitool -P{SECRET} power off'}}}}"),
-                         "power.commands.off"),
-    "--password=": (host_with(f"{{kind: command, commands: {{cycle: 'bmctool --password={SECRET} cycle'}}}}"),
-                    "power.commands.cycle"),
-    "--password value": (host_with(f"{{kind: command, commands: {{status: 'bmctool --password {SECRET} st'}}}}"),
-                         "power.commands.status"),
-    "sshpass -p": (host_with(f"{{kind: command, commands: {{on: 'sshpass -p {SECRET} ssh bmc on'}}}}"),
-                   "power.commands.on"),
-    "PASSWORD= assignment": (host_with(f"{{kind: command, commands: {{on: 'IPMI_PASSWORD={SECRET} ipmitool -E on'}}}}"),
-                             "power.commands.on"),
-    "URL in command": (host_with(f"{{kind: command, commands: {{on: 'curl https://admin:{SECRET}@bmc/on'}}}}"),
-                       "power.commands.on"),
-    "URL with @ in password": (host_with(f"{{kind: command, commands: {{on: 'curl https://admin:p@{SECRET}@bmc/on'}}}}"),
-                               "power.commands.on"),
-    "serial command -P": (host_with(extra=f"    serial: {{kind: command, command: 'ipmitool -I lanplus -P {SECRET} sol activate'}}\n"),
-                          "serial.command"),
+    "ipmitool -P": power_command(f"ipmitool -H b -U u -P {SECRET} power on"),
+    "ipmitool -Pvalue": power_command(f"ipmitool -P{SECRET} power off", "off"),
+    "--password=": power_command(f"bmctool --password={SECRET} cycle", "cycle"),
+    "--password value": power_command(f"bmctool --password {SECRET} st", "status"),
+    "sshpass -p": power_command(f"sshpass -p {SECRET} ssh bmc on"),
+    "PASSWORD= assignment": power_command(f"IPMI_PASSWORD={SECRET} ipmitool -E on"),
+    "URL in command": power_command(f"curl https://admin:{SECRET}@bmc/on"),
+    "URL with @ in password": power_command(f"curl https://admin:p@{SECRET}@bmc/on"),
+    "serial command -P": serial_command(f"ipmitool -I lanplus -P {SECRET} sol activate"),
     "lease_db URL password": (f"lease_db: postgresql://lab:{SECRET}@db/leases\n" + GOOD_LAB, "lease_db"),
     "lease_db password with @": (f"lease_db: postgresql://lab:p@{SECRET}@db/leases\n" + GOOD_LAB, "lease_db"),
     "lease_db ?password=": (f"lease_db: postgresql://lab@db/leases?password={SECRET}\n" + GOOD_LAB, "lease_db"),
@@ -246,16 +247,11 @@ INLINE_SECRETS = {
                                "power.password.env"),
     "password env and file": (host_with("{kind: ipmi, address: b, user: u, password: {env: X, file: /x}}"),
                               "power.password"),
-    "curl -u user:password": (host_with(f"{{kind: command, commands: {{on: 'curl -u admin:{SECRET} https://bmc/on'}}}}"),
-                              "power.commands.on"),
-    "racadm -p": (host_with(f"{{kind: command, commands: {{on: 'racadm -r bmc -u root -p {SECRET} serveraction powerup'}}}}"),
-                  "power.commands.on"),
-    "ipmipower -p": (host_with(f"{{kind: command, commands: {{off: 'ipmipower -h bmc -u admin -p {SECRET} --off'}}}}"),
-                     "power.commands.off"),
-    "ipmitool -k (K_g key)": (host_with(f"{{kind: command, commands: {{on: 'ipmitool -I lanplus -k {SECRET} -E on'}}}}"),
-                              "power.commands.on"),
-    "ipmi-sol -p in serial": (host_with(extra=f"    serial: {{kind: command, command: 'ipmi-sol -h b -u u -p {SECRET}'}}\n"),
-                              "serial.command"),
+    "curl -u user:password": power_command(f"curl -u admin:{SECRET} https://bmc/on"),
+    "racadm -p": power_command(f"racadm -r bmc -u root -p {SECRET} serveraction powerup"),
+    "ipmipower -p": power_command(f"ipmipower -h bmc -u admin -p {SECRET} --off", "off"),
+    "ipmitool -k (K_g key)": power_command(f"ipmitool -I lanplus -k {SECRET} -E on"),
+    "ipmi-sol -p in serial": serial_command(f"ipmi-sol -h b -u u -p {SECRET}"),
     "power.user user:password": (host_with(f"{{kind: ipmi, address: b, user: 'ADMIN:{SECRET}', password: {{env: X}}}}"),
                                  "power.user"),
     "serial.user user:password": (host_with(extra=f"    serial: {{kind: ipmi-sol, host: b, user: 'ADMIN:{SECRET}', password: {{env: X}}}}\n"),
