@@ -28,17 +28,13 @@ Figures, from what the run recorded (per test, per boot, per destroy):
   tests ran on a guest another worker booted, the start-up and the tail.
 
 What to expect: one boot per host (all at once, so one boot of wall time)
-plus one per change of split inside a worker's stretch of the
-split-ordered tests (fixtures.scheduling: at most splits - 1), so H + S - 1
-boots; the workers whose stretch changes split take one boot longer.  On
-this 2-core machine, with the virtual lab's QEMU busy beside it, 3 x 32
-tests of 20 s: 10 boots (target 11), ratio 1.067; with 10 s tests the
-same 10 boots and ratio 1.133 (start-up 7.5 s, the longer stretches' boot
-5 s: the fixed costs are a larger part of a shorter run).
-
-Results: benchmarks/results/guest_affinity.json (``--output``).  Exit
-status 1 when a target is missed.  Every sshd and the pytest run are
-stopped by process id at the end, also on failure, Ctrl-C or SIGTERM.
+plus one per stretch of the split-ordered tests that changes split
+(fixtures.scheduling: at most splits - 1), so H + S - 1 boots; the workers
+whose stretch changes split take one boot longer.  On this 2-core machine,
+with the virtual lab's QEMU busy beside it, 3 x 32 tests of 20 s: 10 boots
+(target 11), ratio 1.07-1.09; with 10 s tests the same 10 boots and ratio
+1.13-1.22: the workers' start-up took 7-15 s, a larger part of a shorter
+run.
 """
 from __future__ import annotations
 
