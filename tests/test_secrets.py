@@ -413,3 +413,32 @@ def test_a_quarantine_reason_is_kept_and_shown_masked(
     assert password not in out and "inline-pw9" not in out
     data = b"".join(p.read_bytes() for p in tmp_path.glob("leases.sqlite*"))
     assert password.encode() not in data and b"inline-pw9" not in data
+
+
+def test_parameters_holding_a_secret_as_text_bytes_or_a_number_get_masked_ids(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """pytest writes str, bytes and numbers into a test id as they are: each
+    holding a registered secret is masked, and ids the mask made equal are
+    numbered by pytest, so every test keeps an id of its own."""
+    password = str(secrets.randbelow(10**12) + 10**12)        # a numeric BMC password
+    lab = tmp_path / "lab.yaml"
+    lab.write_text("hosts:\n  - name: h1\n    address: 127.0.4.1\n    ssh: none\n"
+                   f"    power: {{kind: ipmi, address: 127.0.4.2, user: ADMIN, "
+                   f"password: {{env: {PASSWORD_VAR}}}}}\n")
+    monkeypatch.setenv(PASSWORD_VAR, password)
+    pytester.makepyfile(test_params=f"""
+        import os, pytest
+        PW = os.environ["{PASSWORD_VAR}"]
+
+        @pytest.mark.parametrize("value", [PW, PW.encode(), int(PW), "x" + PW, "plain"])
+        def test_login(value):
+            pass
+    """)
+    result = pytester.runpytest(f"--lab={lab}", f"--artifacts={tmp_path / 'artifacts'}",
+                                "--collect-only", "-q")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == 0, output
+    ids = sorted(line.split("[", 1)[1].rstrip("]") for line in result.stdout.lines if "::test_login[" in line)
+    assert password not in output, output
+    assert len(ids) == 5 and len(set(ids)) == 5, ids
+    assert "plain" in ids and "x***" in ids and sum(i.startswith("***") for i in ids) == 3, ids

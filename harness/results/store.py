@@ -183,7 +183,8 @@ class ResultsStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, test) DO UPDATE SET "
                 "outcome = excluded.outcome, failure_class = excluded.failure_class, "
                 "host = excluded.host, split = excluded.split, message = excluded.message",
-                (run_id, test, outcome, failure_class, host, split, scrub(message)[:2000]))
+                (run_id, scrub(test), outcome, failure_class, scrub(host), scrub(split),
+                 scrub(message)[:2000]))
 
     def record_latency(self, run_id: str, host: str, split: str, build: str, server: str,
                        port: str, summary: dict, samples: list[float]) -> None:
@@ -193,12 +194,13 @@ class ResultsStore:
                 "build = excluded.build, n = excluded.n, p50_ns = excluded.p50_ns, "
                 "p90_ns = excluded.p90_ns, p99_ns = excluded.p99_ns, max_ns = excluded.max_ns, "
                 "samples = excluded.samples",
-                (run_id, host, split, build, server, port, summary["n"], summary["p50_ns"],
-                 summary["p90_ns"], summary["p99_ns"], summary["max_ns"], json.dumps(samples)))
+                (run_id, scrub(host), scrub(split), scrub(build), scrub(server), port, summary["n"],
+                 summary["p50_ns"], summary["p90_ns"], summary["p99_ns"], summary["max_ns"],
+                 json.dumps(samples)))
 
     def record_warning(self, run_id: str, kind: str, test: str = "", message: str = "") -> None:
         self._x("INSERT INTO warnings (run_id, kind, test, message) VALUES (?, ?, ?, ?)",
-                (run_id, kind, test, scrub(message)[:2000]))
+                (run_id, kind, scrub(test), scrub(message)[:2000]))
 
     # -- reading ------------------------------------------------------------
     def warnings(self, run_id: str) -> list[dict]:
