@@ -33,6 +33,9 @@ LIMITS: dict[str, int] = {
     "known issues file": 4 * MiB,
     # ~/.pgpass: a line per database a user reaches.
     "PostgreSQL password file": 1 * MiB,
+    # A patch series (xenhil build): a long series' mbox is a few MiB.
+    "patch series": 64 * MiB,
+    "quilt series file": 1 * MiB,
     # A manifest written by `xenhil build`.
     "build manifest": 4 * MiB,
 }

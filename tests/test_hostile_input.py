@@ -518,6 +518,24 @@ for name, argv, fld in (("power action is the lab's password", ["power", "h1", S
                          ["lab", "quarantine", "h1", "--lab", "{d}/lab.yaml", f"--reason=pw {SECRET}\nx"], "--reason")):
     case("cli-args", name, argv, fld, files={"lab.yaml": GOOD_LAB}, env={"XENHIL_LAB": "{d}/lab.yaml"})
 
+# 8b'. Patch series (xenhil build --xen-series): read bounded before anything is fetched.
+SERIES = {
+    "series file a FIFO": ("{d}/s", {"s/series": FIFO}),
+    "a patch a FIFO": ("{d}/s", {"s/series": "a.patch\n", "s/a.patch": FIFO}),
+    "a patch of 70 MiB": ("{d}/s", {"s/series": "a.patch\n", "s/a.patch": b"+" * (70 << 20)}),
+    "a patch listed but missing": ("{d}/s", {"s/series": "a.patch\n"}),
+    "series file names no patch": ("{d}/s", {"s/series": "# nothing\n"}),
+    "series line with an unknown option": ("{d}/s", {"s/series": "a.patch -R\n", "s/a.patch": b"x"}),
+    "/dev/zero": ("/dev/zero", {}),
+    "an mbox FIFO": ("{d}/m.mbox", {"m.mbox": FIFO}),
+    "an mbox of 70 MiB": ("{d}/m.mbox", {"m.mbox": b"From x\n" + b"y" * (70 << 20)}),
+    "binary": ("{d}/p.patch", {"p.patch": bytes(range(256)) * 100}),
+    "a git range without a repository": ("git:{d}/nope:a..b", {}),
+}
+for name, (spec, files) in SERIES.items():
+    case("build-series", name, ["build", "--cache", "{d}/cache", "-o", "{d}/o.tar.gz", "--xen-series", spec],
+         "--xen-series", files=files)
+
 # 8c. The split catalog (xenhil split list --catalog): read bounded like the inventory.
 CATALOGS = {
     "FIFO": FIFO,

@@ -106,7 +106,19 @@ def _slug(subject: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", subject).strip("-")[:52] or "patch"
 
 
+def _read(path: Path, what: str = "patch series") -> str:
+    """A series file read bounded, and refused (BadSeries, exit 2) when it is
+    a FIFO, a device or larger than any series (harness.safeio)."""
+    from harness.safeio import read_bytes
+    try:
+        return read_bytes(path, what, fix="give a regular file: a quilt folder's `series` and its "
+                          "patches, an mbox or a .patch").decode("utf-8", errors="replace")
+    except ConfigError as exc:
+        raise BadSeries(exc.args[0], help=exc.help) from None
+
+
 def parse_mbox(path: Path, *, label: str | None = None) -> list[Patch]:
+    _read(path)    # checked first: mailbox would block on a FIFO, or read /dev/zero for ever
     box = mailbox.mbox(str(path), create=False)
     try:
         numbered: list[tuple[int, int, Patch]] = []
@@ -139,7 +151,7 @@ def parse_mbox(path: Path, *, label: str | None = None) -> list[Patch]:
 def parse_quilt(folder: Path) -> list[Patch]:
     series = folder / "series"
     patches = []
-    for lineno, line in enumerate(series.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_read(series, "quilt series file").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -152,10 +164,10 @@ def parse_quilt(folder: Path) -> list[Patch]:
                                 f"lines are `NAME [-pN]`)")
             strip = int(m.group(1))
         file = folder / name
-        if not file.is_file():
+        if not file.exists():
             raise BadSeries(f"{series}:{lineno}: patch {name} is not in {folder}",
                             help="add the file or remove its line from the series file")
-        text = file.read_text(errors="replace")
+        text = _read(file)
         subject = next((_decode_subject(l[9:]) for l in text.splitlines() if l.startswith("Subject: ")),
                        name)
         patch = Patch(name=name, subject=subject, text=text, strip=strip, source=str(file))
@@ -200,17 +212,15 @@ def parse_series(spec: str | Path) -> list[Patch]:
         return parse_git_range(text)
     path = Path(text)
     if path.is_dir():
-        if not (path / "series").is_file():
+        if not (path / "series").exists():
             raise BadSeries(f"{path}: a folder without a `series` file",
                             help="write the patch file names, in order, into a file named `series`")
         return parse_quilt(path)
-    if not path.is_file():
+    if not path.exists():
         raise BadSeries(f"{path}: no such file or folder")
-    head = path.read_bytes()[:4096]
-    if head.startswith(b"From "):
+    text = _read(path)
+    if text.startswith("From "):
         return parse_mbox(path)
-    text = head.decode(errors="replace")
-    patch = Patch(name=path.name, subject=path.name, text=path.read_text(errors="replace"),
-                  source=str(path))
+    patch = Patch(name=path.name, subject=path.name, text=text, source=str(path))
     _parse_diff(patch)
     return [patch]

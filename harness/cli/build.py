@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.build import cache as bcache
 from harness.build import engine, sources
 from harness.build.recipes import COMPONENTS
-from harness.build.series import parse_series
+from harness.build.series import BadSeries, parse_series
 from harness.errors import ConfigError
 from harness.options import argparse_number
 
@@ -122,6 +122,16 @@ def _checked(args: argparse.Namespace) -> tuple[Path, float]:
     return cache, limit
 
 
+def _series(option: str, spec: str | None) -> list:
+    """The patches of ``spec``, a problem named with the option that gave it."""
+    if not spec:
+        return []
+    try:
+        return parse_series(spec)
+    except BadSeries as exc:
+        raise BadSeries(f"{option} {exc.args[0]}", help=exc.help) from None
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     cache, max_size = _checked(args)
     limit = int(max_size * 1e9)
@@ -141,8 +151,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                 print(f"  {sha}  {name}")
         return 0
     request = engine.Request(
-        xen_series=parse_series(args.xen_series) if args.xen_series else [],
-        qemu_series=parse_series(args.qemu_series) if args.qemu_series else [],
+        xen_series=_series("--xen-series", args.xen_series),
+        qemu_series=_series("--qemu-series", args.qemu_series),
         components=args.components, xen_version=args.xen_version,
         qemu_version=args.qemu_version, jobs=args.jobs)
     show = None if args.json else (lambda m: print(m, file=sys.stderr))
