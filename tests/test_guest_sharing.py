@@ -252,15 +252,22 @@ def test_a_claim_prefers_a_host_running_its_guest_then_its_build_and_never_waits
     _ready(store, "h1", "qnet+qall", "B1")                      # another split
     store.record_build("h4", "B1", ME)
     want = GuestWish("single", "B1")
-    first = pool.claim(ME, timeout=0, prefer=want)
-    assert first.host == "h3"                    # runs the guest
-    second = pool.claim(ME, timeout=0, prefer=want)
-    assert second.host == "h4"                   # runs the build
-    third = pool.claim(ME, timeout=0, prefer=want)
-    assert third.host == "h1"                    # neither: inventory order, no waiting
-    pool.release(first)
-    assert pool.claim(ME, timeout=0, prefer=GuestWish("single", "B2")).host == "h2"
-    assert pool.claim(ME, timeout=0).host == "h3"    # no wish: the free one
+    held = []
+    try:
+        held.append(pool.claim(ME, timeout=0, prefer=want))
+        assert held[-1].host == "h3"                 # runs the guest
+        held.append(pool.claim(ME, timeout=0, prefer=want))
+        assert held[-1].host == "h4"                 # runs the build
+        held.append(pool.claim(ME, timeout=0, prefer=want))
+        assert held[-1].host == "h1"                 # neither: inventory order, no waiting
+        pool.release(held.pop(0))
+        held.append(pool.claim(ME, timeout=0, prefer=GuestWish("single", "B2")))
+        assert held[-1].host == "h2"
+        held.append(pool.claim(ME, timeout=0))
+        assert held[-1].host == "h3"                 # no wish: the free one
+    finally:
+        for lease in held:          # none left for the process's exit to release
+            pool.release(lease)
     # A new build on h1 ends its guests of the old one.
     assert [g.name for g in store.record_build("h1", "B2", ME)] == ["xh-qnet+qall-h1"]
     assert store.host_builds() == {"h1": "B2", "h4": "B1"}
@@ -300,6 +307,7 @@ def test_a_schema_2_store_is_upgraded_in_place_keeping_its_leases_and_quarantine
     assert store.quarantined()["h2"].reason == "before the upgrade"
     assert store.guests() == [] and store.host_builds() == {}
     _ready(store, "h1", "single", "B1")
+    assert pool.release(lease)          # none left for the process's exit to release
     store.close()
     again = open_store(db)              # a second open changes nothing
     assert [g.name for g in again.guests()] == ["xh-single-h1"]
