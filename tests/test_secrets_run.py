@@ -291,6 +291,29 @@ def test_a_run_printing_every_secret_leaves_none_and_a_planted_copy_is_found(
         assert {leak.path for leak in leaks} == {db}, (form, leaks)
     assert scan_files(targets, found) == []
 
+    # The lab's lease store is written by runs too (holders, quarantine
+    # reasons, guests' failures): the command scans it, next to the inventory.
+    lease_store = lab["inventory"].with_name(f".{lab['inventory'].stem}.leases.sqlite")
+    kept = {p: p.read_bytes() for p in lease_store.parent.glob(lease_store.name + "*")}
+    conn = sqlite3.connect(lease_store)
+    conn.execute("CREATE TABLE planted (host TEXT, reason TEXT)")
+    conn.execute("INSERT INTO planted VALUES ('bmc1', ?)", ("latched: " + _encoded(lab["password"])["base64"],))
+    conn.commit()
+    conn.close()
+    try:
+        lease_leak = subprocess.run([XENHIL, "report", str(alluredir), "-o", str(tmp_path / "report3"),
+                                     f"--results-db=sqlite://{db}", "--scan-secrets", str(lab["inventory"]),
+                                     "--scan-also", str(artifacts)],
+                                    cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        for p in lease_store.parent.glob(lease_store.name + "*"):
+            p.unlink()
+        for p, data in kept.items():
+            p.write_bytes(data)
+    assert lease_leak.returncode == 1, lease_leak.stdout[-3000:] + lease_leak.stderr[-3000:]
+    assert f"SECRET LEAK: {lease_store} holds the power password of bmc1" in lease_leak.stdout, \
+        lease_leak.stdout
+
     # And the command itself: exit 1, naming the file.
     path = tool_logs[-1]
     path.write_text(path.read_text() + _encoded(lab["passphrase"])["hex"])

@@ -7,7 +7,8 @@ line and exit 2, with nothing written.
 
 ``--scan-secrets INVENTORY`` then proves that none of that lab's secrets,
 in any form (harness.results.secret_scan), reached the results, the report,
-the results store or the ``--scan-also`` folders and files: exit 1 on a
+the results store, the lab's SQLite lease store or the ``--scan-also``
+folders and files: exit 1 on a
 leak, 2 when it cannot check (a secret not resolvable here, a folder that
 does not exist).  The inventory's secrets are registered first, so the
 triage text is masked like every other output.
@@ -61,14 +62,29 @@ def _inputs(args: argparse.Namespace) -> dict:
         from harness.results.secret_scan import inventory_secrets
         inventory_path = check_input_path("--scan-secrets", args.scan_secrets, folder=False)
         also = [check_input_path("--scan-also", p) for p in args.scan_also]
+        lab = load_inventory(inventory_path)
         # Registered for masking too; a PostgreSQL results store's password with them.
-        secrets = inventory_secrets(load_inventory(inventory_path), (db,))
+        secrets = inventory_secrets(lab, (db,))
         store_files = [db_path, *_store_companions(db_path)] if db_path is not None else []
-        targets = [results, output, *store_files, *also]
+        targets = [results, output, *store_files, *_lease_store_files(lab), *also]
         scan = (inventory_path, secrets, targets)
     return {"results": results, "output": output, "db": db, "known": known, "run_id": run_id,
             "run_state": run_state_of(results) if run_id == run_id_of(results) else None,
             "scan": scan}
+
+
+def _lease_store_files(inventory) -> list[Path]:
+    """The lab's SQLite lease store and its log, when they exist: the run
+    wrote into it too (holders, quarantine reasons, guests' failures, events),
+    and `xenhil lab status` shows it to everyone.  A PostgreSQL lease store
+    is not scanned here."""
+    from harness.dburl import is_postgres, sqlite_path
+    from harness.lab.leases import resolve_store_url
+    url = resolve_store_url(None, inventory)
+    if is_postgres(url):
+        return []
+    path = sqlite_path(url, "lease store")
+    return [path, *_store_companions(path)] if path.is_file() else []
 
 
 def _store_companions(db_path: Path) -> list[Path]:
