@@ -331,30 +331,39 @@ def test_masking_takes_time_linear_in_the_text(name: str) -> None:
     assert time.process_time() - started < 3.0
 
 
-def test_an_id_given_by_hand_that_holds_a_secret_stops_the_run_before_any_test(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A parameter's own id is masked (tests/test_secrets_run.py); an id
-    written by hand never passes pytest's id hook, so it is refused, masked."""
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "xdist-2"])
+def test_an_id_given_by_hand_that_holds_a_secret_is_masked_before_anything_prints_it(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int) -> None:
+    """A parameter's own id is masked by pytest's id hook; an id written by
+    hand never passes it, so the test is renamed at collection, each id kept
+    distinct, alike in every xdist worker (their collections must agree)."""
     password = "ipmi-" + secrets.token_urlsafe(12)
     lab = tmp_path / "lab.yaml"
     lab.write_text("hosts:\n  - name: h1\n    address: 127.0.4.1\n    ssh: none\n"
                    f"    power: {{kind: ipmi, address: 127.0.4.2, user: ADMIN, "
                    f"password: {{env: {PASSWORD_VAR}}}}}\n")
     monkeypatch.setenv(PASSWORD_VAR, password)
-    marker = tmp_path / "ran"
     pytester.makepyfile(test_ids=f"""
         import os, pytest
-        from pathlib import Path
+        PW = os.environ["{PASSWORD_VAR}"]
 
-        @pytest.mark.parametrize("pw", [pytest.param(1, id=os.environ["{PASSWORD_VAR}"])])
-        def test_named_after_the_password(pw):
-            Path({str(marker)!r}).write_text("ran")
+        @pytest.mark.parametrize("n", [pytest.param(1, id=PW), pytest.param(2, id="x" + PW),
+                                       pytest.param(3, id=PW + "-again")])
+        def test_named_after_the_password(n):
+            assert n != 2
     """)
-    result = pytester.runpytest(f"--lab={lab}", f"--artifacts={tmp_path / 'artifacts'}")
+    alluredir, artifacts = tmp_path / "allure", tmp_path / "artifacts"
+    args = [f"--lab={lab}", f"--artifacts={artifacts}", f"--alluredir={alluredir}", "-v", "-rA",
+            f"--junitxml={tmp_path / 'junit.xml'}", "-n", str(workers)]
+    result = (pytester.runpytest_subprocess(*args, timeout=300) if workers else pytester.runpytest(*args))
     output = result.stdout.str() + result.stderr.str()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR, output
-    assert "test_named_after_the_password[***] holds a lab secret" in output, output
-    assert password not in output and not marker.exists()
+    result.assert_outcomes(passed=2, failed=1)
+    assert "INTERNALERROR" not in output and password not in output, output
+    for shown in ("test_named_after_the_password[***]", "test_named_after_the_password[x***]",
+                  "test_named_after_the_password[***-again]"):
+        assert shown in output, output
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert written == [] and (alluredir.exists() and (tmp_path / "junit.xml").exists()), written
 
 
 def test_a_postgresql_stores_password_is_a_secret_of_the_run(
