@@ -339,9 +339,7 @@ def test_an_id_given_by_hand_that_holds_a_secret_is_masked_before_anything_print
     distinct, alike in every xdist worker (their collections must agree)."""
     password = "ipmi-" + secrets.token_urlsafe(12)
     lab = tmp_path / "lab.yaml"
-    lab.write_text("hosts:\n  - name: h1\n    address: 127.0.4.1\n    ssh: none\n"
-                   f"    power: {{kind: ipmi, address: 127.0.4.2, user: ADMIN, "
-                   f"password: {{env: {PASSWORD_VAR}}}}}\n")
+    lab.write_text(INVENTORY)       # nothing connects to its BMC
     monkeypatch.setenv(PASSWORD_VAR, password)
     pytester.makepyfile(test_ids=f"""
         import os, pytest
@@ -431,9 +429,7 @@ def test_parameters_holding_a_secret_as_text_bytes_or_a_number_get_masked_ids(
     numbered by pytest, so every test keeps an id of its own."""
     password = str(secrets.randbelow(10**12) + 10**12)        # a numeric BMC password
     lab = tmp_path / "lab.yaml"
-    lab.write_text("hosts:\n  - name: h1\n    address: 127.0.4.1\n    ssh: none\n"
-                   f"    power: {{kind: ipmi, address: 127.0.4.2, user: ADMIN, "
-                   f"password: {{env: {PASSWORD_VAR}}}}}\n")
+    lab.write_text(INVENTORY)       # nothing connects to its BMC
     monkeypatch.setenv(PASSWORD_VAR, password)
     pytester.makepyfile(test_params=f"""
         import os, pytest

@@ -85,10 +85,9 @@ def referenced(inventory: Inventory, store_urls: tuple[str | None, ...] = ()) ->
     """Every credential reference and key file of ``inventory``, in host
     order, and the password of a PostgreSQL store (its ``lease_db``, or one
     of ``store_urls``: a run's --lab-db and --results-db)."""
-    found: list[Credential] = []
     from harness.dburl import is_postgres
-    stores = [("lease_db", inventory.lease_db), *((f"store {i}", url) for i, url in enumerate(store_urls))]
-    if any(url and is_postgres(url) for _, url in stores):
+    found: list[Credential] = []
+    if any(url and is_postgres(url) for url in (inventory.lease_db, *store_urls)):
         found.append(Credential("PostgreSQL store password", "lease_db / --lab-db / --results-db",
                                 postgres=True))
     for host in inventory.hosts.values():
@@ -149,4 +148,5 @@ def register_lab_secrets_early(path: str | Path | None, store_urls: tuple[str | 
         pass
 
 
-__all__ = ["Credential", "register_lab_secrets_early", "libpq_passwords", "referenced", "resolve_all", "register_inventory_secrets"]
+__all__ = ["Credential", "libpq_passwords", "referenced", "resolve_all", "register_inventory_secrets",
+           "register_lab_secrets_early"]
