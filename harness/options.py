@@ -139,6 +139,20 @@ def argparse_number(option: str):
     return argparse_type(number, option)
 
 
+#: A tag as the inventory writes it (inventory.schema.json): one word.
+TAG = re.compile(r"[^\s,]{1,64}")
+
+
+def tag(option: str, value: str) -> str:
+    """A tag asked for with ``option`` (``reserve --tag``): one word of at
+    most 64 characters without spaces or commas, as inventories write them."""
+    if not TAG.fullmatch(value or ""):
+        raise ConfigError(f"{option} {shown(value)}: not a tag",
+                          help="give one word without spaces or commas (repeat the option for "
+                               "several tags), as the inventory's tags: lists them")
+    return value
+
+
 #: A reason (quarantine, unquarantine) is logged on one line with its author
 #: and shown by `xenhil lab status`: a sentence, not a file.
 REASON_MAX = 500
@@ -398,6 +412,6 @@ def check_pytest_options(options: dict) -> dict:
     return checked
 
 
-__all__ = ["NUMBERS", "Range", "number", "argparse_number", "argparse_type", "reason", "check_run_id",
+__all__ = ["NUMBERS", "Range", "number", "argparse_number", "argparse_type", "reason", "tag", "check_run_id",
            "check_store_url", "check_output_folder", "check_input_path", "check_pytest_options",
            "check_series", "check_markers", "one_line", "shown"]

@@ -505,6 +505,11 @@ OTHER_ARGS = {
                                     "--cache", "{d}/cache"], "--components"),
     "split check --vif 100 000 characters": (["split", "check", "name=a,ui", "--vif", "v" * 100_000], "--vif"),
     "split check --vif with a comma": (["split", "check", "name=a,ui", "--vif", "nic1,nic2"], "--vif"),
+    "reserve --tag of 100 000 characters": (["reserve", "--lab", "{d}/lab.yaml", "--tag", "t" * 100_000], "--tag"),
+    "reserve --tag with a line break": (["reserve", "--lab", "{d}/lab.yaml", "--tag", "amd\nx"], "--tag"),
+    "reserve --tag no host has": (["reserve", "--lab", "{d}/lab.yaml", "--tag", "arm"], "tags=arm"),
+    "release a 100 000-character host": (["release", "h" * 100_000, "--lab", "{d}/lab.yaml"], "no host named"),
+    "host run on a host without ssh": (["host", "run", "h1", "--lab", "{d}/lab.yaml", "--", "true"], "ssh"),
 }
 for name, (argv, fld) in OTHER_ARGS.items():
     case("cli-args", name, argv, fld, files={"lab.yaml": NONE_LAB, "f": b"x", "s": FOLDER})

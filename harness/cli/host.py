@@ -25,6 +25,9 @@ def _run(args: argparse.Namespace) -> int:
     spec = _host_spec(args)
     from harness.options import check_output_folder
     check_output_folder("--artifacts", args.artifacts)
+    if spec.ssh is None:                     # the inventory says so: before anything is made
+        raise ConfigError(f"host {spec.name} has `ssh: none` in the inventory (hosts[{spec.name}].ssh)",
+                          help="give the host an ssh: section to run commands on it")
     # One word: the user's own shell line ("xenhil host run h -- 'xl list | wc -l'");
     # several words: quote each, as ssh would not.
     line = command[0] if len(command) == 1 else shlex.join(command)

@@ -15,7 +15,7 @@ import argparse
 from harness.cli.common import add_lab_options, load_lab
 from harness.errors import ConfigError
 from harness.lab.model import KNOWN_CAPABILITIES
-from harness.options import argparse_number, shown
+from harness.options import argparse_number, argparse_type, shown, tag
 
 INTERACTIVE_RUN = "interactive"
 DEFAULT_INTERACTIVE_TTL = 4 * 3600.0
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     reserve = sub.add_parser("reserve", help="lease a lab host for interactive use",
                              description=__doc__.split("\n\n")[1])
     add_lab_options(reserve)
-    reserve.add_argument("--tag", action="append", default=[], metavar="TAG",
+    reserve.add_argument("--tag", action="append", default=[], metavar="TAG", type=argparse_type(tag, "--tag"),
                          help="the host must have this tag (repeatable)")
     reserve.add_argument("--capability", action="append", default=[], metavar="KEY=VALUE",
                          help="the host must have this capability value, e.g. cpu_vendor=amd, "
@@ -100,6 +100,12 @@ def reserve_command(args: argparse.Namespace) -> int:
     capabilities = parse_capabilities(args.capability)
     if args.host:
         inventory.host(args.host)            # an unknown name, before the store is opened
+    carried = {t for host in inventory.hosts.values() for t in host.tags}
+    for wanted in args.tag:                  # a tag no host has, before the store is opened
+        if wanted not in carried:
+            raise ConfigError(f"{inventory.path}: no host matches tags={wanted} (--tag: no host "
+                              "has that tag)",
+                              help=f"use tags the inventory gives: {', '.join(sorted(carried)) or 'none'}")
     pool = open_pool(args, ttl=args.ttl, inventory=inventory)
     me = Holder.current(run_id=INTERACTIVE_RUN, worker="main")
 

@@ -149,6 +149,7 @@ class Inventory:
         try:
             return self.hosts[name]
         except KeyError:
+            from harness.options import shown
             known = ", ".join(sorted(self.hosts)) or "none"
-            raise ConfigError(f"{self.path}: no host named {name!r}",
+            raise ConfigError(f"{self.path}: no host named {shown(name)}",
                               help=f"use one of: {known}") from None
