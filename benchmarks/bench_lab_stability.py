@@ -164,8 +164,18 @@ def _failed_boot(host, guest, boot: Boot, exc: Exception, evidence: Path) -> tup
         if faults:
             return "crash", f"{faults[0].message} (after {why})"
         listed = guest.xl.domain(guest.name) if guest is not None else None
-        if listed is not None and listed.shutdown_reason in ("crash", "reboot"):
+        # A boot never asks for a shutdown: a reboot is how Xen ends a triple
+        # fault, and a guest that halts with interrupts off is powered off.
+        if listed is not None and listed.shutdown_reason in ("crash", "reboot", "poweroff"):
             return "crash", f"domain {listed.domid} shut down ({listed.shutdown_reason}) (after {why})"
+        if listed is None and guest is not None:
+            # Gone: xl's own log says how it ended (on_poweroff's default,
+            # destroy, removes a powered-off domain).
+            log = host.ssh.run(["tail", "-n", "50", f"/var/log/xen/xl-{guest.name}.log"],
+                               timeout=60).stdout
+            ended = [line for line in log.splitlines() if "has shut down, reason code" in line]
+            if ended:
+                return "crash", f"{ended[-1].strip()} (after {why})"
     except XenhilError as exc2:
         return "hang", f"{why}; dom0 then: {type(exc2).__name__}: {str(exc2).splitlines()[0]}"
     from harness.errors import TimeLimitExceeded
@@ -238,7 +248,8 @@ def _run_rounds(args, host, entry, artifacts: Path, settings: dict, boot_timeout
     rounds = -(-args.boots // args.concurrent)
     for round_no in range(1, rounds + 1):
         width = min(args.concurrent, args.boots - done)
-        with ThreadPoolExecutor(max_workers=width) as pool:
+        pool = ThreadPoolExecutor(max_workers=width)
+        try:
             futures = [pool.submit(boot_once, host, entry, round_no, slot, artifacts, settings,
                                    args.cmdline, boot_timeout, stalls) for slot in range(1, width + 1)]
             for future in futures:
@@ -249,11 +260,30 @@ def _run_rounds(args, host, entry, artifacts: Path, settings: dict, boot_timeout
                       f"{boot.outcome} in {boot.seconds:.0f}s"
                       f"{f' ({boot.stalls} stall(s))' if boot.stalls else ''}"
                       f"{f': {boot.detail}' if boot.detail else ''}", flush=True)
+        except KeyboardInterrupt:
+            # The boots in flight would otherwise run on to their time limit
+            # (up to 15 minutes) before the pool lets go of them, which made
+            # SIGTERM look ignored: end their domains, so their waits end at
+            # the console's next poll.
+            for slot in range(1, width + 1):
+                _destroy_quietly(host, f"xh-stab-{round_no}-{slot}")
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         failed = sum(1 for b in tally.boots if b.outcome != "ok")
         if args.stop_after and failed >= args.stop_after:
             print(f"stopping: {failed} failed boot(s)", flush=True)
             break
     return done
+
+
+def _destroy_quietly(host, name: str) -> None:
+    """``xl destroy`` of a bench guest that may already be gone."""
+    from harness.errors import XenhilError
+    try:
+        host.ssh.run(["xl", "destroy", name], timeout=60)
+    except XenhilError as exc:
+        print(f"could not destroy {name}: {exc}", flush=True)
 
 
 def _write_results(args, spec, label: str, artifacts: Path, settings: dict, tally: Tally,
