@@ -36,9 +36,46 @@ RECORDED = Path(__file__).parent / "data" / "recorded"
 # --- fast tests of the pieces ------------------------------------------------
 
 def test_guest_quirks_apply_only_to_emulated_hosts():
-    assert quirks.guest_quirks({"emulated": True}) == {"tsc_mode": "native"}
+    assert quirks.guest_quirks({"emulated": True}) == {"tsc_mode": "native", "hap": 0}
     assert quirks.guest_quirks({"emulated": False}) == {}
     assert quirks.guest_quirks({}) == {}
+
+
+def _fake_qemu(tmp_path: Path, banner: str) -> str:
+    """FAKE qemu-system-x86_64 that only prints a version banner: the lab's
+    version check must refuse a QEMU this machine does not have installed."""
+    binary = tmp_path / "fake-qemu-system-x86_64"
+    binary.write_text(f"#!/bin/sh\nprintf '%s\\n' '{banner}'\n")
+    binary.chmod(0o755)
+    return str(binary)
+
+
+@pytest.mark.parametrize("banner, refused", [
+    ("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)", "is QEMU 7.2; the virtual lab needs 10.0"),
+    ("QEMU emulator version 9.2.0", "is QEMU 9.2; the virtual lab needs 10.0"),
+    ("not a qemu at all", "did not print a QEMU version"),
+    ("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)", None),
+    ("QEMU emulator version 11.1.0", None),
+])
+def test_the_lab_refuses_a_qemu_older_than_the_one_that_holds_still(tmp_path, banner, refused):
+    from harness.errors import ConfigError
+    from harness.lab.virtual.launcher import check_qemu_version
+    binary = _fake_qemu(tmp_path, banner)
+    if refused is None:
+        assert check_qemu_version(binary) >= quirks.QEMU_MIN_VERSION
+        return
+    with pytest.raises(ConfigError) as info:
+        check_qemu_version(binary)
+    assert refused in str(info.value) and "bookworm-backports" in info.value.help
+
+
+def test_the_installed_lab_qemu_is_new_enough():
+    """scripts/setup installs the lab's QEMU from bookworm-backports: a
+    machine set up by it passes the check (CI's does)."""
+    from harness.lab.virtual.launcher import check_qemu_version
+    if shutil.which(quirks.QEMU_BINARY) is None:
+        pytest.fail(f"{quirks.QEMU_BINARY} missing: scripts/setup installs it")
+    assert check_qemu_version() >= quirks.QEMU_MIN_VERSION
 
 
 def test_the_guest_kernel_gets_the_emulated_hosts_options():
@@ -64,14 +101,15 @@ def test_the_test_guest_carries_the_host_quirks_and_the_callers_qemu_arguments()
                         device_model_args=["-D", "/var/log/xen/g1.trace"])
     settings = parse_xl_config(model.render())
     assert settings["name"] == "g1" and settings["type"] == "hvm"
-    assert settings["tsc_mode"] == "native"
+    assert settings["tsc_mode"] == "native" and settings["hap"] == 0
     assert "# host quirk: tsc_mode = 'native'" in model.render()
+    assert "# host quirk: hap = 0" in model.render()
     assert settings["device_model_args"] == ["-trace", "enable=handle_ioreq",
                                              "-D", "/var/log/xen/g1.trace"]
     assert "disk" not in settings                     # no disk unless one is given
     assert settings["vif"] == ["type=ioemu,model=e1000,bridge=xenbr0"]
     real = guest_model("g1", single, {"emulated": False}, "/tmp/g1.img").render()
-    assert "tsc_mode" not in parse_xl_config(real)
+    assert "tsc_mode" not in parse_xl_config(real) and "hap" not in parse_xl_config(real)
     assert parse_xl_config(real)["disk"] == ["format=raw, vdev=hda, access=rw, target=/tmp/g1.img"]
 
 

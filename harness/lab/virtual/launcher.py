@@ -329,6 +329,26 @@ def _machine_alive(host: VirtualHost) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+def check_qemu_version(binary: str = quirks.QEMU_BINARY) -> tuple[int, int]:
+    """The lab QEMU's version, refused below :data:`quirks.QEMU_MIN_VERSION`
+    (bookworm's own 7.2 crashes guests: see quirks.py) before anything starts."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"{binary} --version failed: {exc}", help=quirks.QEMU_FIX) from None
+    version = quirks.qemu_version(out)
+    wanted = ".".join(map(str, quirks.QEMU_MIN_VERSION))
+    if version is None:
+        raise ConfigError(f"{binary} --version did not print a QEMU version "
+                          f"({out.strip()[:80]!r})", help=quirks.QEMU_FIX)
+    if version < quirks.QEMU_MIN_VERSION:
+        raise ConfigError(f"{binary} is QEMU {version[0]}.{version[1]}; the virtual lab needs "
+                          f"{wanted} or later (guests crash under the older one's nested SVM)",
+                          help=quirks.QEMU_FIX)
+    return version
+
+
 @step("virtual lab up: {n} host(s)")
 def up(n: int, workdir: Path | str | None = None, *, inventory: Path | str | None = None,
        image: builder.BuiltImage | None = None, progress: Progress | None = None,
@@ -348,7 +368,8 @@ def up(n: int, workdir: Path | str | None = None, *, inventory: Path | str | Non
                               help="run `xenhil lab down` first")
     for tool in (quirks.QEMU_BINARY, "qemu-img"):
         if shutil.which(tool) is None:
-            raise ConfigError(f"{tool} not found", help="apt-get install qemu-system-x86 qemu-utils")
+            raise ConfigError(f"{tool} not found", help=quirks.QEMU_FIX)
+    check_qemu_version()
     hosts = plan_hosts(n, state_dir, address_base=address_base)
     for host in hosts:
         _check_free(host)
