@@ -602,7 +602,7 @@ class SSHConnection:
         # refuses "signal" requests for root sessions; so tag the command's
         # environment with a token its descendants inherit, to kill them by it.
         token = f"{_TOKEN_PREFIX}.{os.getpid()}.{next(_run_counter)}"
-        line = f"{_RUN_TOKEN}={token}; export {_RUN_TOKEN}; {line}"
+        line = f"{_RUN_TOKEN}={token}; export {_RUN_TOKEN}; {_stdin_before_close(line, input)}"
 
         def opener(transport: paramiko.Transport) -> paramiko.Channel:
             chan = transport.open_session(timeout=self.channel_timeout)
@@ -638,7 +638,8 @@ class SSHConnection:
     @staticmethod
     def _feed_stdin(chan: paramiko.Channel, input: bytes | str | None) -> None:
         if input is None:
-            chan.shutdown_write()
+            # No EOF of our own: the command's stdin is /dev/null already
+            # (_stdin_before_close); the channel's EOF goes with its CLOSE.
             return
         data = input.encode() if isinstance(input, str) else bytes(input)
 
@@ -828,8 +829,23 @@ class SSHConnection:
         return expected
 
     def read_bytes(self, remote: str) -> bytes:
-        with self._sftp_waits(f"reading {remote}"), self._sftp_client().open(remote, "rb") as f:
-            return f.read()
+        with self._sftp_waits(f"reading {remote}"):
+            sftp = self._sftp_client()
+            with sftp.open(remote, "rb") as f:
+                data = f.read()
+            # paramiko's read() takes a request it could not send on a closed
+            # channel for the end of the file and returns what it had, b''
+            # for a whole file (seen when the connection ended mid-read).
+            if sftp.get_channel().closed:
+                # Only the SFTP session is forgotten: other threads' commands
+                # may still be running on a live connection.
+                with self._lock:
+                    if self._sftp is sftp:
+                        self._sftp = None
+                raise ConnectionLost(f"{self.where}: connection lost while reading {remote}",
+                                     help="check that the host is up (power status, console), "
+                                          "then rerun")
+        return data
 
     def read_text(self, remote: str, encoding: str = "utf-8") -> str:
         return self.read_bytes(remote).decode(encoding, errors="replace")
@@ -848,6 +864,30 @@ class SSHConnection:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_RC_VAR = "XENHIL_RC"
+
+
+def _stdin_before_close(line: str, input: bytes | str | None) -> str:
+    """``line`` arranged so that this client never sends a channel EOF or
+    data after sshd may have closed the channel.
+
+    paramiko builds a channel message under the channel's lock but sends it
+    after releasing it.  An EOF sent separately (``shutdown_write``) by the
+    thread that started a quick command (``mv``) could therefore leave after
+    the CLOSE that paramiko's reader thread sent on seeing sshd's CLOSE for
+    the exited command; sshd then frees the channel, takes the late EOF for a
+    protocol error ("ieof packet referred to nonexistent channel") and ends
+    the whole connection, with every other thread's commands and SFTP on it.
+    So without input the command reads /dev/null and no EOF is sent before
+    the channel's own CLOSE (paramiko sends the two together, in order).
+    With input the shell reads its stdin to the end before exiting, so sshd
+    cannot close the channel before our data and EOF have arrived."""
+    if input is None:
+        return f"exec </dev/null; {line}"
+    # A subshell, so that an `exit` in the line still leaves the draining to do.
+    return f"(\n{line}\n); {_RC_VAR}=$?; cat >/dev/null; exit ${_RC_VAR}"
 
 
 def _short(command: str, limit: int = 60) -> str:
