@@ -5,7 +5,7 @@ report and credential files.
 
 Each case runs as a subprocess (a child of tests/support/forkrun.py's fork
 server: its own working directory holding the inputs, its environment,
-RLIMIT_AS of 512 MiB, killed after 10 s) and must end with:
+RLIMIT_AS of 512 MiB, killed after 60 s of wall time) and must end with:
 
 - the documented exit code (bad input: 2 at the command line, pytest's
   usage error 4 under pytest);
@@ -15,7 +15,7 @@ RLIMIT_AS of 512 MiB, killed after 10 s) and must end with:
 - no traceback, no INTERNALERROR, no form of the planted secret
   (harness.secrets.secret_forms) in anything it printed;
 - nothing written: the case's folder (also its HOME) is the same after;
-- within 10 s and 512 MiB.
+- within 10 s of CPU time and 512 MiB.
 
 ``CASES`` is built at import; ``test_corpus_counts`` prints the counts by
 input kind and checks there are at least 250.
@@ -44,7 +44,11 @@ from harness.xen import savefile as sf
 from tests.support.savefile_builder import SaveFileBuilder, record
 
 ROOT = Path(__file__).resolve().parents[1]
+# The time bound is CPU time: on a loaded machine (CI's -n 2, a virtual host
+# booting) a case's wall time stretched past 10 s with no more work done.
+# A hang (a blocked read burns no CPU) is caught by the wall-clock kill.
 TIME_LIMIT_S = 10.0
+HANG_LIMIT_S = 60.0
 MEMORY_LIMIT = 512 << 20
 # Fixed, so that xdist workers collect the same case ids.
 SECRET = "corpusPW-7f3a9c2e41b8"
@@ -700,13 +704,13 @@ def test_hostile_input(c: Case, server: ForkServer, tmp_path: Path) -> None:
         del env[SECRET_VAR]
     result = server.run({"runner": c.runner, "argv": [_expand(a, folder) for a in c.argv],
                          "cwd": str(folder), "env": env, "out": str(out),
-                         "timeout": TIME_LIMIT_S, "memory": MEMORY_LIMIT})
+                         "timeout": HANG_LIMIT_S, "memory": MEMORY_LIMIT})
     stdout = (out / "stdout").read_text(errors="replace")
     stderr = (out / "stderr").read_text(errors="replace")
     shown = f"rc={result['rc']}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}"
 
-    assert not result["timed_out"], f"did not finish within {TIME_LIMIT_S}s\n{shown}"
-    assert result["seconds"] <= TIME_LIMIT_S
+    assert not result["timed_out"], f"hung: did not finish within {HANG_LIMIT_S}s\n{shown}"
+    assert result["cpu_seconds"] <= TIME_LIMIT_S, f"{result['cpu_seconds']:.1f} s of CPU\n{shown}"
     assert result["maxrss_kib"] * 1024 <= MEMORY_LIMIT, result
     assert result["rc"] == c.rc, shown
     text = stdout + stderr

@@ -6,8 +6,8 @@ single-threaded process that imports the harness once and then forks one
 child per case: the child is a subprocess like any other, with its own
 working directory, environment, stdin from /dev/null, stdout and stderr
 into files, ``RLIMIT_AS`` (memory) set, and a time limit enforced by the
-server (SIGKILL).  The server reports the child's exit code, wall time and
-peak RSS (wait4), one JSON line per case.
+server (SIGKILL).  The server reports the child's exit code, wall and CPU
+time and peak RSS (wait4), one JSON line per case.
 
 Protocol: one JSON object per line on stdin: {"runner": "cli"|"pytest",
 "argv": [...], "cwd": DIR, "env": {...}, "out": DIR, "timeout": s,
@@ -81,7 +81,8 @@ def _run(case: dict) -> dict:
         time.sleep(0.005)
     seconds = time.monotonic() - started
     rc = os.waitstatus_to_exitcode(status)
-    return {"rc": rc, "seconds": seconds, "maxrss_kib": usage.ru_maxrss, "timed_out": timed_out}
+    return {"rc": rc, "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "maxrss_kib": usage.ru_maxrss, "timed_out": timed_out}
 
 
 def main() -> None:
