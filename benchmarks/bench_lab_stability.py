@@ -151,7 +151,7 @@ def boot_once(host, entry, round_no: int, slot: int, artifacts: Path, settings: 
 def _failed_boot(host, guest, boot: Boot, exc: Exception, evidence: Path) -> tuple[str, str]:
     """(outcome, detail) of a boot that raised ``exc``; xl dmesg kept as evidence."""
     from harness.errors import XenhilError
-    from harness.xen.dom0_crashes import parse_triple_faults
+    from harness.xen.dom0_crashes import why_boot_ended
 
     why = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     evidence.mkdir(parents=True, exist_ok=True)
@@ -160,22 +160,14 @@ def _failed_boot(host, guest, boot: Boot, exc: Exception, evidence: Path) -> tup
         host.ssh.run(["true"], timeout=60, check=True)
         dmesg = host.ssh.run(["xl", "dmesg"], timeout=60).stdout
         (evidence / "xl-dmesg.txt").write_text(dmesg)
-        faults = parse_triple_faults(dmesg, [boot.domid]) if boot.domid is not None else []
-        if faults:
-            return "crash", f"{faults[0].message} (after {why})"
         listed = guest.xl.domain(guest.name) if guest is not None else None
-        # A boot never asks for a shutdown: a reboot is how Xen ends a triple
-        # fault, and a guest that halts with interrupts off is powered off.
-        if listed is not None and listed.shutdown_reason in ("crash", "reboot", "poweroff"):
-            return "crash", f"domain {listed.domid} shut down ({listed.shutdown_reason}) (after {why})"
+        xl_log = ""
         if listed is None and guest is not None:
-            # Gone: xl's own log says how it ended (on_poweroff's default,
-            # destroy, removes a powered-off domain).
-            log = host.ssh.run(["tail", "-n", "50", f"/var/log/xen/xl-{guest.name}.log"],
-                               timeout=60).stdout
-            ended = [line for line in log.splitlines() if "has shut down, reason code" in line]
-            if ended:
-                return "crash", f"{ended[-1].strip()} (after {why})"
+            xl_log = host.ssh.run(["tail", "-n", "50", f"/var/log/xen/xl-{guest.name}.log"],
+                                  timeout=60).stdout
+        ended = why_boot_ended(boot.domid, dmesg, listed, xl_log)
+        if ended:
+            return "crash", f"{ended} (after {why})"
     except XenhilError as exc2:
         return "hang", f"{why}; dom0 then: {type(exc2).__name__}: {str(exc2).splitlines()[0]}"
     from harness.errors import TimeLimitExceeded

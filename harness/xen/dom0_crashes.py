@@ -143,3 +143,32 @@ def guest_emulation_crashes(guest) -> list[Dom0Crash | GuestTripleFault]:
         except (XenhilError, ValueError, OSError):
             pass
     return found
+
+
+# A boot never asks for a shutdown: a reboot is how Xen ends a triple fault
+# (kept by on_reboot="preserve"), a crash is a crash, and a guest kernel that
+# halts with interrupts off (as every Linux guest did in its decompressor on
+# QEMU 10.0 with nested paging, harness.lab.virtual.quirks) is powered off.
+BOOT_ENDING_SHUTDOWNS = ("crash", "reboot", "poweroff")
+
+
+def why_boot_ended(domid: int | None, xl_dmesg: str, listed, xl_log: str) -> str | None:
+    """Why a booting guest's domain ended on its own, in Xen's or xl's words;
+    None when it did not (a slow boot or a silent console: a retry would not
+    help, and the failure keeps its own class).
+
+    The one rule both the guest fixture (whether to boot again) and the
+    stability benchmark (what to count as a crash) follow:
+    ``xl_dmesg``: Xen's log; ``listed``: the domain as ``xl list`` shows it,
+    None when it is gone; ``xl_log``: xl's own log of the guest, which says
+    how a domain that is gone ended (a powered-off domain is destroyed by
+    on_poweroff's default)."""
+    faults = parse_triple_faults(xl_dmesg, [domid]) if domid is not None else []
+    if faults:
+        return faults[0].message
+    if listed is not None:
+        if listed.shutdown_reason in BOOT_ENDING_SHUTDOWNS:
+            return f"domain {listed.domid} in state {listed.state} ({listed.shutdown_reason})"
+        return None
+    ended = [line.strip() for line in xl_log.splitlines() if "has shut down, reason code" in line]
+    return ended[-1] if ended else None
