@@ -7,6 +7,7 @@ or at once when it latched broken; a passing health check or an explicit,
 logged release returns it."""
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -244,3 +245,28 @@ def test_an_explicit_release_is_logged_with_who_when_and_why(db):
     lease = pool.claim(ME, timeout=0)
     assert lease.host == "h1"
     pool.release(lease)
+
+
+def test_what_the_store_keeps_is_scrubbed_of_registered_secrets(db):
+    """A quarantine reason or an event's detail quotes a failure, which may
+    hold a lab secret (a BMC password in an ipmitool command line); the store
+    outlives the run and every runner reads it, so the secret goes in
+    masked, in every form, and reads back masked."""
+    import json as _json
+
+    from harness.secrets import register_secret
+    secret = "lease-store-pw-" + os.urandom(6).hex()
+    register_secret(secret)
+    store = open_store(db)
+    try:
+        store.quarantine("h1", f"ipmitool -P {secret} failed", ME,
+                         detail={"command": f"ipmitool -P {secret}", "json": _json.dumps(secret)})
+        kept = store.quarantined()["h1"]
+        assert secret not in kept.reason and "***" in kept.reason
+        values = list(store.text_values())
+        assert any("ipmitool -P ***" in v for v in values), values
+        assert not any(secret in v for v in values), values
+        # Reads with the same text still find the row they wrote.
+        assert [e.kind for e in store.host_events("h1")] == [EVENT_QUARANTINED]
+    finally:
+        store.close()

@@ -618,3 +618,41 @@ def test_xenhil_report_reads_and_scans_a_postgres_store(postgres_url, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2, missing.stdout + missing.stderr
     assert "holds no results (no runs table)" in missing.stderr
+
+
+def test_xenhil_report_scans_a_postgres_lease_store_through_its_rows(postgres_url, tmp_path):
+    """The run writes into the lab's lease store too (holders, quarantine
+    reasons, guests' failures); on PostgreSQL it is no file, so the scan
+    reads its rows, and a secret that reached it is a leak."""
+    from harness.lab.leases import Holder, open_store
+    results_url = new_database(postgres_url, "report")
+    store = ResultsStore(results_url)
+    store.record_run("run-1", build="b1", runner="runner-a")
+    store.close()
+    lease_url = new_database(postgres_url, "leases")
+    leases = open_store(lease_url)
+    leases.quarantine("h1", "BMC did not answer", Holder.current(run_id="run-1"))
+    leases.close()
+    allure = tmp_path / "allure"
+    allure.mkdir()
+    (allure / "x-result.json").write_text(json.dumps({"name": "test_x", "status": "passed"}))
+    (allure / "environment.properties").write_text("xenhil.run_id=run-1\n")
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(INVENTORY + f"lease_db: {lease_url}\n")
+    secret = "contract-lease-" + os.urandom(6).hex()
+    env = dict(os.environ, XENHIL_CONTRACT_PW=secret)
+
+    def report(out: str) -> subprocess.CompletedProcess:
+        return subprocess.run([XENHIL, "report", str(allure), "-o", str(tmp_path / out),
+                               "--results-db", results_url, "--scan-secrets", str(lab)],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    clean = report("out1")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert f"the lease store {lease_url}" in clean.stdout, clean.stdout
+    # Written behind the store's back (raw SQL: the store itself scrubs).
+    sql(lease_url, "UPDATE quarantine SET reason = ? WHERE host = 'h1'", (f"ipmitool -P {secret}",))
+    leaked = report("out2")
+    assert leaked.returncode == 1, leaked.stdout + leaked.stderr
+    assert f"SECRET LEAK: the lease store {lease_url} holds the" in leaked.stdout, leaked.stdout
+    assert secret not in leaked.stdout + leaked.stderr

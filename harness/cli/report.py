@@ -16,6 +16,7 @@ triage text is masked like every other output.
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
 from pathlib import Path
 
 from harness.errors import ConfigError
@@ -67,7 +68,7 @@ def _inputs(args: argparse.Namespace) -> dict:
         secrets = inventory_secrets(lab, (db,))
         store_files = [db_path, *_store_companions(db_path)] if db_path is not None else []
         targets = [results, output, *store_files, *_lease_store_files(lab), *also]
-        scan = (inventory_path, secrets, targets)
+        scan = (inventory_path, secrets, targets, _stores_scanned_by_rows(db, lab))
     return {"results": results, "output": output, "db": db, "known": known, "run_id": run_id,
             "run_state": run_state_of(results) if run_id == run_id_of(results) else None,
             "scan": scan}
@@ -77,7 +78,7 @@ def _lease_store_files(inventory) -> list[Path]:
     """The lab's SQLite lease store and its log, when they exist: the run
     wrote into it too (holders, quarantine reasons, guests' failures, events),
     and `xenhil lab status` shows it to everyone.  A PostgreSQL lease store
-    is not scanned here."""
+    is scanned through its rows (_stores_scanned_by_rows)."""
     from harness.dburl import is_postgres, sqlite_path
     from harness.lab.leases import resolve_store_url
     url = resolve_store_url(None, inventory)
@@ -113,32 +114,47 @@ def _report(args: argparse.Namespace) -> int:
     print(summary)
     (inputs["output"] / "triage.txt").write_text(summary)
     if inputs["scan"]:
-        return _scan_secrets(*inputs["scan"], store_url=None if store.path else inputs["db"])
+        return _scan_secrets(*inputs["scan"])
     return 0
 
 
-def _scan_secrets(inventory_path: Path, secrets: dict[str, str], targets: list[Path],
-                  store_url: str | None = None) -> int:
-    """``store_url``: a results store that is not a file (PostgreSQL),
-    scanned through a copy of its text values that lives only as long as
-    the scan."""
-    import tempfile
-
+def _stores_scanned_by_rows(results_db: str, inventory) -> list[tuple[str, Callable[[], Any]]]:
+    """The stores that are not files (PostgreSQL: the results store, the
+    lab's lease store), as (what, opener): each is scanned through a copy of
+    its text values."""
+    from harness.dburl import is_postgres
+    from harness.lab.leases import open_store, resolve_store_url
     from harness.results.store import ResultsStore
 
-    if store_url is None:
-        return _scan_targets(inventory_path, secrets, targets, {})
+    stores: list[tuple[str, Callable[[], Any]]] = []
+    if is_postgres(results_db):
+        stores.append((f"the results store {results_db}",
+                       lambda: ResultsStore(results_db, create=False)))
+    lease_url = resolve_store_url(None, inventory)
+    if is_postgres(lease_url):
+        stores.append((f"the lease store {lease_url}", lambda: open_store(lease_url)))
+    return stores
+
+
+def _scan_secrets(inventory_path: Path, secrets: dict[str, str], targets: list[Path],
+                  row_stores: list[tuple[str, Callable[[], Any]]]) -> int:
+    """``row_stores``: stores that are not files, each scanned through a
+    copy of its text values that lives only as long as the scan."""
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="xenhil-store-scan-") as folder:
-        copy = Path(folder) / "results-store.txt"
-        store = ResultsStore(store_url, create=False)
-        try:
-            with open(copy, "w", encoding="utf-8", errors="surrogateescape") as out:
-                for value in store.text_values():
-                    out.write(value + "\n")
-        finally:
-            store.close()
-        return _scan_targets(inventory_path, secrets, targets + [copy],
-                             {copy: f"the results store {store.url}"})
+        names: dict[Path, str] = {}
+        for index, (what, opener) in enumerate(row_stores):
+            copy = Path(folder) / f"store-{index}.txt"
+            store = opener()
+            try:
+                with open(copy, "w", encoding="utf-8", errors="surrogateescape") as out:
+                    for value in store.text_values():
+                        out.write(value + "\n")
+            finally:
+                store.close()
+            names[copy] = what
+        return _scan_targets(inventory_path, secrets, targets + list(names), names)
 
 
 def _scan_targets(inventory_path: Path, secrets: dict[str, str], targets: list[Path],

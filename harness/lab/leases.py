@@ -55,6 +55,7 @@ from typing import Any, Iterator, Sequence
 
 from harness.errors import ConfigError, InfrastructureError, ReservationTimeout
 from harness.lab.model import HostSpec, Inventory, os_user
+from harness.secrets import scrub as scrub_secrets
 from harness.step import step
 
 log = logging.getLogger("xenhil.leases")
@@ -539,8 +540,39 @@ class SQLLeaseStore(LeaseStore):
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
     def _x(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
-        cur.execute(self._q(sql), tuple(params))
+        # Every text goes in scrubbed: a reason or a detail may quote a
+        # failure that holds a lab secret, and the store outlives the run
+        # (`xenhil lab status` shows it to everyone, other runners read it).
+        # Parameters of reads are scrubbed alike, so they match what was written.
+        cur.execute(self._q(sql), tuple(scrub_secrets(p) if isinstance(p, str) else p
+                                        for p in params))
         return cur
+
+    #: Every table of :meth:`_schema`: what a secret scan reads.
+    ROW_TABLES = ("leases", "grants", "waiters", "quarantine", "host_events", "guests", "host_builds")
+
+    def text_values(self) -> Iterator[str]:
+        """Every text value in the store, table by table: what a secret scan
+        of a store that is not a file (PostgreSQL) reads.  Tables a store of
+        an older schema lacks are passed over."""
+        for table in self.ROW_TABLES[:self._tables_in_schema(self.schema_found)]:
+            offset = 0
+            while True:
+                # In pages, each read whole: the caller may use the store
+                # between two values.
+                with self._read() as cur:
+                    rows = self._x(cur, f"SELECT * FROM {table} ORDER BY 1 LIMIT ? OFFSET ?",
+                                   (500, offset)).fetchall()
+                if not rows:
+                    break
+                offset += len(rows)
+                for row in rows:
+                    yield from (value for value in row if isinstance(value, str))
+
+    @staticmethod
+    def _tables_in_schema(version: int) -> int:
+        """How many of ROW_TABLES a store of schema ``version`` has."""
+        return 3 if version < 2 else 5 if version < 3 else 7
 
     @staticmethod
     def _holder_params(h: Holder) -> tuple:
