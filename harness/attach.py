@@ -335,8 +335,9 @@ def scrub_files(targets: Sequence[Path | str]) -> list[Path]:
     """Scrub every regular file under ``targets`` (folders or files) that
     holds a registered secret or a private-key block: the last line of
     defence at the end of a run, for what was written without passing
-    through the scrubber (a console transcript, a tool's own log).  Returns
-    the files rewritten."""
+    through the scrubber (a console transcript, a tool's own log); a file or
+    folder whose name holds one is renamed.  Returns the files rewritten and
+    the new paths of those renamed."""
     import os
     import stat
 
@@ -369,10 +370,46 @@ def scrub_files(targets: Sequence[Path | str]) -> list[Path]:
                 changed.append(path)
         except OSError as exc:
             log.warning("could not check %s for secrets: %s", path, exc.strerror)
+    renamed = _rename_secret_names(targets)
     if changed:
         log.warning("masked secrets in %d file(s) written unscrubbed during the run: %s",
                     len(changed), ", ".join(str(p) for p in changed[:5]))
-    return changed
+    if renamed:
+        # The names are logged masked: they are the new ones.
+        log.warning("renamed %d file(s) or folder(s) whose names held a secret: %s",
+                    len(renamed), ", ".join(str(p) for p in renamed[:5]))
+    return changed + renamed
+
+
+def _rename_secret_names(targets: Sequence[Path | str]) -> list[Path]:
+    """Rename every file and folder under ``targets`` whose name holds a
+    secret (a test id or a tool's output file named after a command line),
+    deepest first so a folder's new name does not break its entries' paths;
+    the secret part becomes ``***`` and a name taken already gets a number.
+    The targets themselves are the caller's and keep their names."""
+    import os
+
+    renamed: list[Path] = []
+    for target in targets:
+        target = Path(target)
+        if not target.is_dir():
+            continue
+        for root, dirs, files in os.walk(target, topdown=False):
+            for name in files + dirs:
+                masked = scrub(name)
+                if masked == name:
+                    continue
+                old, new = Path(root) / name, Path(root) / masked
+                number = 1
+                while new.exists() or new.is_symlink():
+                    number += 1
+                    new = Path(root) / f"{masked}.{number}"
+                try:
+                    old.rename(new)
+                    renamed.append(new)
+                except OSError as exc:
+                    log.warning("could not rename %s: %s", scrub(str(old)), exc.strerror)
+    return renamed
 
 
 def _large_file_holds(path: Path, secrets: frozenset[str]) -> bool:

@@ -10,6 +10,7 @@ attachments made with harness.attach and with allure.attach directly.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -447,3 +448,31 @@ def test_parameters_holding_a_secret_as_text_bytes_or_a_number_get_masked_ids(
     assert password not in output, output
     assert len(ids) == 5 and len(set(ids)) == 5, ids
     assert "plain" in ids and "x***" in ids and sum(i.startswith("***") for i in ids) == 3, ids
+
+
+def test_the_end_of_run_sweep_renames_files_and_folders_named_after_a_secret(tmp_path):
+    """A tool's output named after its command line, or a test's folder named
+    after its id, can carry a secret in its name, which a report's file list
+    shows: the sweep renames it (deepest first), keeps its content (scrubbed)
+    and never overwrites a file that has the masked name already."""
+    from harness.attach import scrub_files
+    from harness.secrets import MASK, register_secret
+    secret = "sweep-name-" + os.urandom(6).hex()
+    register_secret(secret)
+    folder = tmp_path / f"test_login[{secret}]"
+    folder.mkdir()
+    (folder / f"ipmitool-P-{secret}.log").write_text(f"ran ipmitool -P {secret}\n")
+    (folder / "console.log").write_text("clean\n")
+    (tmp_path / f"x-{MASK}").write_text("taken\n")
+    (tmp_path / f"x-{secret}").write_text("kept\n")
+
+    changed = scrub_files([tmp_path])
+
+    names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert not any(secret in n for n in names), names
+    moved = tmp_path / f"test_login[{MASK}]"
+    assert (moved / f"ipmitool-P-{MASK}.log").read_text() == f"ran ipmitool -P {MASK}\n"
+    assert (moved / "console.log").read_text() == "clean\n"
+    assert (tmp_path / f"x-{MASK}").read_text() == "taken\n"
+    assert (tmp_path / f"x-{MASK}.2").read_text() == "kept\n"
+    assert moved in changed and tmp_path / f"x-{MASK}.2" in changed
