@@ -2,7 +2,8 @@
 
     python3 -m harness.probe_dm --domid N --ports 0x6100-0x610f \\
         --mmio 0xf0000000-0xf0000fff --bdf 00:05.0 \\
-        --counters /run/xenhil-probe-N.json [--log FILE] [--restore-state FILE]
+        --counters /run/xenhil-probe-N.json [--log FILE] [--restore-state FILE] \\
+        [--fault FAULT]
     python3 -m harness.probe_dm --domid N --reap SERVER_ID --counters FILE
 
 Two processes: a small *supervisor* (this process) forks the *server*.  If
@@ -38,6 +39,7 @@ from harness.probe_dm.emulation import (
     ProbeDevice,
     parse_range,
 )
+from harness.probe_dm.faults import FAULTS, ProbeFault, parse_fault
 
 log = logging.getLogger("xenhil.probe_dm")
 
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore-state", type=Path,
                    help="counters file of an earlier probe of this guest (before save/restore): "
                         "scratch registers and PCI config are carried over")
+    p.add_argument("--fault", metavar="FAULT",
+                   help="plant a fault (a mutant run, never a clean one): "
+                        + "; ".join(f"{r.example}: {r.breaks}" for r in FAULTS.values()))
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     p.add_argument("--no-supervisor", action="store_true",
                    help="serve in this process (no crash supervisor)")
@@ -86,7 +91,9 @@ def build_device(args: argparse.Namespace, log_file=None) -> tuple[ProbeDevice, 
                               help="x86 I/O ports are 0-0xffff")
     mmio = parse_range(args.mmio, "--mmio") if args.mmio else None
     bdf = Bdf.parse(args.bdf) if args.bdf else None
-    device = ProbeDevice(ports, mmio, bdf, vendor=args.vendor, device=args.device, log=log_file)
+    fault = fault_of(args, ports)
+    device = ProbeDevice(ports, mmio, bdf, vendor=args.vendor, device=args.device, log=log_file,
+                         fault=fault)
     if args.restore_state:
         try:
             old = json.loads(args.restore_state.read_text())
@@ -97,6 +104,22 @@ def build_device(args: argparse.Namespace, log_file=None) -> tuple[ProbeDevice, 
     return device, ports, bdf
 
 
+def fault_of(args: argparse.Namespace, ports: list) -> ProbeFault | None:
+    """--fault parsed; a claimed QEMU range must not overlap the probe's own
+    ports (Xen refuses an overlap within one server: EEXIST)."""
+    if not args.fault:
+        return None
+    fault = parse_fault(args.fault, "--fault")
+    for start, end in fault.claim_ports:
+        for own_start, own_end in ports:
+            if start <= own_end and own_start <= end:
+                raise ConfigError(f"--fault {fault.text}: overlaps the probe's own ports "
+                                  f"{own_start:#x}-{own_end:#x}",
+                                  help="claim a range QEMU owns, outside --ports "
+                                       "(default 0x170-0x177, the secondary IDE channel)")
+    return fault
+
+
 def serve(args: argparse.Namespace, supervisor_pid: int | None, on_created=None) -> int:
     from harness.probe_dm.server import ProbeServer, run_server
     log_file = open(args.log, "a", buffering=1) if args.log else None
@@ -104,7 +127,8 @@ def serve(args: argparse.Namespace, supervisor_pid: int | None, on_created=None)
         device, ports, bdf = build_device(args, log_file)
         server = ProbeServer(args.domid, ports, device, args.counters, bdf=bdf,
                              heartbeat=args.heartbeat, supervisor_pid=supervisor_pid,
-                             on_created=on_created)
+                             on_created=on_created, fault=device.fault,
+                             restoring=args.restore_state is not None)
         return run_server(server)
     finally:
         if log_file:

@@ -34,6 +34,9 @@ class ProbeSettings:
     vendor: int = 0x5853
     device: int = 0xC0DE
     class_code: int = 0xFF00      # what the probe's config space reports (emulation.py)
+    # A planted fault (harness.probe_dm.faults; pytest --probe-fault): a
+    # mutant run's probe misbehaves on purpose.  None: a clean probe.
+    fault: str | None = None
 
     @property
     def id_port(self) -> int:
@@ -59,7 +62,7 @@ class ProbeCompanion:
     def attach(self, guest, domid: int) -> None:
         s = self.settings
         self.handle = start_probe(guest.host, domid, s.ports, s.mmio, s.bdf, vendor=s.vendor,
-                                  device=s.device, log=self.log_requests)
+                                  device=s.device, fault=s.fault, log=self.log_requests)
 
     @step("note the probe saw its domain go")
     def saved(self, guest) -> None:
@@ -92,7 +95,8 @@ class ProbeCompanion:
             self.handle = None
             return
         s = self.settings
-        spec = ProbeSpec(tuple(tuple(p) for p in s.ports), tuple(s.mmio), s.bdf, s.vendor, s.device)
+        spec = ProbeSpec(tuple(tuple(p) for p in s.ports), tuple(s.mmio), s.bdf, s.vendor, s.device,
+                         s.fault)
         self.handle = ProbeHandle(guest.host, int(record["domid"]), spec, record["directory"],
                                   record["counters_path"], record["stderr_path"],
                                   record.get("log_path"))

@@ -40,7 +40,8 @@ offset register
 
 *Other requests*: IOREQ_TYPE_INVALIDATE (map-cache invalidation, sent to
 every enabled server when the guest gives memory back) and TIMEOFFSET are
-answered and counted.  Requests with ``data_is_ptr`` (string I/O: ``rep
+answered and counted (the ``ignore-invalidate`` fault answers an
+invalidate without counting it, harness.probe_dm.faults).  Requests with ``data_is_ptr`` (string I/O: ``rep
 ins/outs``, ``rep movs`` to MMIO) are answered without touching guest memory
 and counted as ``unsupported``.  A request for an address in none of the
 probe's windows is answered with all ones (reads) and counted as ``outside``:
@@ -53,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from harness.errors import ConfigError
+from harness.probe_dm.faults import ProbeFault, hold, ignores_invalidate
 from harness.probe_dm.xenlibs import (
     IOREQ_READ,
     IOREQ_TYPE_COPY,
@@ -337,7 +339,9 @@ class ProbeDevice:
 
     def __init__(self, ports: list[tuple[int, int]], mmio: tuple[int, int] | None,
                  bdf: Bdf | None, vendor: int = DEFAULT_VENDOR, device: int = DEFAULT_DEVICE,
-                 log: TextIO | None = None, clock: Callable[[], float] = time.time):
+                 log: TextIO | None = None, clock: Callable[[], float] = time.time,
+                 fault: ProbeFault | None = None):
+        self.fault = fault          # a planted fault (harness.probe_dm.faults), None: none
         self.port_windows = [Window(f"port{i}", "port", end - start + 1, start)
                              for i, (start, end) in enumerate(ports)]
         _check_disjoint(ports, "--ports")
@@ -373,6 +377,9 @@ class ProbeDevice:
     def handle(self, req: Request, vcpu: int) -> int | None:
         """Serve one request; the value to put in ``data`` for a read, else None."""
         kind = TYPE_NAMES.get(req.type, "other")
+        hold(self.fault)
+        if kind == "invalidate" and ignores_invalidate(self.fault):
+            return None     # answered (a vCPU waits for it), neither acted on nor counted
         self.total += 1
         self.by_type[kind] = self.by_type.get(kind, 0) + 1
         self.by_vcpu[str(vcpu)] = self.by_vcpu.get(str(vcpu), 0) + 1

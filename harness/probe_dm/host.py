@@ -40,7 +40,8 @@ REMOTE_ROOT = "/var/lib/xenhil/probe_dm"
 _REPO = Path(__file__).resolve().parents[2]
 # What dom0 needs: the package minus this file, and the failure classes.
 PACKAGE_FILES = ("harness/__init__.py", "harness/errors.py", "harness/probe_dm/__init__.py",
-                 "harness/probe_dm/xenlibs.py", "harness/probe_dm/emulation.py",
+                 "harness/probe_dm/xenlibs.py", "harness/probe_dm/faults.py",
+                 "harness/probe_dm/emulation.py",
                  "harness/probe_dm/server.py", "harness/probe_dm/__main__.py")
 START_TIMEOUT = 60.0
 LIVE_STATES = ("starting", "enabled")
@@ -95,6 +96,7 @@ class ProbeSpec:
     bdf: str | None = None
     vendor: int | None = None
     device: int | None = None
+    fault: str | None = None        # a planted fault's text (harness.probe_dm.faults)
 
     def arguments(self) -> list[str]:
         args: list[str] = []
@@ -109,6 +111,9 @@ class ProbeSpec:
             args += ["--vendor", f"{self.vendor:04x}"]
         if self.device is not None:
             args += ["--device", f"{self.device:04x}"]
+        if self.fault:
+            from harness.probe_dm.faults import parse_fault
+            args += ["--fault", parse_fault(self.fault).text]  # a bad fault fails here, not in dom0
         return args
 
 
@@ -235,19 +240,20 @@ class ProbeHandle:
         unpause), carrying over this one's guest-visible state."""
         return start_probe(self.host, domid, self.spec.ports, self.spec.mmio, self.spec.bdf,
                            vendor=self.spec.vendor, device=self.spec.device,
-                           restore_state=self.counters_path,
+                           fault=self.spec.fault, restore_state=self.counters_path,
                            log=self.log_path is not None, timeout=timeout)
 
 
 @step("start the probe device model for domain {domid} on {host.name}")
 def start_probe(host, domid: int, ports=(), mmio: tuple[int, int] | None = None,
                 bdf: str | None = None, *, vendor: int | None = None, device: int | None = None,
-                restore_state: str | None = None, log: bool = False,
+                fault: str | None = None, restore_state: str | None = None, log: bool = False,
                 timeout: float = START_TIMEOUT) -> ProbeHandle:
     """Start the probe in dom0 for ``domid`` and wait until its server is
-    enabled.  Call it while the guest is paused (``xl create -p``)."""
+    enabled.  Call it while the guest is paused (``xl create -p``).
+    ``fault``: a planted fault (harness.probe_dm.faults), for mutant runs."""
     spec = ProbeSpec(tuple(tuple(p) for p in ports), tuple(mmio) if mmio else None, bdf,
-                     vendor, device)
+                     vendor, device, fault)
     directory = install(host)
     # One name per probe: several probes may serve one domain, and a restored
     # guest's new probe must not overwrite the old one's file (its state source).

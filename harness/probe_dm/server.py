@@ -54,6 +54,7 @@ state change)::
       "heartbeat_interval": 1.0,
       "claimed": {"port": [["0x6100", "0x610f"]], "memory": [["0xf0000000", "0xf0000fff"]],
                   "pci": ["0000:00:05.0"]},  # what Xen routes to the probe now
+      "fault": null or "delay=200",       # a planted fault (harness.probe_dm.faults)
       "counters": {
         "total": 12,                       # requests served
         "by_type": {"pio": 4, "mmio": 2, "pci_config": 5, "invalidate": 1},
@@ -84,6 +85,7 @@ from pathlib import Path
 from harness.errors import InfrastructureError, XenhilError
 from harness.probe_dm import COUNTERS_FORMAT
 from harness.probe_dm.emulation import Bdf, ProbeDevice
+from harness.probe_dm.faults import ProbeFault, registrations
 from harness.probe_dm.xenlibs import (
     IOREQ_READ,
     STATE_IOREQ_INPROCESS,
@@ -122,7 +124,7 @@ class ProbeServer:
     def __init__(self, domid: int, ports: list[tuple[int, int]], device: ProbeDevice,
                  counters_path: Path, bdf: Bdf | None = None, heartbeat: float = 1.0,
                  libs: XenLibs | None = None, supervisor_pid: int | None = None,
-                 on_created=None):
+                 on_created=None, fault: ProbeFault | None = None, restoring: bool = False):
         self.domid = domid
         self.ports = ports
         self.bdf = bdf
@@ -132,6 +134,10 @@ class ProbeServer:
         self.libs = libs
         self.supervisor_pid = supervisor_pid
         self.on_created = on_created          # callback(server_id): tell the supervisor
+        # What start() registers with Xen: everything, unless a planted fault
+        # (harness.probe_dm.faults) says otherwise; ``restoring``: started
+        # for a restored guest.
+        self.plan = registrations(ports, bdf, fault, restoring)
         self.state = "starting"
         self.error: str | None = None
         self.server_id: int | None = None
@@ -150,10 +156,10 @@ class ProbeServer:
     def claimed(self) -> dict:
         """What Xen routes to this server now (nothing unless enabled)."""
         live = self.state == "enabled" and self.dm is not None
-        return {"port": [[hex(s), hex(e)] for s, e in self.ports] if live else [],
+        return {"port": [[hex(s), hex(e)] for s, e in self.plan.ports] if live else [],
                 "memory": [[hex(s), hex(e)] for s, e in [self._mmio_claimed]]
                           if live and self._mmio_claimed else [],
-                "pci": [str(self.bdf)] if live and self.bdf is not None else []}
+                "pci": [str(self.bdf)] if live and self.plan.pci else []}
 
     def report(self) -> dict:
         return {"format": COUNTERS_FORMAT, "state": self.state, "error": self.error,
@@ -161,6 +167,7 @@ class ProbeServer:
                 "domid": self.domid, "server_id": self.server_id, "vcpus": self.vcpus,
                 "started": self.started, "heartbeat": time.time(),
                 "heartbeat_interval": self.heartbeat, "claimed": self.claimed(),
+                "fault": self.device.fault.text if self.device.fault else None,
                 "counters": self.device.counters(), "snapshot": self.device.snapshot()}
 
     def write_counters(self) -> None:
@@ -188,9 +195,9 @@ class ProbeServer:
             if self.on_created:
                 self.on_created(self.server_id)
             self._resource, address = self.fm.map_ioreq_page(self.domid, self.server_id)
-            for start, end in self.ports:
+            for start, end in self.plan.ports:
                 self.dm.map_io_range(self.domid, self.server_id, False, start, end)
-            if self.bdf is not None:
+            if self.plan.pci:
                 self.dm.map_pcidev(self.domid, self.server_id, self.bdf.segment, self.bdf.bus,
                                    self.bdf.device, self.bdf.function)
             self._sync_mmio()
@@ -228,7 +235,7 @@ class ProbeServer:
     def _sync_mmio(self) -> None:
         """Claim from Xen exactly the MMIO window the device decodes now (the
         guest moves it by writing BAR0 and the command register)."""
-        wanted = self.device.mmio_range()
+        wanted = self.device.mmio_range() if self.plan.mmio else None
         if wanted == self._mmio_claimed:
             return
         if self._mmio_claimed is not None:
@@ -272,7 +279,7 @@ class ProbeServer:
         slot.state = STATE_IOREQ_INPROCESS
         try:
             self.device.handle_ioreq(slot, vcpu)
-            if self.device.mmio_range() != self._mmio_claimed:
+            if self.plan.mmio and self.device.mmio_range() != self._mmio_claimed:
                 self._sync_mmio()
         finally:
             # Always answer: a vCPU left waiting blocks in Xen for good.
