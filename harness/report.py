@@ -9,6 +9,7 @@ regressions.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,10 +25,14 @@ from harness.results.verdicts import KnownIssue, verdict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 ALLURE_CONFIG = """export default {
-  name: %(name)s,
+  name: %(name)s,%(history)s
   plugins: { allure2: { options: { reportName: %(name)s, singleFile: false } } },
 };
 """
+
+#: Runs an Allure history file keeps (``render_html(history=...)``): the
+#: trend graphs draw the last 20, a test's own history page lists up to this many.
+HISTORY_LIMIT = 100
 
 
 def find_allure() -> str:
@@ -41,7 +46,12 @@ def find_allure() -> str:
                            "or set XENHIL_ALLURE to its path")
 
 
-def render_html(results_dir: Path, out_dir: Path, name: str = "xenhil") -> Path:
+def render_html(results_dir: Path, out_dir: Path, name: str = "xenhil",
+                history: Path | None = None) -> Path:
+    """``history``: Allure's history file (JSON lines, one per earlier run):
+    read for the trend graphs and each test's history, and this run
+    appended to it.  Allure 3 keeps its history there, not in the
+    ``history/`` folder Allure 2 copied from report to results."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     if not results_dir.is_dir() or not any(results_dir.glob("*-result.json")):
         raise ConfigError(f"{results_dir}: no Allure results here",
@@ -50,7 +60,10 @@ def render_html(results_dir: Path, out_dir: Path, name: str = "xenhil") -> Path:
     with tempfile.TemporaryDirectory(prefix="xenhil-allure-") as tmp:
         config = Path(tmp) / "allurerc.mjs"
         quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        config.write_text(ALLURE_CONFIG % {"name": quoted})
+        kept = ("" if history is None else
+                f"\n  historyPath: {json.dumps(str(Path(history).resolve()))},"
+                f"\n  historyLimit: {HISTORY_LIMIT},")
+        config.write_text(ALLURE_CONFIG % {"name": quoted, "history": kept})
         # Without ALLURE_NO_ANALYTICS the page loads Google Tag Manager
         # whenever someone opens the report: no third-party calls from a lab report.
         proc = subprocess.run([allure, "generate", str(results_dir.resolve()), "-o",

@@ -52,6 +52,7 @@ def _inputs(args: argparse.Namespace) -> dict:
     if db_path is not None and not db_path.is_file():
         raise ConfigError(f"--results-db: results store {db_path} does not exist",
                           help="pass the run's --artifacts folder (its results.sqlite) or --results-db")
+    history = _history_file(args.history) if args.history else None
     known = load_known_issues(Path(args.known_issues) if args.known_issues else None)
     run_id = args.run or run_id_of(results)
     if run_id is None:
@@ -70,8 +71,20 @@ def _inputs(args: argparse.Namespace) -> dict:
         targets = [results, output, *store_files, *_lease_store_files(lab), *also]
         scan = (inventory_path, secrets, targets, _stores_scanned_by_rows(db, lab))
     return {"results": results, "output": output, "db": db, "known": known, "run_id": run_id,
+            "history": history,
             "run_state": run_state_of(results) if run_id == run_id_of(results) else None,
             "scan": scan}
+
+
+def _history_file(value: str) -> Path:
+    """--history: Allure's history file, created when missing (then its
+    folder must be writable), else a regular file Allure appends to."""
+    from harness.options import check_input_path, check_output_folder
+    path = Path(value)
+    if path.exists() or path.is_symlink():
+        return check_input_path("--history", path, folder=False)
+    check_output_folder("--history", path.parent)
+    return path
 
 
 def _lease_store_files(inventory) -> list[Path]:
@@ -109,7 +122,8 @@ def _report(args: argparse.Namespace) -> int:
                           help="pass the run id the results carry, or the right --results-db") from None
     finally:
         store.close()
-    index = render_html(inputs["results"], inputs["output"])
+    index = render_html(inputs["results"], inputs["output"], name=args.title,
+                        history=inputs["history"])
     print(f"HTML report: {index}")
     print(summary)
     (inputs["output"] / "triage.txt").write_text(summary)
@@ -187,6 +201,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--run", default=None, help="run id (default: from the results)")
     report.add_argument("--known-issues", default="known-issues.yaml" if Path("known-issues.yaml").exists() else None,
                         help="YAML list of {test, reason, link}: expected failures")
+    report.add_argument("--history", metavar="FILE", default=None,
+                        help="Allure's history file (JSON lines): earlier runs drawn in the trend "
+                             "graphs, this run appended (created when missing)")
+    report.add_argument("--title", default="xenhil", help="the report's name (default xenhil)")
     report.add_argument("--scan-secrets", metavar="INVENTORY", default=None,
                         help="fail (exit 1) if a secret this inventory references appears, in any "
                              "form, in the results, the report, the results store or --scan-also; "
