@@ -406,9 +406,8 @@ def check_pytest_options(options: dict) -> dict:
         check_series(options["--series"])
     check_output_folder("--artifacts", options["--artifacts"])
     if options.get("--lab"):
-        from harness.lab.inventory import load_inventory
+        # Read once, by the run configuration (harness.run_config), next.
         check_input_path("--lab", options["--lab"], folder=False)
-        load_inventory(options["--lab"])
     return checked
 
 

@@ -1,10 +1,14 @@
 """The xenhil pytest plugin: options, markers, run state, and the fixtures of
 ``fixtures/``.
 
-State lives in ``config.stash[XENHIL]`` (one :class:`RunState` per process).
-Under pytest-xdist the controller makes the run id and hands it to each
-worker through ``workerinput``, so every worker's leases and artifacts carry
-the same run id and their own worker id.
+Every xenhil option is declared here, in one group, and parsed once at
+start-up into the run configuration (harness.run_config.RunConfig: options,
+inventory, build, split catalog), kept with the process's run state in
+``config.stash`` (fixtures.run.RUN).  The fixtures read it from there; the
+import goes one way, this plugin -> fixtures -> the rest of harness
+(tests/test_import_graph.py).  Under pytest-xdist the controller makes the
+run id and hands it to each worker through ``workerinput``, so every
+worker's leases and artifacts carry the same run id and their own worker id.
 
 Interrupted runs (harness.interrupt): SIGTERM stops a run like Ctrl-C, in the
 controller and in every xdist worker; the controller passes the interruption
@@ -24,55 +28,38 @@ import json
 import logging
 import os
 import secrets
-import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from fixtures.run import RUN, RunState, provenance, run_config
 from harness import budgets
 from harness.errors import XenhilError
-from harness.interrupt import Interruption
-from harness.lab.model import KNOWN_CAPABILITIES, os_user
+from harness.lab.model import KNOWN_CAPABILITIES
+from harness.run_config import GUESTS_PER_EMULATED_HOST, GUESTS_PER_HOST, LAB_OPTIONS
 
 pytest_plugins = ["fixtures.lab", "fixtures.guest", "fixtures.scheduling", "fixtures.reporting"]
 
 log = logging.getLogger("xenhil.plugin")
-
-
-@dataclass
-class RunState:
-    run_id: str
-    worker: str                       # "main" or the xdist worker id ("gw0", ...)
-    artifacts: Path                   # artifacts/<run id>/
-    options: dict = field(default_factory=dict)
-    lab: object | None = None         # fixtures.lab.LabSession, made on first use
-    # Credential references of --lab that cannot be resolved in this process
-    # (one line each, no value): hosts using them fail at first use.
-    unresolved: list = field(default_factory=list)
-    # SIGTERM handling and why the run stopped early (harness.interrupt).
-    interruption: Interruption = field(default_factory=Interruption)
-    # xdist controller: the workers not yet known to have ended, by id.
-    workers: dict = field(default_factory=dict)
-
-
-XENHIL = pytest.StashKey[RunState]()
 
 MARKERS = {
     "requires_capability": "requires_capability(**caps): run only on a host with these "
                            "capabilities, e.g. requires_capability(virt='svm')",
     "requires_tags": "requires_tags(*tags): run only on a host carrying every tag",
     "real_xen": "boots real Xen (minutes per boot under emulation)",
+    "disruptive": "disturbs its guest (save/restore, balloon): runs last on a guest of its own",
 }
+
+#: The options the run configuration is parsed from (harness.run_config).
+RUN_OPTIONS = ("--lab", "--lab-db", "--reserve-timeout", "--lease-ttl", "--xen-build", "--series",
+               "--artifacts", "--run-id", "--split", "--guests-per-host", "--saverestore-cycles",
+               "--latency-samples", "--results-db")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("xenhil", "xenhil: Xen multiple-ioreq-server lab tests")
-    group.addoption("--lab", default=os.environ.get("XENHIL_LAB"),
-                    help="lab inventory YAML (default: $XENHIL_LAB)")
-    group.addoption("--lab-db", default=None,
-                    help="lease store URL: sqlite:///PATH (default: next to the inventory) "
-                         "or postgresql://...")
+    for name, declaration in LAB_OPTIONS.items():     # as every xenhil verb declares them
+        group.addoption(name, **declaration)
     # Numbers are checked at start-up (harness.options): one usage error.
     group.addoption("--reserve-timeout", default=1800.0,
                     help="seconds a test waits for a matching host before failing (default 1800)")
@@ -90,6 +77,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="tests carrying this marker must run: one that skips fails instead, "
                          "with its skip reason (repeatable; scripts/test-framework passes "
                          "--require-run real_xen)")
+    group.addoption("--split", action="append", default=[],
+                    help="run only these splits of fixtures/splits.yaml (repeatable; an id "
+                         "not in it is refused at start-up)")
+    group.addoption("--guests-per-host", type=int, default=None,
+                    help=f"booted guests a host keeps for later tests; the least recently used "
+                         f"is destroyed first (default {GUESTS_PER_EMULATED_HOST} on an emulated "
+                         f"host, {GUESTS_PER_HOST} on others)")
+    group.addoption("--saverestore-cycles", type=int, default=3,
+                    help="save/restore cycles in a row (nightly: 10 or more)")
+    group.addoption("--latency-samples", type=int, default=None,
+                    help="timed accesses per port in the latency suite (default 100000; "
+                         "5000 on emulated hosts, see harness/lab/virtual/quirks.py)")
+    group.addoption("--results-db", default=None,
+                    help="results history store: sqlite:///PATH, or postgresql://USER@HOST/DB "
+                         "for a history several runners share (default: results.sqlite next "
+                         "to the run's artifacts folder)")
+    group.addoption("--no-health-check", action="store_true", default=False,
+                    help="do not health-check the hosts this run quarantined at its end (they "
+                         "stay quarantined until `xenhil lab health` passes)")
 
 
 def _new_run_id() -> str:
@@ -101,78 +107,64 @@ def _new_run_id() -> str:
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
-    options = _checked_options(config)
+    run = _run_config(config)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         run_id = workerinput["xenhil_run_id"]
         worker = workerinput["workerid"]
     else:
-        run_id = config.getoption("--run-id") or _new_run_id()
+        run_id = run.run_id or _new_run_id()
         worker = "main"
-    artifacts = Path(config.getoption("--artifacts")).resolve() / run_id
-    state = RunState(run_id=run_id, worker=worker, artifacts=artifacts, options=options)
-    config.stash[XENHIL] = state
+    state = RunState(run_id=run_id, worker=worker, artifacts=run.artifacts / run_id, config=run)
+    config.stash[RUN] = state
     # Before any test code runs, in the controller and in every worker.
     state.interruption.install()
     config.pluginmanager.register(RunEnd(config), "xenhil-run-end")
     _register_lab_secrets(config, state)
 
 
-def _checked_options(config: pytest.Config) -> dict:
-    """The xenhil options, checked once before anything acts (harness.options):
-    a bad one is one usage error, not an error per test or an INTERNALERROR."""
+def _run_config(config: pytest.Config):
+    """The run configuration (harness.run_config), parsed once before
+    anything acts: a bad option, inventory, build or split is one usage
+    error naming the option and its fix, not an error per test or an
+    INTERNALERROR."""
     from harness.lab.credentials import register_lab_secrets_early
-    from harness.options import check_pytest_options, one_line
-    names = ("--lab", "--lab-db", "--reserve-timeout", "--lease-ttl", "--xen-build", "--series",
-             "--run-id", "--artifacts", "--results-db", "--saverestore-cycles", "--latency-samples")
-    raw = {name: config.getoption(name, None) for name in names}
+    from harness.options import one_line
+    from harness.run_config import lab_option, parse_run_config
+    raw = {name: config.getoption(name, None) for name in RUN_OPTIONS}
     # First, so that a secret typed into any option is masked in the error.
-    register_lab_secrets_early(raw["--lab"], (raw["--lab-db"], raw["--results-db"]))
+    register_lab_secrets_early(lab_option(raw["--lab"]), (raw["--lab-db"], raw["--results-db"]))
     try:
-        checked = check_pytest_options(raw)
+        return parse_run_config(raw)
     except XenhilError as exc:
         raise pytest.UsageError(one_line(exc)) from None
-    return {name: checked[name] for name in ("--lab", "--lab-db", "--reserve-timeout",
-                                             "--lease-ttl", "--xen-build", "--series")}
 
 
 def _register_lab_secrets(config: pytest.Config, state: RunState) -> None:
     """Resolve every credential --lab references and register it for masking
     (harness.lab.credentials), in this process (the controller and each
     xdist worker run this), before any test code runs."""
-    path = state.options["--lab"]
-    if not path:
+    run = state.config
+    if run.inventory is None:
         return
     from harness.lab.credentials import register_inventory_secrets
-    from harness.lab.inventory import load_inventory
-    inventory = load_inventory(path)      # checked by _checked_options
-    config.stash[_HOSTS] = list(inventory.hosts.values())
-    state.unresolved = register_inventory_secrets(
-        inventory, (state.options["--lab-db"], config.getoption("--results-db", None)))
+    state.unresolved = register_inventory_secrets(run.inventory, (run.lab_db, run.results_db))
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     """xdist controller: every worker gets the controller's run id."""
-    state = node.config.stash[XENHIL]
+    state = node.config.stash[RUN]
     node.workerinput["xenhil_run_id"] = state.run_id
     state.workers[node.gateway.id] = node
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
-    node.config.stash[XENHIL].workers.pop(node.gateway.id, None)
+    node.config.stash[RUN].workers.pop(node.gateway.id, None)
 
 
-# --- interrupted runs (harness/interrupt.py) ------------------------------------
-
-def interrupted(config: pytest.Config) -> str | None:
-    """Why this process's run stopped early (``"SIGTERM"``, ``"Ctrl-C
-    (SIGINT)"``, ...), or None: known from the moment pytest caught the
-    interruption, before any fixture is torn down."""
-    state = config.stash.get(XENHIL, None)
-    return state.interruption.reason if state is not None else None
-
+# --- interrupted runs (harness/interrupt.py; interrupted() is fixtures.run's) ----
 
 class RunEnd:
     """How the run ends, per process (a plugin object: pytest's
@@ -180,7 +172,7 @@ class RunEnd:
 
     def __init__(self, config: pytest.Config):
         self.config = config
-        self.state: RunState = config.stash[XENHIL]
+        self.state: RunState = config.stash[RUN]
 
     def pytest_keyboard_interrupt(self, excinfo) -> None:
         """pytest caught the interruption: before the session end tears the
@@ -243,7 +235,7 @@ def _stop_workers(config: pytest.Config, state: RunState) -> None:
         live.pop(wid)             # no process to wait for
     if not live:
         return
-    hosts = _lab_hosts(config)
+    hosts = state.config.hosts
     budget = max([budgets.seconds("teardown", h.capabilities) for h in hosts]
                  or [budgets.BUDGETS["teardown"].real_s])
     _say(config, f"xenhil: run interrupted ({state.interruption.reason}): waiting for worker(s) "
@@ -320,23 +312,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --- time limits (harness/budgets.py) ------------------------------------------
 
 BUDGET = pytest.StashKey[budgets.ItemBudget]()
-_HOSTS = pytest.StashKey[list]()
-
-
-def _lab_hosts(config: pytest.Config) -> list:
-    """The inventory's hosts (their capabilities decide the budgets), or []
-    without a valid inventory: the ``lab`` fixture then reports what is wrong."""
-    if _HOSTS not in config.stash:
-        hosts: list = []
-        path = config.stash[XENHIL].options["--lab"]
-        if path:
-            from harness.lab.inventory import load_inventory
-            try:
-                hosts = list(load_inventory(path).hosts.values())
-            except (XenhilError, OSError):
-                hosts = []
-        config.stash[_HOSTS] = hosts
-    return config.stash[_HOSTS]
 
 
 def _user_set_timeout(config: pytest.Config) -> bool:
@@ -351,11 +326,11 @@ def _set_time_limits(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Give each test on a lab host its budget and, through a timeout marker,
     pytest-timeout's limit: the largest over the inventory's hosts that could
     serve it, so it exceeds the sum of the stages the test may wait in."""
-    hosts = _lab_hosts(config)
+    hosts = run_config(config).hosts
     if not hosts:
         return
     from fixtures.lab import wanted_host
-    reservation = float(config.stash[XENHIL].options["--reserve-timeout"])
+    reservation = run_config(config).reserve_timeout
     has_timeout = config.pluginmanager.hasplugin("timeout")
     user_set = _user_set_timeout(config)
     for item in items:
@@ -427,16 +402,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    state = config.stash[XENHIL]
-    lab = state.options["--lab"] or "(none: tests needing a host will fail with a hint)"
+    state = config.stash[RUN]
+    lab = state.config.lab or "(none: tests needing a host will fail with a hint)"
     lines = [f"xenhil: run {state.run_id}, lab {lab}, artifacts {state.artifacts}"]
     lines += [f"xenhil: credential not resolvable here (a host using it fails when it needs it): "
               f"{line}" for line in state.unresolved]
     for marker in config.getoption("--require-run"):
         lines.append(f"xenhil: tests marked {marker} must run: a skip of one fails it")
-    hosts = _lab_hosts(config)
+    hosts = state.config.hosts
     if hosts and config.pluginmanager.hasplugin("timeout") and not _user_set_timeout(config):
-        reservation = float(state.options["--reserve-timeout"])
+        reservation = state.config.reserve_timeout
         kinds = {budgets.describe(h.capabilities, reservation) for h in hosts}
         lines += [f"xenhil: time limit of a test on a lab host (harness/budgets.py), {k}"
                   for k in sorted(kinds)]
@@ -449,49 +424,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     the workers): a secret written without passing through the scrubber is
     masked there too (harness.attach.scrub_files).  Every process gives
     SIGTERM back to its previous handler."""
-    if XENHIL not in config.stash:
+    if RUN not in config.stash:
         return
-    config.stash[XENHIL].interruption.restore()
+    config.stash[RUN].interruption.restore()
     if hasattr(config, "workerinput"):
         return
     from harness.attach import scrub_files
-    state = config.stash[XENHIL]
+    state = config.stash[RUN]
     targets = [state.artifacts, getattr(config.option, "allure_report_dir", None),
                getattr(config.option, "log_file", None), getattr(config.option, "xmlpath", None)]
     scrub_files([Path(t) for t in targets if t])
-
-
-def provenance(config: pytest.Config) -> dict[str, str]:
-    """Who ran what where: recorded with every run's results."""
-    state = config.stash[XENHIL]
-    return {
-        "xenhil.run_id": state.run_id,
-        "xenhil.user": os_user(),
-        "xenhil.machine": socket.gethostname(),
-        "xenhil.lab": str(state.options["--lab"] or ""),
-        "xenhil.xen_build": _build_label(config),
-        # A `xenhil build`'s manifest (sources, patches, compiler, options):
-        # what was built; "" for other builds.
-        "xenhil.xen_build_manifest": _build_manifest(config),
-        "xenhil.series": str(state.options["--series"] or ""),
-    }
-
-
-def _build_label(config: pytest.Config) -> str:
-    """The build's content identity (kind-hash), or the raw option if it was not loaded."""
-    from fixtures.guest import BUILD
-    build = config.stash.get(BUILD, None)
-    if build is not None:
-        return build.label
-    return str(config.getoption("--xen-build") or "debian-default")
-
-
-def _build_manifest(config: pytest.Config) -> str:
-    """The path of the loaded build's `xenhil build` manifest (in a tarball:
-    TARBALL:var/lib/xenhil/build-manifest.json), "" for other builds."""
-    from fixtures.guest import BUILD
-    build = config.stash.get(BUILD, None)
-    return build.manifest if build is not None else ""
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -499,7 +441,7 @@ def xenhil_provenance(request: pytest.FixtureRequest) -> dict[str, str]:
     """Record run provenance: a testsuite property (JUnit XML) and run.json."""
     config = request.config
     facts = provenance(config)
-    state = config.stash[XENHIL]
+    state = config.stash[RUN]
     # record_testsuite_property is not supported under xdist workers; run.json is.
     if state.worker == "main" and config.option.xmlpath:
         record = request.getfixturevalue("record_testsuite_property")

@@ -17,9 +17,22 @@ def test_split_option_selects_and_rejects_unknown(pytester: pytest.Pytester) -> 
     pytester.makepyfile("def test_x(split): pass")
     result = pytester.runpytest("--collect-only", "-q", "--split", "single")
     result.stdout.fnmatch_lines(["*test_x[[]split=single[]]*", "1 test collected*"])
-    bad = pytester.runpytest("--collect-only", "-q", "--split", "qnett+qall")
-    assert bad.ret != 0
-    bad.stdout.fnmatch_lines(["*split 'qnett+qall' is not in the catalog*"])
+    # Refused at start-up, before any test is collected or any host touched:
+    # one usage error naming the option, the bad id and the known ids.
+    bad = pytester.runpytest("--collect-only", "-q", "--split", "single", "--split", "qnett+qall")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["ERROR: --split 'qnett+qall': not a split of the catalog "
+                              "*splits.yaml; how to fix: give a catalog id: single, qnet+qall, *"])
+    assert "Traceback" not in bad.stderr.str() and "collected" not in bad.stdout.str()
+
+
+def test_an_unknown_split_is_refused_even_where_no_test_takes_a_split(pytester: pytest.Pytester):
+    """A run of tests without the ``split`` fixture used to ignore --split
+    nosuch: the typo went unseen (issue #15)."""
+    pytester.makepyfile("def test_x(): pass")
+    bad = pytester.runpytest("-q", "--split", "nosuch", "--split", "other")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["ERROR: --split 'nosuch', 'other': not splits of the catalog*"])
 
 
 def test_disruptive_tests_run_last(pytester: pytest.Pytester) -> None:

@@ -396,11 +396,17 @@ def test_leftover_device_models_are_processes_serving_no_domain(sshd_server, tmp
 
 
 def test_a_host_returned_during_the_run_is_tried_again(sshd_server, tmp_path):
-    from fixtures.lab import LabSession
+    from fixtures.health import watch
     from harness.host import HostState
+    from harness.lab.inventory import load_inventory
+    from harness.lab.lab import Lab
+    from harness.lab.leases import Holder
     lab_file = _write_lab(tmp_path, [{"name": "h1", "address": sshd_server.address,
                                       "ssh": _ssh_entry(sshd_server), "power": {"kind": "none"}}])
-    lab = LabSession(lab_file, None, 60.0, "run-returned", "main", tmp_path / "art")
+    # The run's Lab as fixtures.lab.open_lab makes it: the health bookkeeping wired in.
+    lab = Lab(load_inventory(lab_file), ttl=60.0, artifacts=tmp_path / "art",
+              holder=Holder.current(run_id="run-returned", worker="main"))
+    watch(lab)
     try:
         lease = lab.claim(set(), {}, timeout=5)
         machine = lab.host_object("h1")

@@ -1,19 +1,19 @@
-"""Options shared by the verbs: which lab inventory and which lease store."""
+"""Options shared by the verbs: which lab inventory and which lease store,
+and the verbs' :class:`~harness.lab.lab.Lab` (the object the pytest plugin
+uses too)."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from harness.errors import ConfigError
+from harness.run_config import LAB_OPTIONS, lab_option
 
 
 def add_lab_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lab", default=None,
-                        help="lab inventory YAML (default: $XENHIL_LAB)")
-    parser.add_argument("--lab-db", default=None,
-                        help="lease store URL: sqlite:///PATH (default next to the inventory) "
-                             "or postgresql://...")
+    # Declared once, for these verbs and the pytest plugin (harness.run_config).
+    for name, declaration in LAB_OPTIONS.items():
+        parser.add_argument(name, **declaration)
 
 
 def load_lab(args: argparse.Namespace):
@@ -33,8 +33,17 @@ def load_lab(args: argparse.Namespace):
     return inventory
 
 
+def open_lab(args: argparse.Namespace, ttl: float = 60.0, inventory=None, holder=None):
+    """The lab named by --lab/$XENHIL_LAB and --lab-db (the inventory read
+    with :func:`load_lab` unless given); its lease store opens on first use
+    of ``.pool``."""
+    from harness.lab.lab import Lab
+    inventory = inventory if inventory is not None else load_lab(args)
+    return Lab(inventory, lab_db=getattr(args, "lab_db", None), ttl=ttl, holder=holder)
+
+
 def lab_path(args: argparse.Namespace) -> Path:
-    value = getattr(args, "lab", None) or os.environ.get("XENHIL_LAB")
+    value = lab_option(getattr(args, "lab", None))
     if not value:
         raise ConfigError("no lab inventory given",
                           help="pass --lab lab/NAME.yaml or set XENHIL_LAB")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from harness.cli.common import add_lab_options
+from harness.run_config import LAB_OPTIONS
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     check = verbs.add_parser("check", help="validate an inventory (exit 0 valid, 2 invalid)")
     check.add_argument("file", nargs="?", help="inventory YAML (default: --lab / $XENHIL_LAB)")
-    check.add_argument("--lab", default=None, help=argparse.SUPPRESS)
+    check.add_argument("--lab", **{**LAB_OPTIONS["--lab"], "help": argparse.SUPPRESS})
     check.add_argument("--learn", action="store_true",
                        help="fetch host keys of hosts without a pinned key (trust on first use, "
                             "logged) and print the lines to pin them")

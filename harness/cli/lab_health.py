@@ -15,7 +15,7 @@ import datetime
 import sys
 from pathlib import Path
 
-from harness.cli.common import add_lab_options, load_lab
+from harness.cli.common import add_lab_options, load_lab, open_lab
 from harness.options import argparse_number, argparse_type, reason
 
 INTERACTIVE_RUN = "interactive"
@@ -45,7 +45,6 @@ def add_quarantine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def health_command(args: argparse.Namespace) -> int:
-    from harness.cli.reserve import open_pool
     from harness.errors import ConfigError, XenhilError
     from harness.lab.health import check_host
     from harness.lab.leases import Holder, format_time
@@ -55,7 +54,7 @@ def health_command(args: argparse.Namespace) -> int:
     for name in args.hosts:
         inventory.host(name)             # an unknown name, before anything is touched
     check_output_folder("--artifacts", args.artifacts)
-    pool = open_pool(args, ttl=120.0, inventory=inventory)
+    pool = open_lab(args, ttl=120.0, inventory=inventory).pool
     names = list(args.hosts) or list(inventory.hosts)
     if args.quarantined:
         quarantined = pool.store.quarantined()
@@ -99,13 +98,12 @@ def health_command(args: argparse.Namespace) -> int:
 def _pool_and_person(args: argparse.Namespace):
     """The lab's pool (the host checked against the inventory first) and the
     person at the keyboard, for the by-hand quarantine commands."""
-    from harness.cli.reserve import open_pool
     from harness.lab.leases import Holder
 
     inventory = load_lab(args)
     inventory.host(args.host)
-    return (open_pool(args, inventory=inventory),
-            Holder.current(run_id=INTERACTIVE_RUN, worker="main"))
+    me = Holder.current(run_id=INTERACTIVE_RUN, worker="main")
+    return open_lab(args, inventory=inventory, holder=me).pool, me
 
 
 def quarantine_command(args: argparse.Namespace) -> int:

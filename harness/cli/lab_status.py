@@ -12,10 +12,10 @@ def status_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.cli.reserve import open_pool
+    from harness.cli.common import open_lab
     from harness.lab.leases import format_duration, format_time
 
-    pool = open_pool(args)
+    pool = open_lab(args).pool
     now = pool.store.now()
     rows = pool.status(include_expired=True)
     waiters = pool.store.waiters()

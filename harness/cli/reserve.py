@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.common import add_lab_options, load_lab
+from harness.cli.common import add_lab_options, load_lab, open_lab
 from harness.errors import ConfigError
 from harness.lab.model import KNOWN_CAPABILITIES
 from harness.options import argparse_number, argparse_type, shown, tag
@@ -80,15 +80,6 @@ def parse_capabilities(items: list[str]) -> dict[str, object]:
     return result
 
 
-def open_pool(args: argparse.Namespace, ttl: float = 60.0, inventory=None):
-    """The inventory named by --lab/$XENHIL_LAB and its lease pool."""
-    from harness.lab.leases import Pool, open_store, resolve_store_url
-
-    inventory = inventory if inventory is not None else load_lab(args)
-    store = open_store(resolve_store_url(getattr(args, "lab_db", None), inventory))
-    return Pool(store, inventory, ttl=ttl)
-
-
 def reserve_command(args: argparse.Namespace) -> int:
     from harness.lab.leases import Holder, format_time
 
@@ -106,8 +97,8 @@ def reserve_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"{inventory.path}: no host matches tags={wanted} (--tag: no host "
                               "has that tag)",
                               help=f"use tags the inventory gives: {', '.join(sorted(carried)) or 'none'}")
-    pool = open_pool(args, ttl=args.ttl, inventory=inventory)
     me = Holder.current(run_id=INTERACTIVE_RUN, worker="main")
+    pool = open_lab(args, ttl=args.ttl, inventory=inventory, holder=me).pool
 
     lease = None
     if args.host:
@@ -134,8 +125,8 @@ def release_command(args: argparse.Namespace) -> int:
 
     inventory = load_lab(args)
     inventory.host(args.host)                # an unknown name, before the store is opened
-    pool = open_pool(args, inventory=inventory)
     me = Holder.current(run_id=INTERACTIVE_RUN, worker="main")
+    pool = open_lab(args, inventory=inventory, holder=me).pool
     lease = pool.release_host(args.host, by=me, force=args.force)
     if lease is None:
         print(f"{args.host} was not leased; nothing to release")

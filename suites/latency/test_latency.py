@@ -10,7 +10,6 @@ from harness.checks.latency import (LatencyRegressionNotConfirmed, confirmed_lat
                                     measure_latency)
 from harness.lab.virtual.quirks import latency_samples
 from harness.results.plots import latency_distribution_png
-from harness.xen.build import as_booted_on
 
 # A port each model owns that is harmless to read: the keyboard controller's
 # status port belongs to the model with `ui`, the first IDE status port to
@@ -19,7 +18,8 @@ PORT_OF_CLASS = {"ui": 0x64, "ide": 0x1f7, "serial": 0x3fd}
 DEFAULT_SAMPLES = 100_000
 
 
-def test_per_server_latency_has_not_regressed(request, guest, catalog_split, xen_build, results_store):
+def test_per_server_latency_has_not_regressed(request, guest, catalog_split, booted_build,
+                                              results_store):
     split = guest.config.split
     split_id = catalog_split.id  # "single+probe", not the device_models split "single"
     ports = {}
@@ -46,16 +46,16 @@ def test_per_server_latency_has_not_regressed(request, guest, catalog_split, xen
 
     plot_and_attach(rows, "latency")
     store, run_id = results_store
-    # The build as this host booted it (an emulated host adds Xen options).
-    booted = as_booted_on(xen_build, guest.host.spec.capabilities)
 
     def measure_again():
         again = measure_latency(guest, ports, count=count, evidence_dir="latency/measured-again")
         plot_and_attach(again, "latency-measured-again")
         return again
 
-    verdicts = confirmed_latency_regressions(store, run_id, guest.host.name, split_id, booted.label,
-                                             rows, measure_again)
+    # The build id as this host booted it (an emulated host adds Xen
+    # options): the one the run record and the host's records carry too.
+    verdicts = confirmed_latency_regressions(store, run_id, guest.host.name, split_id,
+                                             booted_build.label, rows, measure_again)
     for text in verdicts.unconfirmed:
         warnings.warn(LatencyRegressionNotConfirmed(
             f"{text}; not shown by both measurements, so not a regression "
