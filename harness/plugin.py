@@ -133,9 +133,10 @@ def _run_config(config: pytest.Config):
     from harness.run_config import lab_option, parse_run_config
     raw = {name: config.getoption(name, None) for name in RUN_OPTIONS}
     # First, so that a secret typed into any option is masked in the error.
-    register_lab_secrets_early(lab_option(raw["--lab"]), (raw["--lab-db"], raw["--results-db"]))
+    inventory = register_lab_secrets_early(lab_option(raw["--lab"]),
+                                           (raw["--lab-db"], raw["--results-db"]))
     try:
-        return parse_run_config(raw)
+        return parse_run_config(raw, inventory)
     except XenhilError as exc:
         raise pytest.UsageError(one_line(exc)) from None
 

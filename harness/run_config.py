@@ -126,12 +126,13 @@ def guests_per_host(option: int | None, capabilities: Mapping[str, object]) -> i
     return GUESTS_PER_EMULATED_HOST if is_emulated(capabilities) else GUESTS_PER_HOST
 
 
-def parse_run_config(values: Mapping[str, object]) -> RunConfig:
+def parse_run_config(values: Mapping[str, object], inventory=None) -> RunConfig:
     """The run configuration from the options by name (``"--lab"``, ...;
     a missing one takes its default).  The first problem raises
     ConfigError naming the option and its fix; the order is that of a
     user's fixes: the options, then the inventory, the build and the
-    splits."""
+    splits.  ``inventory``: the one at --lab, when the caller read it
+    already (the plugin does, to mask its secrets first)."""
     from harness.lab.inventory import load_inventory
     from harness.options import check_pytest_options
     from harness.xen.build import load_build
@@ -142,7 +143,10 @@ def parse_run_config(values: Mapping[str, object]) -> RunConfig:
     raw.setdefault("--artifacts", "artifacts")
     checked = check_pytest_options(raw)          # numbers, paths, URLs; the inventory is read
     lab = Path(checked["--lab"]) if checked.get("--lab") else None
-    inventory = load_inventory(lab) if lab is not None else None
+    if lab is None:
+        inventory = None
+    elif inventory is None or Path(inventory.path) != Path(os.path.abspath(lab)):
+        inventory = load_inventory(lab)
     guests = checked.get("--guests-per-host")
     if guests is not None and int(guests) < 1:
         raise ConfigError(f"--guests-per-host {guests}: must be 1 or more",

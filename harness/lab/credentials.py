@@ -134,18 +134,21 @@ def register_inventory_secrets(inventory: Inventory, store_urls: tuple[str | Non
     return resolve_all(inventory, store_urls)[1]
 
 
-def register_lab_secrets_early(path: str | Path | None, store_urls: tuple[str | None, ...] = ()) -> None:
+def register_lab_secrets_early(path: str | Path | None, store_urls: tuple[str | None, ...] = ()):
     """Best effort, before any option or argument is checked: every secret
     of the lab at ``path`` registered, so that a check's message masks a
     secret typed into any option.  Whatever is wrong with the lab is left
-    to the checks that follow, which say it properly."""
+    to the checks that follow, which say it properly.  Returns the
+    inventory read (the run configuration keeps it: read once), or None."""
     if not path:
-        return
+        return None
     try:
         from harness.lab.inventory import load_inventory
-        register_inventory_secrets(load_inventory(path), store_urls)
+        inventory = load_inventory(path)
+        register_inventory_secrets(inventory, store_urls)
     except Exception:  # the lab's own check reports it, with its fix
-        pass
+        return None
+    return inventory
 
 
 __all__ = ["Credential", "libpq_passwords", "referenced", "resolve_all", "register_inventory_secrets",
