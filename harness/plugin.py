@@ -53,7 +53,7 @@ MARKERS = {
 #: The options the run configuration is parsed from (harness.run_config).
 RUN_OPTIONS = ("--lab", "--lab-db", "--reserve-timeout", "--lease-ttl", "--xen-build", "--series",
                "--artifacts", "--run-id", "--split", "--guests-per-host", "--saverestore-cycles",
-               "--latency-samples", "--results-db")
+               "--latency-samples", "--results-db", "--probe-fault")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -93,6 +93,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="results history store: sqlite:///PATH, or postgresql://USER@HOST/DB "
                          "for a history several runners share (default: results.sqlite next "
                          "to the run's artifacts folder)")
+    group.addoption("--probe-fault", default=None, metavar="FAULT",
+                    help="plant a fault in the probe device model of the probe splits: a mutant "
+                         "run, named so in its report (harness/probe_dm/faults.py; "
+                         "lab/mutants/)")
     group.addoption("--no-health-check", action="store_true", default=False,
                     help="do not health-check the hosts this run quarantined at its end (they "
                          "stay quarantined until `xenhil lab health` passes)")

@@ -84,6 +84,9 @@ class RunConfig:
     guests_per_host: int | None
     results_db: str | None
     options: Mapping[str, object] = field(default_factory=dict)
+    # --probe-fault, canonical (harness.probe_dm.faults): a mutant run; the
+    # catalog's probes carry it.  None: a clean run.
+    probe_fault: str | None = None
     _booted: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -156,6 +159,9 @@ def parse_run_config(values: Mapping[str, object], inventory=None) -> RunConfig:
     build = load_build(checked.get("--xen-build"))
     catalog = load_catalog()
     splits = chosen_splits(catalog, list(checked.get("--split") or ()))
+    fault = probe_fault(checked.get("--probe-fault"), catalog, splits)
+    if fault is not None:
+        catalog = catalog.with_probe_fault(fault)
     return RunConfig(
         lab=lab, lab_db=checked.get("--lab-db"),
         reserve_timeout=float(checked["--reserve-timeout"]),
@@ -166,7 +172,21 @@ def parse_run_config(values: Mapping[str, object], inventory=None) -> RunConfig:
         build=build, inventory=inventory, catalog=catalog, splits=splits,
         guests_per_host=int(guests) if guests is not None else None,
         results_db=checked.get("--results-db"),
-        options=checked)
+        options=checked, probe_fault=fault)
+
+
+def probe_fault(value: object, catalog, splits: tuple[str, ...]) -> str | None:
+    """--probe-fault in canonical form, or None; refused when none of the
+    run's splits has the probe (the mutant would silently run clean)."""
+    if value is None:
+        return None
+    from harness.probe_dm.faults import parse_fault
+    fault = parse_fault(str(value), "--probe-fault").text
+    with_probe = [s for s in catalog.ids() if catalog.get(s).probe]
+    if not any(s in with_probe for s in splits):
+        raise ConfigError(f"--probe-fault {fault}: none of the run's splits has the probe",
+                          help=f"add --split with a probe split ({', '.join(with_probe)})")
+    return fault
 
 
 def chosen_splits(catalog, wanted: list[str]) -> tuple[str, ...]:
@@ -186,5 +206,5 @@ def chosen_splits(catalog, wanted: list[str]) -> tuple[str, ...]:
     return tuple(i for i in known if not wanted or i in wanted)
 
 
-__all__ = ["LAB_ENV", "LAB_OPTIONS", "RunConfig", "parse_run_config", "chosen_splits",
+__all__ = ["LAB_ENV", "LAB_OPTIONS", "RunConfig", "parse_run_config", "chosen_splits", "probe_fault",
            "lab_option", "guests_per_host", "GUESTS_PER_HOST", "GUESTS_PER_EMULATED_HOST"]

@@ -76,6 +76,15 @@ class Catalog:
         caps = set(capabilities)
         return [e for e in self if e.runnable_on(caps)]
 
+    def with_probe_fault(self, fault: str) -> "Catalog":
+        """This catalog with ``fault`` (harness.probe_dm.faults, canonical
+        text) planted in the probe of every split that has one: the
+        catalog of a mutant run (pytest --probe-fault)."""
+        import dataclasses
+        return Catalog([dataclasses.replace(e, probe_settings=dataclasses.replace(
+                            e.probe_settings, fault=fault)) if e.probe_settings else e
+                        for e in self], self.path)
+
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
     path = Path(path) if path is not None else default_catalog_path()

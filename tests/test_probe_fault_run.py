@@ -1,0 +1,87 @@
+"""pytest --probe-fault (issue 14 item 1): a mutant run's fault reaches the
+probe of every probe split, is refused before any host when it is bad or
+would plant nothing, and is named in everything the run writes (Allure's
+environment, run-main.json, the results store's run record), so that no
+report takes a mutant run for a clean one."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+
+pytest_plugins = ["pytester"]
+
+
+def _parse(tmp_path: Path, **options):
+    from harness.run_config import parse_run_config
+    return parse_run_config({"--reserve-timeout": 60, "--lease-ttl": 60,
+                             "--artifacts": str(tmp_path / "artifacts"), **options})
+
+
+def test_the_fault_is_planted_in_the_probe_of_every_probe_split_only(tmp_path: Path) -> None:
+    run = _parse(tmp_path, **{"--probe-fault": "delay=0200", "--split": ["single+probe", "single"]})
+    assert run.probe_fault == "delay=200"                          # canonical
+    assert run.catalog.get("single+probe").probe_settings.fault == "delay=200"
+    assert run.catalog.get("single").probe_settings is None
+    clean = _parse(tmp_path, **{"--split": ["single+probe"]})
+    assert clean.probe_fault is None and clean.catalog.get("single+probe").probe_settings.fault is None
+
+
+def test_the_companion_starts_the_probe_with_the_runs_fault(tmp_path: Path) -> None:
+    from harness.probe_dm.companion import ProbeCompanion
+    from harness.probe_dm.host import ProbeSpec
+    run = _parse(tmp_path, **{"--probe-fault": "ignore-invalidate", "--split": ["single+probe"]})
+    companion = ProbeCompanion(run.catalog.get("single+probe").probe_settings)
+    s = companion.settings
+    args = ProbeSpec(s.ports, s.mmio, s.bdf, s.vendor, s.device, s.fault).arguments()
+    assert args[-2:] == ["--fault", "ignore-invalidate"]
+
+
+def test_a_bad_fault_is_refused_naming_the_option(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, **{"--probe-fault": "delay=soon", "--split": ["single+probe"]})
+    assert info.value.args[0].startswith("--probe-fault delay='soon'")
+    assert "e.g. delay=200" in info.value.help
+
+
+def test_a_fault_no_split_of_the_run_would_carry_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, **{"--probe-fault": "ignore-invalidate", "--split": ["qnet+qall"]})
+    assert info.value.args[0] == "--probe-fault ignore-invalidate: none of the run's splits has the probe"
+    assert "single+probe" in info.value.help
+
+
+@pytest.mark.parametrize("fault, named", [("claim-qemu-port", "claim-qemu-port=0x170-0x177"),
+                                          (None, "none")])
+def test_every_record_of_the_run_names_its_fault(pytester: pytest.Pytester, tmp_path: Path,
+                                                 fault, named) -> None:
+    artifacts, alluredir = tmp_path / "artifacts", tmp_path / "allure"
+    pytester.makepyfile("def test_x(split, catalog_split):\n"
+                        "    assert catalog_split.probe_settings.fault == "
+                        f"{None if fault is None else named!r}\n")
+    result = pytester.runpytest(f"--artifacts={artifacts}", f"--alluredir={alluredir}", "--run-id=R1",
+                                "--split=single+probe", "-p", "no:cacheprovider",
+                                *([f"--probe-fault={fault}"] if fault else []))
+    result.assert_outcomes(passed=1)
+    env = dict(line.split("=", 1) for line in
+               (alluredir / "environment.properties").read_text().splitlines())
+    assert env["xenhil.probe_fault"] == named
+    assert json.loads((artifacts / "R1/run-main.json").read_text())["xenhil.probe_fault"] == named
+    from harness.results.store import ResultsStore
+    store = ResultsStore(f"sqlite://{artifacts / 'results.sqlite'}", create=False)
+    try:
+        assert json.loads(store.run("R1")["facts"])["xenhil.probe_fault"] == named
+    finally:
+        store.close()
+
+
+def test_a_bad_fault_stops_pytest_before_any_test(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest(f"--artifacts={tmp_path / 'artifacts'}", "--probe-fault=nope",
+                                "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--probe-fault 'nope': no such fault" in result.stderr.str()
+    assert not (tmp_path / "artifacts").exists()
