@@ -15,7 +15,7 @@ ready", which for a host is its SSH answering ``true``), runs one real SSH
 command on it (``echo $SSH_CONNECTION``: the address that answered must be
 the host's), and holds it for ``--hold`` seconds (a sleep).  A fixture of
 the generated conftest, set up just before ``host`` and torn down just after
-it, records worker, host, the claim's wait (the LabSession's ``claim``,
+it, records worker, host, the claim's wait (the Lab's ``claim``,
 timed by a wrapper that calls the real one) and the times.
 
 Figures (all from the recorded per-test data of this run):
@@ -88,7 +88,7 @@ RECORDS = os.environ["XENHIL_BENCH_RECORDS"]
 @pytest.fixture
 def bench_record(request, lab):
     """Set up just before ``host`` (argument order) and torn down just after
-    its teardown released the lease.  The LabSession's claim is wrapped once
+    its teardown released the lease.  The Lab's claim is wrapped once
     per worker to time it; the wrapper calls the real one."""
     if not getattr(lab, "_bench_timed", False):
         real_claim = lab.claim

@@ -43,13 +43,15 @@ def pytest_configure(config):
 
 
 @pytest.fixture
-def xen_host(host, lab, xen_build):
+def xen_host(request, host, lab, xen_build):
     """No Xen on an sshd host: the host as it is, able to run every split."""
     from fixtures.guest import note_provisioned
+    from fixtures.run import run_config
     host.facts[f"capabilities:{xen_build.build_id}"] = {"device_models", "probe"}
-    if host.facts.get("standin_build") != xen_build.label:
-        note_provisioned(lab, host.name, xen_build.label)
-        host.facts["standin_build"] = xen_build.label
+    label = run_config(request.config).build_label_on(host.spec.capabilities)   # as booted
+    if host.facts.get("standin_build") != label:
+        note_provisioned(lab, host.name, label)
+        host.facts["standin_build"] = label
     return host
 '''
 
