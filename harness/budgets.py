@@ -100,7 +100,7 @@ BUDGETS: dict[str, Budget] = {
         "minutes; emulated: harness/lab/virtual/quirks.py DOM0_BOOT_TIMEOUT_S"),
     "power cycle": _same(
         3 * 60.0 + 2 * 2.0,
-        "harness/access/power.py: 3 attempts of a 60 s BMC command, 2 s apart"),
+        "harness/access/power/driver.py: 3 attempts of a 60 s BMC command, 2 s apart"),
     "install": _same(
         900.0 + 300.0,
         "dpkg -i of the build's packages (900 s timeout, the longest install command) "

@@ -176,7 +176,7 @@ class Host:
         """Find out where the host is without changing anything."""
         if self._ssh_answers():
             self._transition(HostState.DOM0_READY)
-        elif self.spec.power.kind == "ipmi" and self.power.status() == "off":
+        elif self.power.reports_off and self.power.status() == "off":
             self._transition(HostState.OFF)
         return self.state
 

@@ -433,3 +433,81 @@ def test_ipmitool_sol_reaches_the_machine_serial(tmp_path, bmc_password):
         finally:
             sol.close(force=True)
         assert "SOL activated" in bmc.log_path.read_text()
+
+
+@pytest.fixture
+def toy_power_kind(monkeypatch):
+    """tests/support/toy_power_kind.py registered in a copy of the registry,
+    with the inventory schema made again from it; both restored after."""
+    import importlib
+    import sys
+
+    from harness.access.power import driver
+    from harness.lab import inventory
+    monkeypatch.setattr(driver, "_DRIVERS", dict(driver._DRIVERS))
+    inventory.inventory_schema.cache_clear()
+    inventory._validator.cache_clear()
+    sys.modules.pop("tests.support.toy_power_kind", None)
+    module = importlib.import_module("tests.support.toy_power_kind")
+    yield module.LocalProcessPower
+    sys.modules.pop("tests.support.toy_power_kind", None)
+    monkeypatch.undo()
+    inventory.inventory_schema.cache_clear()
+    inventory._validator.cache_clear()
+
+
+def test_a_new_power_kind_is_one_file_and_its_registration(toy_power_kind, tmp_path):
+    """The toy kind's file alone makes the inventory take its fields (and
+    refuse them elsewhere, and name its missing ones with its fix) and makes
+    power_for drive it, for real: a local `sleep` powered on, seen on, off."""
+    from harness.access.power import power_kinds
+    from harness.lab.inventory import InventoryError, load_inventory
+    assert "local-process" in power_kinds()
+    pidfile = tmp_path / "host.pid"
+    host = ("hosts:\n  - name: toy1\n    address: 127.0.0.1\n    ssh: none\n"
+            "    power: {kind: local-process, command: sleep 1000, pidfile: %s%s}\n")
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(host % (pidfile, ""))
+    spec = load_inventory(lab).host("toy1")
+    power = power_for(spec)
+    assert isinstance(power, toy_power_kind)
+    try:
+        power.on()
+        assert power.status() == "on"
+        pid = int(pidfile.read_text())
+        power.off()
+        assert power.status() == "off" and not alive(pid)
+    finally:
+        power.off()
+
+    lab.write_text(host.replace("command: sleep 1000, ", "") % (pidfile, ""))
+    with pytest.raises(InventoryError) as missing:
+        load_inventory(lab)
+    assert "command" in str(missing.value) and "needs command: and pidfile:" in str(missing.value)
+    lab.write_text(host % (pidfile, ", user: admin"))
+    with pytest.raises(InventoryError) as foreign:
+        load_inventory(lab)
+    assert "field 'user' is not used by power kind 'local-process'" in str(foreign.value)
+    lab.write_text("hosts:\n  - name: toy1\n    address: 127.0.0.1\n    ssh: none\n"
+                   "    power: {kind: ipmi, address: 127.0.0.2, user: admin, password: {env: X},"
+                   f" pidfile: {pidfile}}}\n")
+    with pytest.raises(InventoryError) as other:
+        load_inventory(lab)
+    assert "field 'pidfile' is not used by power kind 'ipmi'" in str(other.value)
+
+
+def test_the_registry_refuses_a_kind_twice_and_a_field_with_two_schemas(toy_power_kind):
+    from harness.access.power import PowerDriver, register_power_driver
+
+    class Again(toy_power_kind):
+        pass
+
+    with pytest.raises(TestBugError, match="registered twice"):
+        register_power_driver(Again)
+
+    class Clash(PowerDriver):
+        kind = "clash"
+        fields = {"address": {"type": "integer"}}
+
+    with pytest.raises(TestBugError, match="field 'address' of kind 'clash' differs"):
+        register_power_driver(Clash)

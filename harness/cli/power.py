@@ -12,10 +12,14 @@ def _power(args: argparse.Namespace) -> int:
 
     from harness.errors import ConfigError
     spec = load_lab(args).host(args.host)
-    if spec.power.kind == "none":        # the inventory says so: nothing to try, nothing to make
-        raise ConfigError(f"{spec.name} has no power control (hosts[{spec.name}].power.kind none)",
-                          help="power it by hand, or add a power section (kind ipmi, command "
-                               "or ssh-reboot) to the inventory")
+    from harness.access.power import power_driver_class, power_kinds
+    if not power_driver_class(spec.power.kind).can_power:
+        # The inventory says so: nothing to try, nothing to make.
+        others = [k for k in power_kinds() if power_driver_class(k).can_power]
+        raise ConfigError(f"{spec.name} has no power control "
+                          f"(hosts[{spec.name}].power.kind {spec.power.kind})",
+                          help=f"power it by hand, or add a power section (kind "
+                               f"{', '.join(others)}) to the inventory")
     if spec.power.password is not None:
         spec.power.password.resolve()        # an unusable reference fails before anything is made
     driver = Host(spec, Path("artifacts/cli")).power

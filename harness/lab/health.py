@@ -260,12 +260,12 @@ class HealthCheck:
     # --- steps -------------------------------------------------------------------
     def _power_cycle(self):
         kind = self.spec.power.kind
-        if kind == "none":
-            raise _NotApplicable("power kind none: the host cannot be power-cycled")
-        self._open_console()
         power = self.host.power
+        if not power.can_power:
+            raise _NotApplicable(f"power kind {kind}: the host cannot be power-cycled")
+        self._open_console()
         before = "unknown"
-        if kind in ("ipmi", "command") and power._can_confirm():
+        if power.reports_status():
             before = power.status()
         if before == "off":
             power.on()

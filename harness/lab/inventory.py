@@ -68,6 +68,9 @@ log = logging.getLogger("xenhil.lab.inventory")
 SCHEMA_RESOURCE = "inventory.schema.json"
 DEFAULT_SSH_PORT = 22
 DEFAULT_IPMI_PORT = 623
+#: The power section's fields PowerConfig has attributes for; a driver's
+#: other fields reach it in PowerConfig.options.
+_POWER_MODEL_FIELDS = frozenset({"kind", "address", "port", "user", "password", "commands"})
 
 # Key types OpenSSH can pin; the base64 blob must start with the same name.
 HOST_KEY_TYPES = (
@@ -424,9 +427,14 @@ def _record_lines(node: yaml.Node, path: tuple, lines: dict, duplicates: list, d
 
 @functools.cache
 def inventory_schema() -> dict:
-    """The inventory JSON Schema (Draft 2020-12), shipped as package data."""
+    """The inventory JSON Schema (Draft 2020-12), shipped as package data,
+    with its ``power`` definition made by the registered power drivers (each
+    owns its fields: harness.access.power)."""
+    from harness.access.power import power_schema
     text = resources.files("harness.lab").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
-    return json.loads(text)
+    schema = json.loads(text)
+    schema["$defs"]["power"] = power_schema()
+    return schema
 
 
 @functools.cache
@@ -626,7 +634,8 @@ def _translate(error: jsonschema.ValidationError, ctx: _Context) -> list[Problem
         parent = _get(ctx.data, path[:-1])
         section = path[-2]
         owner = parent.get("kind") if isinstance(parent, dict) else None
-        how = ("ssh-reboot uses the host's ssh settings; " if owner == "ssh-reboot" else "")
+        driver = _power_driver_of(parent) if section == "power" else None
+        how = driver.unused_field_hint if driver is not None else ""
         return [ctx.problem(path, f"field {name!r} is not used by {section} kind {owner!r}",
                             f"{how}remove it (or change kind)")]
 
@@ -634,6 +643,13 @@ def _translate(error: jsonschema.ValidationError, ctx: _Context) -> list[Problem
     message = (error.message if not _is_secret_path(path) and _show(instance, path)
                and len(error.message) <= 200 else f"invalid value ({kind})")
     return [ctx.problem(path, message, fix)]
+
+
+def _power_driver_of(section: Any):
+    """The registered driver class of a power section's kind, or None."""
+    from harness.access.power import power_kinds, power_driver_class
+    kind = section.get("kind") if isinstance(section, dict) else None
+    return power_driver_class(kind) if isinstance(kind, str) and kind in power_kinds() else None
 
 
 def _get(data: Any, path: tuple) -> Any:
@@ -698,9 +714,10 @@ def _inline_secret_problems(ctx: _Context) -> list[Problem]:
     for index, host in _hosts(ctx):
         power, serial = host.get("power"), host.get("serial")
         lines: list[tuple[tuple, str, str]] = []
-        if isinstance(power, dict) and isinstance(power.get("commands"), dict):
-            lines += [(("hosts", index, "power", "commands", action), line, "power")
-                      for action, line in power["commands"].items() if isinstance(line, str)]
+        driver = _power_driver_of(power)
+        if driver is not None:
+            lines += [(("hosts", index, "power", *where), line, "power")
+                      for where, line in driver.command_lines(power)]
         if isinstance(serial, dict) and isinstance(serial.get("command"), str):
             lines.append((("hosts", index, "serial", "command"), serial["command"], "serial"))
         for path, line, section in lines:
@@ -756,9 +773,9 @@ def _check_host(ctx: _Context, index: int, host: dict, unpinned: list) -> list[P
                                  host.get("address")), endpoint[1]))
         if isinstance(ssh.get("passphrase"), dict):
             problems += _check_credential(ctx, here + ("ssh", "passphrase"), ssh["passphrase"])
-    elif ssh == "none" and power_kind == "ssh-reboot":
+    elif ssh == "none" and getattr(_power_driver_of(power), "needs_ssh", False):
         problems.append(ctx.problem(here + ("power", "kind"),
-                                    "power kind 'ssh-reboot' needs SSH, but this host has "
+                                    f"power kind {power_kind!r} needs SSH, but this host has "
                                     "ssh: none",
                                     "give the host an ssh: section, or use another power kind"))
 
@@ -994,7 +1011,8 @@ def _build(ctx: _Context) -> Inventory:
             power=PowerConfig(kind=power["kind"], address=power.get("address"),
                               port=power.get("port", DEFAULT_IPMI_PORT), user=power.get("user"),
                               password=_credential(ctx, power.get("password")),
-                              commands=dict(power.get("commands", {}))),
+                              commands=dict(power.get("commands", {})),
+                              options={k: v for k, v in power.items() if k not in _POWER_MODEL_FIELDS}),
             tags=frozenset(raw.get("tags", ())),
             capabilities=dict(raw.get("capabilities", {})),
             health_steps=(tuple(raw["health"]["steps"]) if "health" in raw else None),

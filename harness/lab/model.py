@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from harness.errors import ConfigError
@@ -105,13 +106,15 @@ class SerialConfig:
 
 @dataclass(frozen=True)
 class PowerConfig:
-    kind: str                       # "ipmi" | "ssh-reboot" | "command" | "none"
+    kind: str                       # a registered power driver's kind (harness.access.power)
     address: str | None = None      # ipmi: BMC address
     port: int = 623
     user: str | None = None
     password: CredentialRef | None = None
     # kind "command": local command lines per action ({"on": ..., "off": ..., "cycle": ..., "status": ...})
     commands: dict[str, str] = field(default_factory=dict)
+    # The fields of another registered kind (harness.access.power), as the inventory gives them.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
