@@ -308,13 +308,13 @@ def load_mutant_catalog(path: str | Path | None = None, *, root: str | Path = RE
     mutants, seen = [], set()
     for index, raw in enumerate(data["mutants"]):
         mutant = parser.mutant(index, raw, {"xen": xen, "qemu": qemu})
-        if mutant is None:
-            continue
-        if mutant.id in seen:
-            parser.bad(f"mutants[{index}] ({mutant.id})", "the id appears twice",
+        raw_id = raw.get("id") if isinstance(raw, dict) else None
+        if isinstance(raw_id, str) and raw_id in seen:
+            parser.bad(f"mutants[{index}] ({raw_id[:SHOWN]})", "the id appears twice",
                        "give every mutant its own id")
-        seen.add(mutant.id)
-        mutants.append(mutant)
+        seen.add(raw_id)
+        if mutant is not None:
+            mutants.append(mutant)
     if not data["mutants"]:
         parser.bad("mutants", "empty", "add at least one mutant")
     if parser.problems:
