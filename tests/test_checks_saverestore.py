@@ -100,3 +100,25 @@ def test_models_running():
         check_models_running({paths["0"]: None}, {"xenstore": "x"}, {"expected": 1, "seen": 0})
     assert_failure_message(info.value, "/local/domain/0/device-model/9/state: expected running; seen absent",
                            "device-model processes: expected 1; seen 0")
+
+
+def test_a_failed_restore_does_not_hide_the_checks_that_failed_before_it():
+    """A save file without a model's record (the libxl-save-first-model-only
+    mutant) makes the restore fail too, as a failed xl command: the test
+    must fail with the save file's product failure, the restore's error
+    listed with it (lab/mutants)."""
+    from harness.checks.saverestore import SaveRestoreRecord, _Collector
+    from harness.errors import RemoteCommandFailed
+    checks = _Collector(SaveRestoreRecord())
+    checks.run(check_savefile_emulators, parsed(), ["qnet", "qall"], EV)   # index 0 only
+    restore = RemoteCommandFailed("xl restore /var/lib/xenhil/guests/g1.save", 3, "",
+                                  "libxl: error: device model qall has no resume file")
+    with pytest.raises(CheckFailed) as info:
+        checks.raise_earlier("g1", "xl restore and the guest answering again", restore)
+    assert info.value.failure_class == "product"
+    text = str(info.value)
+    assert "save file emulator records" in text and "EMULATOR_CONTEXT records: expected 2" in text
+    assert "infrastructure failure after the checks above failed: command exited 3" in text
+    assert "device model qall has no resume file" in text
+    # With no earlier failure the restore's own error is the caller's to raise.
+    _Collector(SaveRestoreRecord()).raise_earlier("g1", "xl restore", restore)

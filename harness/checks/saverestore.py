@@ -17,7 +17,7 @@ from harness.checks.failure import (CheckFailed, Evidence, Mismatch, fail, fail_
                                     save_evidence)
 from harness.checks.mapcache import DataPattern, check_pattern_intact
 from harness.checks.pci import companion_servers, server_ids_by_model
-from harness.errors import ProductError, TestBugError
+from harness.errors import ProductError, TestBugError, XenhilError
 from harness.step import step
 from harness.xen.parsers.errors import UnexpectedOutput
 from harness.xen.parsers.lspci import PciDevice, parse_pci_listing
@@ -184,6 +184,24 @@ class _Collector:
             self.failed.append(exc)
             self.record.failures.append(exc.check)
 
+    def raise_earlier(self, guest_name: str, step: str, exc: XenhilError) -> None:
+        """``step`` failed with ``exc`` after checks had failed already:
+        raise those (product) failures, ``exc`` listed with them, since the
+        later failure is their consequence (a restore from a save file that
+        lacks a model's record fails too, as the lab's failure of an xl
+        command).  Returns when no check had failed: the caller re-raises."""
+        if not self.failed:
+            return
+        first = (str(exc.args[0]) if exc.args else type(exc).__name__).splitlines()[0]
+        said = [line for line in (getattr(exc, "stderr_tail", "") or "").splitlines() if line.strip()]
+        if said:                          # a failed command's last word (xl's error line)
+            first += f" ({quote(said[-1], 200)})"
+        self.failed.append(CheckFailed(step, expected="it succeeds", seen=f"{exc.failure_class} "
+                                       f"failure after the checks above failed: {first}",
+                                       evidence={**exc.evidence, **self.record.evidence}))
+        self.record.failures.append(step)
+        self.raise_if_failed(guest_name)
+
     def raise_if_failed(self, guest_name: str) -> None:
         if not self.failed:
             return
@@ -307,8 +325,12 @@ def save_restore_cycle(guest, *, model_logs: Mapping[str, str] | None = None,
     # restore: the guest answers again
     offsets = _log_offsets(host, model_logs) if model_logs else {}
     started = time.monotonic()
-    guest.restore(timeout=restore_timeout)
-    guest.wait_ready(timeout=ready_timeout)
+    try:
+        guest.restore(timeout=restore_timeout)
+        guest.wait_ready(timeout=ready_timeout)
+    except XenhilError as exc:
+        checks.raise_earlier(guest.name, "xl restore and the guest answering again", exc)
+        raise
     record.restore_s = time.monotonic() - started
     record.domid_after = guest.domid
 
