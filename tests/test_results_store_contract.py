@@ -273,6 +273,23 @@ def test_previous_latency_is_the_newest_earlier_run_of_the_same_host_split_serve
     store.close()
 
 
+def test_a_mutant_run_is_never_the_latency_history_of_another_run(url):
+    """The delay mutant (lab/mutants) slows a server on purpose: a run after
+    it compares with the clean run before it (issue 14 item 1)."""
+    store = ResultsStore(url)
+    faults = {"r1": "none", "r2": "delay=200", "r3": "ignore-invalidate", "r4": "none"}
+    for run, fault in faults.items():
+        store.record_run(run, facts={"xenhil.probe_fault": fault})
+        store.record_latency(run, "h1", "single+probe", "b", "probe", "0x6100",
+                             {**SUMMARY, "p50_ns": float(len(run) + int(run[1]))}, [1.0])
+    assert store.previous_latency("r4", "h1", "single+probe", "probe", "0x6100")["run_id"] == "r1"
+    # The mutant run itself is compared with the clean history too.
+    assert store.previous_latency("r3", "h1", "single+probe", "probe", "0x6100")["run_id"] == "r1"
+    assert store.previous_latency("r2", "h1", "single+probe", "probe", "0x6100")["run_id"] == "r1"
+    assert store.previous_latency("r1", "h1", "single+probe", "probe", "0x6100") is None
+    store.close()
+
+
 def test_two_runners_share_one_history(url):
     """Runs written by two runners, interleaved, into one store: each reads
     the other's outcomes and latency as its history, in the order the runs

@@ -242,14 +242,21 @@ class ResultsStore:
     def previous_latency(self, run_id: str, host: str, split: str, server: str,
                          port: str) -> dict | None:
         """The newest earlier run's latency for the same host, split, server
-        and port, whichever runner measured it."""
+        and port, whichever runner measured it.  A mutant run (a probe
+        fault planted, lab/mutants) is never the history of another run: a
+        run after the delay mutant would be compared with a slowed server."""
         seq = self.run_seq(run_id)
+        earlier = self._x(
+            "SELECT r.seq, r.facts FROM latency l JOIN runs r ON r.run_id = l.run_id "
+            "WHERE l.host = ? AND l.split = ? AND l.server = ? AND l.port = ? AND r.seq < ? "
+            "ORDER BY r.seq DESC", (host, split, server, port, seq)).fetchall()
+        clean = next((int(row[0]) for row in earlier if not _mutant_run(row[1])), None)
+        if clean is None:
+            return None
         rows = _dicts(self._x(
             "SELECT l.*, r.seq FROM latency l JOIN runs r ON r.run_id = l.run_id "
-            "WHERE l.host = ? AND l.split = ? AND l.server = ? AND l.port = ? AND r.seq < ? "
-            "ORDER BY r.seq DESC LIMIT 1", (host, split, server, port, seq)))
-        if not rows:
-            return None
+            "WHERE l.host = ? AND l.split = ? AND l.server = ? AND l.port = ? AND r.seq = ?",
+            (host, split, server, port, clean)))
         item = rows[0]
         item["samples"] = json.loads(item["samples"])
         return item
@@ -276,6 +283,16 @@ class ResultsStore:
 
     def __repr__(self) -> str:
         return f"ResultsStore({self.url!r})"
+
+
+def _mutant_run(facts: str) -> bool:
+    """Does a run's facts (its provenance) say a fault was planted in it
+    (xenhil.probe_fault other than "none", fixtures/run.py)?"""
+    try:
+        fault = json.loads(facts or "{}").get("xenhil.probe_fault")
+    except (ValueError, AttributeError):
+        return False
+    return fault not in (None, "", "none")
 
 
 def _dicts(cur: Any) -> list[dict]:
