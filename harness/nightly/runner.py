@@ -151,7 +151,9 @@ def _run_build(config: NightlyConfig, night: folders.Night, build: Build, outcom
             outcome.history_runs = folders.take_history(config.reports, build.name, history)
             outcome.report_exit, leaked = _report(config, night, build, outcome.run_id, folder,
                                                   history, stop)
-            if (folder / "report" / "index.html").is_file():
+            # Allure appends to the history as it generates: only a report
+            # it finished hands its history on.
+            if (folder / "report" / "index.html").is_file() and history.is_file():
                 folders.publish_history(config.reports, build.name, history)
                 outcome.report = str(Path(build.name) / "report" / "index.html")
         if leaked:
