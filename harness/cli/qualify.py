@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from harness.cli.common import add_lab_options, lab_path, load_lab
-from harness.errors import ConfigError
+from harness.options import argparse_number
 
 
 def register(subparsers) -> None:
@@ -48,7 +48,8 @@ def register(subparsers) -> None:
     parser.add_argument("--suites-root", type=Path, default=REPO,
                         help="the folder the catalog's test ids are relative to (pytest's "
                              "rootdir; default this checkout)")
-    parser.add_argument("-j", "--jobs", type=int, default=None, help="compile jobs of the builds")
+    parser.add_argument("-j", "--jobs", type=argparse_number("--jobs"), default=None,
+                        help="compile jobs of the builds (default: xenhil build's)")
     parser.set_defaults(func=qualify_command)
 
 
@@ -76,8 +77,6 @@ def qualify_command(args: argparse.Namespace) -> int:
     artifacts = check_output_folder("--artifacts", args.artifacts).resolve()
     if args.results_db:
         check_store_url("--results-db", args.results_db, postgres=True)
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs}: fewer than 1", help="give 1 or more compile jobs")
     extra = list(getattr(args, "passthrough", []) or [])
     if args.lab_db:
         extra += ["--lab-db", args.lab_db]
