@@ -444,7 +444,7 @@ def toy_power_kind(monkeypatch):
 
     from harness.access.power import driver
     from harness.lab import inventory
-    monkeypatch.setattr(driver, "_DRIVERS", dict(driver._DRIVERS))
+    monkeypatch.setattr(driver.POWER_KINDS, "_classes", dict(driver.POWER_KINDS._classes))
     inventory.inventory_schema.cache_clear()
     inventory._validator.cache_clear()
     sys.modules.pop("tests.support.toy_power_kind", None)
@@ -502,12 +502,12 @@ def test_the_registry_refuses_a_kind_twice_and_a_field_with_two_schemas(toy_powe
     class Again(toy_power_kind):
         pass
 
-    with pytest.raises(TestBugError, match="registered twice"):
+    with pytest.raises(TestBugError, match="power kind 'local-process' is registered twice"):
         register_power_driver(Again)
 
     class Clash(PowerDriver):
         kind = "clash"
         fields = {"address": {"type": "integer"}}
 
-    with pytest.raises(TestBugError, match="field 'address' of kind 'clash' differs"):
+    with pytest.raises(TestBugError, match="power field 'address' of kind 'clash' differs"):
         register_power_driver(Clash)

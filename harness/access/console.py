@@ -822,40 +822,7 @@ class Console:
 # --- from the inventory --------------------------------------------------------------
 
 def console_for(host: HostSpec, transcript_dir: Path, **kw) -> Console:
-    """The console of an inventory host (closed; call open()).  The transcript
-    is ``<transcript_dir>/<host>.console.log``."""
-    serial = host.serial
-    where = f"host {host.name}: serial"
-    if serial is None:
-        raise ConfigError(f"{where}: no serial console configured",
-                          help=f"add a serial: entry (kind tcp|telnet|ipmi-sol|command) to host {host.name}")
-    path = Path(transcript_dir) / f"{host.name}.console.log"
-    if serial.kind in ("tcp", "telnet"):
-        if not serial.host or not serial.port:
-            raise ConfigError(f"{where}: kind {serial.kind} needs host and port",
-                              help="set serial.host and serial.port (the console server)")
-        make = Console.tcp if serial.kind == "tcp" else Console.telnet
-        return make(host.name, serial.host, int(serial.port), path, **kw)
-    if serial.kind == "ipmi-sol":
-        # The inventory loader fills serial's BMC fields, from power: when power
-        # is ipmi too; a host may have SOL without IPMI power (ssh-reboot).
-        if not serial.host or not serial.user or serial.password is None:
-            raise ConfigError(f"{where}: kind ipmi-sol needs the BMC's host, user and password",
-                              help=f"give host {host.name} serial.host/user/password "
-                                   "(or power: kind ipmi, whose BMC login SOL then uses)")
-        argv = ["ipmitool", "-I", "lanplus", "-H", serial.host, "-p", str(serial.port or 623),
-                "-U", serial.user, "-E", "sol", "activate"]
-        return Console.command(host.name, argv, path, secret_env={"IPMI_PASSWORD": serial.password},
-                               close_sequence=b"\r~.", **kw)
-    if serial.kind == "command":
-        if not serial.command:
-            raise ConfigError(f"{where}: kind command needs command",
-                              help="set serial.command to the command line that attaches the console")
-        try:
-            argv = shlex.split(serial.command)
-        except ValueError as exc:
-            raise ConfigError(f"{where}.command cannot be parsed: {exc}",
-                              help="fix the quoting of serial.command") from None
-        return Console.command(host.name, argv, path, **kw)
-    raise ConfigError(f"{where}: unknown kind {serial.kind!r}",
-                      help="use one of: tcp, telnet, ipmi-sol, command")
+    """The console of an inventory host (closed; call open()): built by the
+    driver of its serial kind (harness.access.serial)."""
+    from harness.access.serial import console_for as serial_console_for
+    return serial_console_for(host, transcript_dir, **kw)

@@ -60,14 +60,13 @@ import yaml
 from harness import safeyaml
 from harness.errors import ConfigError
 from harness.secrets import inline_secret_kind, redact_inline
-from harness.lab.model import (KNOWN_CAPABILITIES, CredentialRef, HostSpec, Inventory,
-                               PowerConfig, SerialConfig, SSHConfig)
+from harness.lab.model import (DEFAULT_IPMI_PORT, KNOWN_CAPABILITIES, CredentialRef, HostSpec,
+                               Inventory, PowerConfig, SerialConfig, SSHConfig)
 
 log = logging.getLogger("xenhil.lab.inventory")
 
 SCHEMA_RESOURCE = "inventory.schema.json"
 DEFAULT_SSH_PORT = 22
-DEFAULT_IPMI_PORT = 623
 #: The power section's fields PowerConfig has attributes for; a driver's
 #: other fields reach it in PowerConfig.options.
 _POWER_MODEL_FIELDS = frozenset({"kind", "address", "port", "user", "password", "commands"})
@@ -428,12 +427,14 @@ def _record_lines(node: yaml.Node, path: tuple, lines: dict, duplicates: list, d
 @functools.cache
 def inventory_schema() -> dict:
     """The inventory JSON Schema (Draft 2020-12), shipped as package data,
-    with its ``power`` definition made by the registered power drivers (each
-    owns its fields: harness.access.power)."""
+    with its ``power`` and ``serial`` definitions made by the registered
+    drivers (each owns its fields: harness.access.power, harness.access.serial)."""
     from harness.access.power import power_schema
+    from harness.access.serial import SERIAL_KINDS
     text = resources.files("harness.lab").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
     schema = json.loads(text)
     schema["$defs"]["power"] = power_schema()
+    schema["$defs"]["serial"] = SERIAL_KINDS.schema()
     return schema
 
 
@@ -634,7 +635,8 @@ def _translate(error: jsonschema.ValidationError, ctx: _Context) -> list[Problem
         parent = _get(ctx.data, path[:-1])
         section = path[-2]
         owner = parent.get("kind") if isinstance(parent, dict) else None
-        driver = _power_driver_of(parent) if section == "power" else None
+        driver = (_power_driver_of(parent) if section == "power"
+                  else _serial_driver_of(parent) if section == "serial" else None)
         how = driver.unused_field_hint if driver is not None else ""
         return [ctx.problem(path, f"field {name!r} is not used by {section} kind {owner!r}",
                             f"{how}remove it (or change kind)")]
@@ -645,11 +647,16 @@ def _translate(error: jsonschema.ValidationError, ctx: _Context) -> list[Problem
     return [ctx.problem(path, message, fix)]
 
 
+def _serial_driver_of(section: Any):
+    """The registered driver class of a serial section's kind, or None."""
+    from harness.access.serial import SERIAL_KINDS
+    return SERIAL_KINDS.of(section)
+
+
 def _power_driver_of(section: Any):
     """The registered driver class of a power section's kind, or None."""
-    from harness.access.power import power_kinds, power_driver_class
-    kind = section.get("kind") if isinstance(section, dict) else None
-    return power_driver_class(kind) if isinstance(kind, str) and kind in power_kinds() else None
+    from harness.access.power import POWER_KINDS
+    return POWER_KINDS.of(section)
 
 
 def _get(data: Any, path: tuple) -> Any:
@@ -718,8 +725,10 @@ def _inline_secret_problems(ctx: _Context) -> list[Problem]:
         if driver is not None:
             lines += [(("hosts", index, "power", *where), line, "power")
                       for where, line in driver.command_lines(power)]
-        if isinstance(serial, dict) and isinstance(serial.get("command"), str):
-            lines.append((("hosts", index, "serial", "command"), serial["command"], "serial"))
+        serial_driver = _serial_driver_of(serial)
+        if serial_driver is not None:
+            lines += [(("hosts", index, "serial", *where), line, "serial")
+                      for where, line in serial_driver.command_lines(serial)]
         for path, line, section in lines:
             kind = inline_secret_kind(line)
             if kind:
@@ -784,18 +793,12 @@ def _check_host(ctx: _Context, index: int, host: dict, unpinned: list) -> list[P
 
     if isinstance(serial, dict) and isinstance(serial.get("password"), dict):
         problems += _check_credential(ctx, here + ("serial", "password"), serial["password"])
-    if isinstance(serial, dict) and serial.get("kind") == "ipmi-sol" and power_kind != "ipmi":
-        # Without an ipmi power section there is no BMC login to borrow.
-        for field, what in (("host", "the BMC address"), ("user", "the BMC user"),
-                            ("password", "{env: IPMI_PASSWORD}")):
-            if field not in serial:
-                problem = ctx.problem(
-                    here + ("serial", field),
-                    f"serial kind 'ipmi-sol' needs field {field!r} ({what}) because power "
-                    f"kind is {power_kind!r}, not 'ipmi'",
-                    f"add {field}: to serial (or use power kind ipmi, whose BMC settings "
-                    "serial-over-LAN then uses)")
-                problems.append(replace(problem, line=ctx.line(here + ("serial",))))
+    serial_driver = _serial_driver_of(serial)
+    if serial_driver is not None:
+        for where, message, fix in serial_driver.host_problems(serial, power):
+            # Shown at the serial section: the field is missing there.
+            problem = ctx.problem(here + where, message, fix)
+            problems.append(replace(problem, line=ctx.line(here + where[:1])))
 
     caps = host.get("capabilities")
     if isinstance(caps, dict):
@@ -897,33 +900,16 @@ def _check_duplicates(ctx: _Context, hosts: list[tuple[int, dict]]) -> list[Prob
              "the address", ssh_endpoints)
 
         power = host.get("power")
-        bmc = None
-        if isinstance(power, dict) and power.get("kind") == "ipmi" \
-                and isinstance(power.get("address"), str):
-            bmc = (power["address"].lower(), _port(power.get("port"), DEFAULT_IPMI_PORT))
+        power_driver = _power_driver_of(power)
+        bmc = power_driver.endpoint(power) if power_driver is not None else None
         once(bmc, index, ("power", "address"),
              f"BMC {bmc[0]}:{bmc[1]} is already used" if bmc else "",
              "each host has its own BMC: fix the power address (or port)", bmcs)
 
         serial = host.get("serial")
-        console, field = None, ("serial",)
-        if isinstance(serial, dict):
-            kind = serial.get("kind")
-            if kind in ("tcp", "telnet") and isinstance(serial.get("host"), str) \
-                    and _port(serial.get("port"), 0):
-                console = ("net", serial["host"].lower(), serial["port"])
-                shown, field = f"console {serial['host']}:{serial['port']}", ("serial", "port")
-            elif kind == "command" and isinstance(serial.get("command"), str):
-                console = ("command", serial["command"])
-                shown, field = "console command", ("serial", "command")
-            elif kind == "ipmi-sol":
-                sol = bmc
-                if isinstance(serial.get("host"), str):
-                    sol = (serial["host"].lower(), _port(serial.get("port"), DEFAULT_IPMI_PORT))
-                if sol:
-                    console = ("sol",) + sol
-                    shown = f"serial-over-LAN console of BMC {sol[0]}:{sol[1]}"
-                    field = ("serial", "host") if "host" in serial else ("serial", "kind")
+        serial_driver = _serial_driver_of(serial)
+        reached = serial_driver.endpoint(serial, power) if serial_driver is not None else None
+        console, shown, field = reached if reached else (None, "", ("serial",))
         once(console, index, field, f"{shown} is already used" if console else "",
              "each host has its own console: fix the serial host/port or command", consoles)
     return problems
@@ -969,19 +955,7 @@ def _credential(ctx: _Context, ref: dict | None) -> CredentialRef | None:
 def _serial_config(ctx: _Context, serial: dict | None, power: dict) -> SerialConfig | None:
     if not serial:
         return None
-    if serial["kind"] != "ipmi-sol":
-        return SerialConfig(kind=serial["kind"], host=serial.get("host"), port=serial.get("port"),
-                            command=serial.get("command"))
-    # Serial over LAN: the serial section's BMC fields, else those of power kind ipmi.
-    bmc = power if power["kind"] == "ipmi" else {}
-    own_host = "host" in serial
-    return SerialConfig(
-        kind="ipmi-sol",
-        host=serial.get("host", bmc.get("address")),
-        port=serial.get("port", DEFAULT_IPMI_PORT if own_host
-                        else bmc.get("port", DEFAULT_IPMI_PORT)),
-        user=serial.get("user", bmc.get("user")),
-        password=_credential(ctx, serial.get("password", bmc.get("password"))))
+    return _serial_driver_of(serial).config(serial, power, lambda ref: _credential(ctx, ref))
 
 
 def _build(ctx: _Context) -> Inventory:

@@ -104,11 +104,15 @@ class SerialConfig:
     password: CredentialRef | None = None
 
 
+#: The UDP port of IPMI over LAN (RMCP+), when the inventory gives none.
+DEFAULT_IPMI_PORT = 623
+
+
 @dataclass(frozen=True)
 class PowerConfig:
     kind: str                       # a registered power driver's kind (harness.access.power)
     address: str | None = None      # ipmi: BMC address
-    port: int = 623
+    port: int = DEFAULT_IPMI_PORT
     user: str | None = None
     password: CredentialRef | None = None
     # kind "command": local command lines per action ({"on": ..., "off": ..., "cycle": ..., "status": ...})

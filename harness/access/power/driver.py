@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import abc
 import logging
-import os
 import re
 import shlex
 import subprocess
 import time
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
-from harness.errors import ConfigError, PowerError, TestBugError
-from harness.lab.model import HostSpec, PowerConfig
+from harness.access.kinds import KindRegistry
+from harness.errors import ConfigError, PowerError
+from harness.lab.model import HostSpec
 from harness.step import step
 
 log = logging.getLogger("xenhil.power")
@@ -152,6 +152,13 @@ class PowerDriver(abc.ABC):
         """The driver for ``host`` (its ``power`` section is of this kind)."""
 
     @classmethod
+    def endpoint(cls, section: Mapping[str, Any]) -> tuple | None:
+        """What this power controller reaches, as (address, port): two hosts
+        with one endpoint share a controller, which the inventory refuses.
+        None when the kind has none or the section does not say enough."""
+        return None
+
+    @classmethod
     def command_lines(cls, section: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
         """(field path under power, command line) of every local command line
         this kind's section holds: the inventory check looks for passwords
@@ -263,78 +270,28 @@ class PowerDriver(abc.ABC):
 
 # --- the registry -----------------------------------------------------------
 
-_DRIVERS: dict[str, type[PowerDriver]] = {}
-
-
-def register_power_driver(cls: type[PowerDriver]) -> type[PowerDriver]:
-    """Class decorator: ``cls`` serves inventory ``power.kind`` ``cls.kind``."""
-    known = _DRIVERS.get(cls.kind)
-    if known is not None and known is not cls:
-        raise TestBugError(f"power kind {cls.kind!r} is registered twice ({known.__name__}, "
-                           f"{cls.__name__})", help="give the new driver a kind of its own")
-    for name, schema in cls.fields.items():
-        for other in _DRIVERS.values():
-            if name in other.fields and other.fields[name] != schema:
-                raise TestBugError(f"power field {name!r} of kind {cls.kind!r} differs from "
-                                   f"kind {other.kind!r}'s",
-                                   help="give the field the same schema, or another name")
-    _DRIVERS[cls.kind] = cls
-    return cls
+#: The power drivers by kind (harness.access.kinds).
+POWER_KINDS: KindRegistry[type[PowerDriver]] = KindRegistry("power")
+register_power_driver = POWER_KINDS.register
 
 
 def power_kinds() -> tuple[str, ...]:
-    return tuple(_DRIVERS)
+    return POWER_KINDS.kinds()
 
 
 def power_driver_class(kind: str) -> type[PowerDriver]:
-    try:
-        return _DRIVERS[kind]
-    except KeyError:
-        raise ConfigError(f"unknown power.kind {kind!r}",
-                          help=f"use one of: {', '.join(_DRIVERS)}") from None
+    return POWER_KINDS.get(kind)
 
 
 def power_schema() -> dict:
-    """The inventory schema's ``power`` definition: ``kind`` is one of the
-    registered kinds, and each kind takes its own fields, requires its
-    required ones and refuses the others'."""
-    everything: dict[str, dict] = {}
-    for cls in _DRIVERS.values():
-        everything.update(cls.fields)
-    kinds = list(_DRIVERS)
-    rules = []
-    for kind, cls in _DRIVERS.items():
-        then: dict[str, Any] = {"properties": {name: {"not": {}} for name in everything
-                                               if name not in cls.fields}}
-        if cls.required:
-            then["required"] = list(cls.required)
-        if cls.fix:
-            then["x-fix"] = cls.fix
-        rules.append({"if": {"required": ["kind"], "properties": {"kind": {"const": kind}}},
-                      "then": then})
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["kind"],
-        "x-fix": (f"give power as a mapping with kind: {'|'.join(kinds)} and that kind's fields"),
-        "properties": {
-            "kind": {"enum": kinds, "x-fix": "use kind " + _one_of(
-                [cls.summary or cls.kind for cls in _DRIVERS.values()])},
-            **everything,
-        },
-        "allOf": rules,
-    }
-
-
-def _one_of(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    """The inventory schema's ``power`` definition."""
+    return POWER_KINDS.schema()
 
 
 def power_for(host: HostSpec, ssh_factory: Callable[[], SSHRunner] | None = None) -> PowerDriver:
     """The power driver for ``host``'s ``power`` section.  ``ssh_factory``
     (returning a new SSH connection) is needed by kinds that work over SSH."""
-    try:
-        cls = power_driver_class(host.power.kind)
-    except ConfigError as exc:
-        raise ConfigError(f"host {host.name}: {exc}", help=exc.help) from None
-    return cls.for_host(host, ssh_factory)
+    if host.power.kind not in POWER_KINDS.kinds():
+        raise ConfigError(f"host {host.name}: unknown power.kind {host.power.kind!r}",
+                          help=f"use one of: {', '.join(POWER_KINDS.kinds())}")
+    return power_driver_class(host.power.kind).for_host(host, ssh_factory)

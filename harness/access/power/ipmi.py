@@ -9,7 +9,7 @@ from typing import Callable
 from harness.access.power.driver import (OFF, PowerAuthError, PowerDriver, SSHRunner,
                                          _TransientFailure, register_power_driver, run_local)
 from harness.errors import ConfigError
-from harness.lab.model import HostSpec, PowerConfig
+from harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, PowerConfig
 
 log = logging.getLogger("xenhil.power")
 
@@ -52,6 +52,13 @@ class IPMIPower(PowerDriver):
     @classmethod
     def for_host(cls, host: HostSpec, ssh_factory: Callable[[], SSHRunner] | None) -> "IPMIPower":
         return cls(host.name, host.power)
+
+    @classmethod
+    def endpoint(cls, section) -> tuple | None:
+        address, port = section.get("address"), section.get("port", DEFAULT_IPMI_PORT)
+        if not isinstance(address, str):
+            return None
+        return address.lower(), port if isinstance(port, int) and not isinstance(port, bool) else None
 
     def __init__(self, host_name: str, config: PowerConfig, *, attempts: int = 3,
                  retry_delay: float = 2.0, command_timeout: float = 60.0,
