@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness.errors import ConfigError, InfrastructureError
 from harness.results.latency import latency_regressions
-from harness.results.store import ResultsStore
+from harness.results.store import ResultsStore, planted_fault
 from harness.results.verdicts import KnownIssue, verdict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +137,10 @@ def triage_summary(store: ResultsStore, run_id: str, known: list[KnownIssue] = (
     latency_lines = [f"  {text}" for text in latency_regressions(store, run_id)]
     out = [f"xenhil run {run_id} (build {run['build'] or '?'}"
            + (f", series {run['series']}" if run["series"] else "") + ")"]
+    fault = planted_fault(run.get("facts"))
+    if fault:
+        out.append(f"MUTANT RUN: probe fault {fault} planted on purpose (lab/mutants): its "
+                   "failures are what a qualification expects, not the build's")
     if run_state and run_state != "complete":
         out.append(f"run state: {run_state}")
     out += [f"{passed} passed, {len(blocking) + len(nonblocking)} failed, {skipped} skipped"

@@ -1,8 +1,8 @@
 """pytest --probe-fault (issue 14 item 1): a mutant run's fault reaches the
 probe of every probe split, is refused before any host when it is bad or
 would plant nothing, and is named in everything the run writes (Allure's
-environment, run-main.json, the results store's run record), so that no
-report takes a mutant run for a clean one."""
+environment, run-main.json, the results store's run record, the triage
+summary), so that no report takes a mutant run for a clean one."""
 from __future__ import annotations
 
 import json
@@ -74,8 +74,12 @@ def test_every_record_of_the_run_names_its_fault(pytester: pytest.Pytester, tmp_
     store = ResultsStore(f"sqlite://{artifacts / 'results.sqlite'}", create=False)
     try:
         assert json.loads(store.run("R1")["facts"])["xenhil.probe_fault"] == named
+        from harness.report import triage_summary
+        triage = triage_summary(store, "R1").splitlines()
     finally:
         store.close()
+    mutant_line = f"MUTANT RUN: probe fault {named} planted on purpose (lab/mutants)"
+    assert (triage[1].startswith(mutant_line)) == (fault is not None), triage[:3]
 
 
 def test_a_bad_fault_stops_pytest_before_any_test(pytester: pytest.Pytester, tmp_path: Path) -> None:

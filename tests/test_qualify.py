@@ -112,6 +112,10 @@ def test_the_table_names_each_verdict_and_the_exit_status_fails(stand_in: Path) 
     runs = sorted(p.parent.name for p in (stand_in / "artifacts").glob("q*/run-main.json"))
     assert [r.split("-", 2)[-1] for r in runs] == sorted(
         ["caught-one", "escaping-one", "red-unmutated", "unmutated", "wrong-class-one"])
+    # ...in the qualification's own store: the lab's history never sees a mutant run.
+    [store] = (stand_in / "artifacts").glob("q*/results.sqlite")
+    assert all(run.startswith(store.parent.name + "-") for run in runs)
+    assert not (stand_in / "artifacts" / "results.sqlite").exists()
 
 
 def test_all_caught_and_a_green_unmutated_build_exit_0(stand_in: Path) -> None:

@@ -290,6 +290,19 @@ def test_a_mutant_run_is_never_the_latency_history_of_another_run(url):
     store.close()
 
 
+def test_a_mutant_runs_outcomes_are_no_history_of_another_run(url):
+    """A test a mutant run failed on purpose must not make a later failure
+    of the same test "fails like run N" instead of a regression."""
+    store = ResultsStore(url)
+    test = "suites/mapcache/test_mapcache.py::test_x[split=single+probe]"
+    for run, fault, outcome in (("r1", "none", "passed"), ("r2", "ignore-invalidate", "failed"),
+                                ("r3", "none", "failed")):
+        store.record_run(run, build="b", facts={"xenhil.probe_fault": fault})
+        store.record_outcome(run, test, outcome, "product" if outcome == "failed" else "")
+    assert [h.run_id for h in store.history(test, "r3")] == ["r1"]
+    store.close()
+
+
 def test_two_runners_share_one_history(url):
     """Runs written by two runners, interleaved, into one store: each reads
     the other's outcomes and latency as its history, in the order the runs

@@ -43,8 +43,9 @@ def register(subparsers) -> None:
                         help="the runs' --artifacts (default artifacts/); the qualification's "
                              "logs and series go to its own folder under it")
     parser.add_argument("--results-db", default=None, metavar="URL",
-                        help="the runs' results store (default: results.sqlite in --artifacts); "
-                             "outcomes and failure classes are read from it")
+                        help="the runs' results store (default: the qualification's own, "
+                             "results.sqlite in its folder, so that mutant runs are no other "
+                             "run's history); outcomes and failure classes are read from it")
     parser.add_argument("--suites-root", type=Path, default=REPO,
                         help="the folder the catalog's test ids are relative to (pytest's "
                              "rootdir; default this checkout)")

@@ -277,7 +277,11 @@ class Qualification:
 
     @property
     def store_url(self) -> str:
-        return self.results_db or f"sqlite://{self.artifacts.resolve() / 'results.sqlite'}"
+        """The runs' results store: the qualification's own by default, so
+        that its mutant runs never become the history (verdicts, latency)
+        of the lab's other runs, and the latency mutant is compared with
+        this qualification's unmutated run only."""
+        return self.results_db or f"sqlite://{self.folder.resolve() / 'results.sqlite'}"
 
     def builds(self, runs: list[Run]) -> None:
         """Each run's build: the reference for the unmutated run and the
@@ -306,7 +310,7 @@ class Qualification:
                 self.say(f"{run.name}: not built: {run.build.error}")
                 continue
             command = pytest_command(run, lab=self.lab, artifacts=self.artifacts, root=self.root,
-                                     results_db=self.results_db, extra=self.extra)
+                                     results_db=self.store_url, extra=self.extra)
             self.say(f"run: {run.name} ({len(run.node_ids)} test(s) on {', '.join(run.splits)}), "
                      f"log {self.folder / (run.name + '.log')}")
             run_pytest(run, command, self.root, self.folder / f"{run.name}.log")

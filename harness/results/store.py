@@ -210,13 +210,15 @@ class ResultsStore:
         return [dict(zip(("kind", "test", "message"), row)) for row in cur.fetchall()]
 
     def history(self, test: str, before_run: str) -> list[Outcome]:
-        """Earlier outcomes of one test, newest first, whichever runner wrote them."""
+        """Earlier outcomes of one test, newest first, whichever runner wrote
+        them; mutant runs (a probe fault planted, lab/mutants) left out: a
+        test they made fail on purpose is no baseline of another run."""
         seq = self.run_seq(before_run)
         rows = self._x(
-            "SELECT r.seq, r.run_id, r.build, o.outcome, o.failure_class, o.message "
+            "SELECT r.seq, r.run_id, r.build, o.outcome, o.failure_class, o.message, r.facts "
             "FROM outcomes o JOIN runs r ON r.run_id = o.run_id "
             "WHERE o.test = ? AND r.seq < ? ORDER BY r.seq DESC", (test, seq)).fetchall()
-        return [Outcome(int(row[0]), *row[1:]) for row in rows]
+        return [Outcome(int(row[0]), *row[1:6]) for row in rows if not _mutant_run(row[6])]
 
     def outcomes(self, run_id: str) -> list[dict]:
         cur = self._x("SELECT * FROM outcomes WHERE run_id = ? ORDER BY test", (run_id,))
@@ -285,14 +287,18 @@ class ResultsStore:
         return f"ResultsStore({self.url!r})"
 
 
-def _mutant_run(facts: str) -> bool:
-    """Does a run's facts (its provenance) say a fault was planted in it
-    (xenhil.probe_fault other than "none", fixtures/run.py)?"""
+def planted_fault(facts: str | None) -> str | None:
+    """The fault a run's facts (its provenance, fixtures/run.py) say was
+    planted in it (``xenhil.probe_fault``: a mutant run), else None."""
     try:
         fault = json.loads(facts or "{}").get("xenhil.probe_fault")
     except (ValueError, AttributeError):
-        return False
-    return fault not in (None, "", "none")
+        return None
+    return fault if fault not in (None, "", "none") else None
+
+
+def _mutant_run(facts: str | None) -> bool:
+    return planted_fault(facts) is not None
 
 
 def _dicts(cur: Any) -> list[dict]:
