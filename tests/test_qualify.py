@@ -136,6 +136,19 @@ def test_bad_input_exits_2_before_any_run(stand_in: Path) -> None:
     assert not (stand_in / "artifacts").exists()
 
 
+def test_the_plan_runs_the_unmutated_build_first_then_the_faults_on_its_build() -> None:
+    from harness.mutants.qualify import plan
+    catalog = load_mutant_catalog()
+    runs = plan(catalog.mutants)
+    assert runs[0].name == "unmutated" and runs[0].mutant is None
+    kinds = [r.mutant.kind for r in runs[1:]]
+    assert kinds == sorted(kinds, key=lambda k: k == "patch") and len(kinds) == len(catalog.mutants)
+    # The unmutated run covers every (test, split) any mutant names, once.
+    wanted = {e for m in catalog.mutants for e in m.expected()}
+    assert set(runs[0].expected) == wanted and len(runs[0].expected) == len(wanted)
+    assert set(runs[0].splits) == {"single+probe", "qnet+qall"}
+
+
 def test_a_patch_mutants_series_is_the_reference_plus_its_patch(tmp_path: Path) -> None:
     catalog = load_mutant_catalog()
     mutant = next(m for m in catalog.mutants if m.half == "qemu")

@@ -75,9 +75,12 @@ class Run:
 
 def plan(mutants: Sequence[Mutant]) -> list[Run]:
     """The unmutated run (every test x split any mutant names), then one
-    run per mutant."""
+    run per mutant: the probe faults first, which run on the unmutated
+    build too (a host provisions a build once, not again for each), then
+    the patch mutants, in the catalog's order."""
     union = list(dict.fromkeys(e for m in mutants for e in m.expected()))
-    return [Run(UNMUTATED, None, union)] + [Run(m.id, m, m.expected()) for m in mutants]
+    ordered = sorted(mutants, key=lambda m: m.patch is not None)
+    return [Run(UNMUTATED, None, union)] + [Run(m.id, m, m.expected()) for m in ordered]
 
 
 # --------------------------------------------------------------------------
