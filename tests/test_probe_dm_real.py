@@ -228,6 +228,44 @@ def test_io_to_each_servers_ports_is_counted_by_that_server_only(probe_guest):
     assert qemu_port_accesses(g, PROBE_PORTS[0]) == probe_port_in_qemu_before == 0
 
 
+FAULT_PORTS = (0x6200, 0x620F)     # a faulty probe's own registers: free in this guest
+IDE_SECONDARY = (0x170, 0x177)     # what claim-qemu-port claims by default: QEMU's, no drive
+
+
+def test_planted_faults_do_on_xen_what_the_mutants_need(probe_guest):
+    """The probe's faults (harness/probe_dm/faults.py, lab/mutants), each in a
+    second probe of this guest: claim-qemu-port makes Xen hand a range QEMU
+    holds to the probe (the newer server), which answers the guest there;
+    delay slows every round trip by at least the delay."""
+    from harness.checks.latency import time_in_command
+    from harness.xen.parsers.probe_output import TimeIn, parse_single
+    g = probe_guest
+    domid = g.guest.domid
+    claimer = start_probe(g.host, domid, [FAULT_PORTS], fault="claim-qemu-port")
+    try:
+        servers = servers_of(g, domid)
+        sid = claimer.check_alive().server_id
+        assert contains(servers[sid].get("port", []), *IDE_SECONDARY), servers
+        assert contains(servers[0].get("port", []), *IDE_SECONDARY), "QEMU holds it too"
+        before = claimer.dump().counts.get("outside", 0)
+        port_read(g, IDE_SECONDARY[1], 1)               # the secondary channel's status
+        assert claimer.dump().counts["outside"] >= before + 1, "the probe did not answer it"
+    finally:
+        claimer.stop()
+    assert_disjoint(servers_of(g, domid))               # its server gone, the overlap too
+
+    def p50_ns(port: int) -> float:
+        text = g.guest.run(time_in_command(port, 200, raw=False), timeout=600)
+        return parse_single(text, TimeIn).p50_ns
+
+    delayed = start_probe(g.host, domid, [FAULT_PORTS], fault="delay=2000")
+    try:
+        clean, slow = p50_ns(PROBE_PORTS[0]), p50_ns(FAULT_PORTS[0])
+    finally:
+        delayed.stop()
+    assert slow - clean >= 0.9 * 2_000_000, f"p50 {slow:.0f} ns with delay=2000 vs {clean:.0f} ns"
+
+
 def test_xl_mem_set_invalidates_the_map_cache_of_both_servers(probe_guest):
     g = probe_guest
     probe_before = g.probe.counters().invalidations
