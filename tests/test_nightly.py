@@ -362,3 +362,33 @@ def test_installed_units_verify_and_the_shipped_ones_need_their_drop_in(
                  "--user", "no-such-user-xenhil"]) == 2
     assert "--user 'no-such-user-xenhil': no such user" in capsys.readouterr().err
     assert list(elsewhere.iterdir()) == []
+
+
+from tests.support.postgres import postgres_url  # noqa: E402,F401  (module-scoped fixture)
+
+
+@pytest.mark.slow
+def test_two_runners_sharing_postgresql_see_each_others_runs(lab: Path, postgres_url: str):  # noqa: F811
+    # Two runner machines' configurations (each its own reports folder), one
+    # PostgreSQL server for the leases and the results, as issue 17's two
+    # runners: the second runner's triage judges its failure against the first's.
+    import psycopg
+    urls = {}
+    for store in ("results", "leases"):
+        name = f"nightly_{store}_{os.getpid()}_{secrets.token_hex(3)}"
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        urls[store] = postgres_url.rsplit("/", 1)[0] + "/" + name
+    build = [{"name": "shared", "series": "https://lore.example.org/planted-failure"}]
+    triage = []
+    for runner in ("runner-a", "runner-b"):
+        config = _config(lab, build, name=f"{runner}.yaml", reports=f"{runner}-reports",
+                         results_db=urls["results"], lab_db=urls["leases"])
+        rc, output = _night(config, lab)
+        assert rc == 1, output
+        [night] = _nights(lab / f"{runner}-reports")
+        triage.append((night / "shared" / "report" / "triage.txt").read_text())
+        assert "secret scan: none of" in (night / "shared" / "report.log").read_text()
+    failure = "test_fails_on_a_planted_failure  [product]  "
+    assert failure + "baseline untested" in triage[0], triage[0]   # nothing before runner A's
+    assert failure + "never passed" in triage[1], triage[1]        # runner A's failure seen
