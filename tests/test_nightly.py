@@ -240,6 +240,8 @@ builds:
   - name: good
   - name: good
   - {name: "two words", series: "https://user:hunter2@lore.example.org/x"}
+  - {name: patched, xen_series: no-such-series}
+  - {name: both, xen_build: standin_suite, qemu_series: standin_suite}
 """)
     assert main(["nightly", str(config)]) == 2
     errors = capsys.readouterr().err.splitlines()
@@ -247,7 +249,9 @@ builds:
         "lab": "does not exist", "reprots": "did you mean reports?", "reports": "missing",
         "keep": "out of range", "pytest_args": "--alluredir is set by xenhil nightly",
         "builds[1].name": "also builds[0]'s name", "builds[2].name": "not a build name",
-        "builds[2].series": "holds a password"}
+        "builds[2].series": "holds a password", "builds[3].xen_series": "no such file",
+        "builds[4].qemu_series": "without a `series` file",
+        "builds[4].xen_build": "given with xen_series or qemu_series"}
     for field, what in expected.items():
         line = next((e for e in errors if f"bad.yaml: {field}: " in e), None)
         assert line is not None and what in line and "; fix: " in line, (field, errors)
@@ -392,3 +396,41 @@ def test_two_runners_sharing_postgresql_see_each_others_runs(lab: Path, postgres
     failure = "test_fails_on_a_planted_failure  [product]  "
     assert failure + "baseline untested" in triage[0], triage[0]   # nothing before runner A's
     assert failure + "never passed" in triage[1], triage[1]        # runner A's failure seen
+
+
+# A planted patch that applies nowhere (hand-written): the build of its series fails.
+PLANTED_PATCH = """\
+From: Stand In <standin@example.org>
+Subject: [PATCH] planted: a hunk that does not apply
+
+---
+ xen/common/kernel.c | 2 +-
+ 1 file changed, 1 insertion(+), 1 deletion(-)
+
+diff --git a/xen/common/kernel.c b/xen/common/kernel.c
+--- a/xen/common/kernel.c
++++ b/xen/common/kernel.c
+@@ -1,3 +1,3 @@
+-this line is not in kernel.c
++nor is this one
+ neither
+ is this
+"""
+
+
+@pytest.mark.slow
+def test_a_series_that_does_not_build_fails_its_build_untested(lab: Path):
+    series = lab / "planted-series"
+    series.mkdir()
+    (series / "0001-planted.patch").write_text(PLANTED_PATCH)
+    (series / "series").write_text("0001-planted.patch\n")
+    config = _config(lab, [{"name": "patched", "xen_series": "planted-series"}, {"name": "good"}])
+    rc, output = _night(config, lab)
+    assert rc == 1, output
+    [night] = _nights(lab / "reports")
+    patched, good = json.loads((night / "night.json").read_text())["builds"]
+    assert patched["status"] == "failed" and patched["pytest_exit"] is None, patched
+    assert patched["reason"].startswith("xenhil build exit "), patched
+    assert not (night / "patched" / "pytest.log").exists()          # not tested
+    assert (night / "patched" / "build.log").read_text().strip(), "build.log is empty"
+    assert good["status"] == "passed", good                         # the night went on

@@ -12,6 +12,8 @@ A small YAML file (parsed with harness.safeyaml), for example::
       - name: staging
         xen_build: /srv/builds/xen-staging.tar.gz
         series: https://lore.kernel.org/xen-devel/...
+      - name: my-series
+        xen_series: /srv/series/my-series     # built with `xenhil build` first
 
 Relative paths are read from the configuration file's folder.  Every
 problem of the file is reported at once, each naming its field
@@ -98,6 +100,11 @@ BUILD_FIELDS: dict[str, Rule] = {
     "xen_build": Rule("build", "give a `make dist` tree, its tarball or a folder of Xen .deb "
                       "files (leave xen_build out for the hosts' Debian Xen)"),
     "series": Rule("series", "give the series' URL (lore.kernel.org, patchew) or message id"),
+    # Built by `xenhil build` (cached) at the start of the build's turn.
+    "xen_series": Rule("patches", "give Xen patches as `xenhil build --xen-series` takes them: a "
+                       "folder with a quilt series file, an mbox, a .patch or git:REPO:A..B"),
+    "qemu_series": Rule("patches", "give QEMU patches as `xenhil build --qemu-series` takes them: "
+                        "a folder with a quilt series file, an mbox, a .patch or git:REPO:A..B"),
     "pytest_args": Rule("args", "list further pytest arguments for this build, as strings",
                         default=()),
 }
@@ -113,6 +120,12 @@ class Build:
     xen_build: Path | None
     series: str | None
     pytest_args: tuple[str, ...]
+    xen_series: str | None = None       # patches `xenhil build` builds before the tests
+    qemu_series: str | None = None
+
+    @property
+    def built_here(self) -> bool:
+        return self.xen_series is not None or self.qemu_series is not None
 
 
 @dataclass(frozen=True)
@@ -299,9 +312,21 @@ def _series(field: str, value: Any, base: Path) -> str:
         raise _from_option(exc, "--series", field) from None
 
 
+def _patches(field: str, value: Any, base: Path) -> str:
+    from harness.build.series import parse_series
+    if not isinstance(value, str) or not value.strip():
+        raise _Wrong(f"{_shown(value)} is not a patch series")
+    spec = value if value.startswith("git:") else str(_path(value, base))
+    try:
+        parse_series(spec)         # the same reading as xenhil build's, now
+    except ConfigError as exc:
+        raise _Wrong(str(exc.args[0]).split("\n", 1)[0]) from None
+    return spec
+
+
 CHECKERS: dict[str, Callable[..., Any]] = {
     "file": _file, "folder-out": _folder_out, "store": _store, "paths": _paths,
-    "args": _args, "name": _name, "build": _build, "series": _series,
+    "args": _args, "name": _name, "build": _build, "series": _series, "patches": _patches,
 }
 
 
@@ -387,6 +412,12 @@ def _builds(value: Any, base: Path, problem) -> tuple[Build, ...]:
             problem(prefix, f"{_shown(entry)} is not a build (a mapping)",
                     "write each build as {name: NAME, xen_build: PATH, series: URL}")
             continue
+        if entry.get("xen_build") is not None and (entry.get("xen_series") is not None
+                                                   or entry.get("qemu_series") is not None):
+            problem(f"{prefix}.xen_build", "given with xen_series or qemu_series: the night "
+                    "builds those itself", "give either a finished xen_build or the series "
+                    "to build, not both")
+            entry = {k: v for k, v in entry.items() if k != "xen_build"}
         fields = _fields(entry, BUILD_FIELDS, prefix + ".", base, problem)
         name = fields.get("name")
         if name is None:
@@ -397,7 +428,8 @@ def _builds(value: Any, base: Path, problem) -> tuple[Build, ...]:
             continue
         seen[name] = index
         builds.append(Build(name, fields.get("xen_build"), fields.get("series"),
-                            tuple(fields.get("pytest_args") or ())))
+                            tuple(fields.get("pytest_args") or ()), fields.get("xen_series"),
+                            fields.get("qemu_series")))
     return tuple(builds)
 
 

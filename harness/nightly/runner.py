@@ -8,7 +8,10 @@ command a developer types, so a night runs exactly what the suites run by
 hand) and its report is ``xenhil report --history ... --scan-secrets``, the
 command every run's report comes from.  Both write through to this
 process's output (each line led by the build's name: the progress a
-journal shows) and to logs kept in the build's folder.
+journal shows) and to logs kept in the build's folder.  A build given as
+patches (``xen_series``, ``qemu_series``) is built first with ``xenhil
+build`` (cached: the same patches answer in seconds); one that does not
+build fails without being tested.
 
 SIGTERM (systemd stopping the service, a time limit) is passed on to the
 running pytest, which stops like Ctrl-C (guests destroyed, leases
@@ -137,8 +140,17 @@ def _run_build(config: NightlyConfig, night: folders.Night, build: Build, outcom
     folder = night.build_folder(build.name)
     results = folder / "allure-results"
     begun = time.monotonic()
-    outcome.pytest_exit = _tee(_pytest_argv(config, night, build, outcome.run_id, results),
-                               folder / "pytest.log", build.name, stop)
+    xen_build = build.xen_build
+    if build.built_here:
+        say(f"{build.name}: building its series (xenhil build, cached)")
+        xen_build = folder / "xen-build"        # a symlink to the cached dist tree
+        built = _tee(_build_argv(build, xen_build), folder / "build.log", build.name, stop)
+        if built != 0:
+            outcome.status, outcome.seconds = "failed", time.monotonic() - begun
+            outcome.reason = f"xenhil build exit {built}: not tested (see build.log)"
+            return
+    outcome.pytest_exit = _tee(_pytest_argv(config, night, build, xen_build, outcome.run_id,
+                                            results), folder / "pytest.log", build.name, stop)
     failures = [] if outcome.pytest_exit == 0 else [
         PYTEST_EXITS.get(outcome.pytest_exit, f"pytest exit {outcome.pytest_exit}")]
     if not any(results.glob("*-result.json")):
@@ -166,16 +178,25 @@ def _run_build(config: NightlyConfig, night: folders.Night, build: Build, outcom
     outcome.seconds = time.monotonic() - begun
 
 
-def _pytest_argv(config: NightlyConfig, night: folders.Night, build: Build, run_id: str,
-                 results: Path) -> list[str]:
+def _build_argv(build: Build, output: Path) -> list[str]:
+    argv = [sys.executable, "-m", "harness.cli.main", "build", "-o", str(output)]
+    if build.xen_series is not None:
+        argv += ["--xen-series", build.xen_series]
+    if build.qemu_series is not None:
+        argv += ["--qemu-series", build.qemu_series]
+    return argv
+
+
+def _pytest_argv(config: NightlyConfig, night: folders.Night, build: Build,
+                 xen_build: Path | None, run_id: str, results: Path) -> list[str]:
     argv = [sys.executable, "-m", "pytest", *map(str, config.suites), "--lab", str(config.lab),
             "--results-db", config.results_db, "--alluredir", str(results),
             "--artifacts", str(night.path / "artifacts"), "--run-id", run_id,
             "-p", "no:cacheprovider"]
     if config.lab_db:
         argv += ["--lab-db", config.lab_db]
-    if build.xen_build is not None:
-        argv += ["--xen-build", str(build.xen_build)]
+    if xen_build is not None:
+        argv += ["--xen-build", str(xen_build)]
     if build.series is not None:
         argv += ["--series", build.series]
     if config.workers > 1:
