@@ -318,9 +318,16 @@ def test_a_killed_probe_does_not_hang_the_guest(probe_guest):
     try:
         # The sleep lets the shell answer first: once dd's IN is pending, the
         # guest's only vCPU is blocked in Xen and nothing in the guest runs.
-        g.guest.run(f"(sleep 3; dd if=/dev/port bs=1 skip={PROBE_PORTS[0]} count=1 "
-                    "2>/dev/null | od -An -tx1 > /tmp/pending-read) &", timeout=60)
-        time.sleep(10)
+        # The marker says dd is about to read: on a loaded emulated host the
+        # guest took more than a fixed 10 s to get there, and a read that
+        # reached Xen while the supervisor was reaping the server completed
+        # with 00 (the request was in no server's hands).  (The typed command
+        # does not hold the marker as it prints: "" splits it.)
+        g.guest.run(f"(sleep 3; echo XENHIL-READ-""ISSUED; dd if=/dev/port bs=1 "
+                    f"skip={PROBE_PORTS[0]} count=1 2>/dev/null | od -An -tx1 > /tmp/pending-read) &",
+                    timeout=60)
+        g.guest.console.expect(r"XENHIL-READ-ISSUED", timeout=180)
+        time.sleep(8)
     finally:
         g.host.ssh.run(["kill", "-KILL", str(server_pid)], check=True)
     crashed = g.probe.wait_for_state(("crashed",), timeout=30)
