@@ -24,6 +24,17 @@ _IPMI_AUTH_FAILURES = ("rakp 2 hmac is invalid", "rakp 2 message indicates an er
 IPMI_PASSWORD_MAX = 20
 
 
+#: A BMC's port and login as the inventory gives them (power kind ipmi, and
+#: serial kind ipmi-sol when it has a BMC of its own).
+BMC_LOGIN_FIELDS = {
+    "port": {"$ref": "#/$defs/port"},
+    "user": {"type": "string", "minLength": 1, "pattern": "^[^:]+$",
+             "x-fix": "give the BMC user name only (user:password is not a user name: the "
+                      "password goes in password: {env: NAME})"},
+    "password": {"$ref": "#/$defs/credential_ref"},
+}
+
+
 @register_power_driver
 class IPMIPower(PowerDriver):
     """``ipmitool -I lanplus -H addr -p port -U user -E chassis power ...``.
@@ -36,14 +47,7 @@ class IPMIPower(PowerDriver):
     """
 
     kind = "ipmi"
-    fields = {
-        "address": {"$ref": "#/$defs/address"},
-        "port": {"$ref": "#/$defs/port"},
-        "user": {"type": "string", "minLength": 1, "pattern": "^[^:]+$",
-                 "x-fix": "give the BMC user name only (user:password is not a user name: the "
-                          "password goes in password: {env: NAME})"},
-        "password": {"$ref": "#/$defs/credential_ref"},
-    }
+    fields = {"address": {"$ref": "#/$defs/address"}, **BMC_LOGIN_FIELDS}
     required = ("address", "user", "password")
     summary = "ipmi (with address, user, password)"
     fix = "power kind ipmi needs the BMC's address, user and password: {env: IPMI_PASSWORD}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.access.power.ipmi import BMC_LOGIN_FIELDS
 from harness.access.serial.driver import SerialDriver, register_serial_driver
 from harness.errors import ConfigError
 from harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, SerialConfig
@@ -17,14 +18,7 @@ def _bmc_of(power) -> dict:
 @register_serial_driver
 class SerialOverLAN(SerialDriver):
     kind = "ipmi-sol"
-    fields = {
-        "host": {"$ref": "#/$defs/address"},
-        "port": {"$ref": "#/$defs/port"},
-        "user": {"type": "string", "minLength": 1, "pattern": "^[^:]+$",
-                 "x-fix": "give the BMC user name only (user:password is not a user name: the "
-                          "password goes in password: {env: NAME})"},
-        "password": {"$ref": "#/$defs/credential_ref"},
-    }
+    fields = {"host": {"$ref": "#/$defs/address"}, **BMC_LOGIN_FIELDS}
     summary = "ipmi-sol (a BMC: host, user, password, or those of power kind ipmi)"
 
     @classmethod
