@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
 
 from harness.errors import ConfigError, InfrastructureError, XenhilError
 
@@ -147,3 +147,16 @@ def set_postgres_schema_version(cur: Any, component: str, version: int) -> None:
     cur.execute("INSERT INTO xenhil_schema (component, version) VALUES (%s, %s) "
                 "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
                 (component, int(version)))
+
+
+def text_values(tables: Sequence[str], page: Callable[[str, int], list[tuple]]) -> Iterator[str]:
+    """Every text value of ``tables``, table by table: what a secret scan of
+    a store that is not a file (PostgreSQL) reads.  ``page(table, offset)``
+    returns the next rows, each page read whole: the generator's caller may
+    run other statements on the store between two values."""
+    for table in tables:
+        offset = 0
+        while rows := page(table, offset):
+            offset += len(rows)
+            for row in rows:
+                yield from (value for value in row if isinstance(value, str))

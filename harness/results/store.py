@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 from harness.dburl import (POSTGRES_LOCK_KEY, enable_wal, is_postgres, postgres_connect,
                            postgres_schema_version, redacted, set_postgres_schema_version,
-                           sqlite_path)
+                           sqlite_path, text_values)
 from harness.errors import ConfigError, InfrastructureError
 from harness.secrets import scrub
 
@@ -264,19 +264,8 @@ class ResultsStore:
         return item
 
     def text_values(self) -> Iterator[str]:
-        """Every text value in the store, table by table: what a secret scan
-        of a store that is not a file (PostgreSQL) reads."""
-        for table in TABLES:
-            offset = 0
-            while True:
-                # In pages, each read whole: a generator's caller may run
-                # other statements on the connection between two values.
-                rows = self._page(table, offset)
-                if not rows:
-                    break
-                offset += len(rows)
-                for row in rows:
-                    yield from (value for value in row if isinstance(value, str))
+        """Every text value in the store (harness.dburl.text_values)."""
+        return text_values(TABLES, self._page)
 
     def _page(self, table: str, offset: int, size: int = 500) -> list[tuple]:
         order = "seq" if table in ("runs", "warnings") else "run_id"
