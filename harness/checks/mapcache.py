@@ -10,7 +10,7 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from harness.checks.failure import Evidence, Mismatch, fail, fail_if, quote, save_evidence
 from harness.errors import InfrastructureError
@@ -145,6 +145,25 @@ def _log_since(host, path: str, offset: int) -> str:
 COUNTS_SETTLE_POLL_S = 5.0
 
 
+def settled(read: Callable[[], tuple[dict, Any]], timeout: float,
+            poll: float = COUNTS_SETTLE_POLL_S, sleep: Callable[[float], None] = time.sleep
+            ) -> tuple[dict, Any]:
+    """``read()`` -> (counts, what they were read from), again every ``poll``
+    seconds until two readings' counts agree or ``timeout`` passes; the last
+    reading.  A server that lost invalidates keeps its lower count: settling
+    only ends the ones still on their way."""
+    counts, source = read()
+    waited = 0.0
+    while waited < timeout:
+        sleep(poll)
+        waited += poll
+        again, source = read()
+        if again == counts:
+            break
+        counts = again
+    return counts, source
+
+
 def _wait_memory(guest, target_mib: int, timeout: float) -> int:
     """Poll ``xl list`` until the domain's memory is at or below the target."""
     deadline = time.monotonic() + timeout
@@ -196,14 +215,7 @@ def mapcache_cycle(guest, model_logs: Mapping[str, str], targets_mib: Sequence[i
     # be handing back its last pages): counts read one after the other right
     # after the memory target differed by ~2 % (4653 vs 4737 on an emulated
     # host).  Compared once no server's count moves any more.
-    counts, traces = count_now()
-    settle_until = time.monotonic() + settle_timeout
-    while time.monotonic() < settle_until:
-        time.sleep(COUNTS_SETTLE_POLL_S)
-        again, traces = count_now()
-        if again == counts:
-            break
-        counts = again
+    counts, traces = settled(count_now, settle_timeout)
     for model in model_logs:
         evidence[f"trace of model {model} since the first mem-set"] = save_evidence(
             out_dir, f"trace-{model}.log", traces[model])
