@@ -61,7 +61,7 @@ from harness import safeyaml
 from harness.errors import ConfigError
 from harness.secrets import inline_secret_kind, redact_inline
 from harness.lab.model import (DEFAULT_IPMI_PORT, KNOWN_CAPABILITIES, CredentialRef, HostSpec,
-                               Inventory, PowerConfig, SerialConfig, SSHConfig)
+                               Inventory, PowerConfig, SerialConfig, SSHConfig, section_port)
 
 log = logging.getLogger("xenhil.lab.inventory")
 
@@ -677,18 +677,12 @@ def _hosts(ctx: _Context) -> list[tuple[int, dict]]:
     return [(i, h) for i, h in enumerate(hosts) if isinstance(h, dict)]
 
 
-def _port(value: Any, default: int) -> int | None:
-    if value is None:
-        return default
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _ssh_endpoint(host: dict) -> tuple[str, int] | None:
     ssh = host.get("ssh")
     if not isinstance(ssh, dict):
         return None
     address = ssh.get("address", host.get("address"))
-    port = _port(ssh.get("port"), DEFAULT_SSH_PORT)
+    port = section_port(ssh.get("port"), DEFAULT_SSH_PORT)
     if not isinstance(address, str) or port is None:
         return None
     return address.lower(), port

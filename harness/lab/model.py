@@ -108,6 +108,14 @@ class SerialConfig:
 DEFAULT_IPMI_PORT = 623
 
 
+def section_port(value: Any, default: int) -> int | None:
+    """An inventory section's port as given (``default`` when absent), None
+    when it is not a whole number (the schema reports that)."""
+    if value is None:
+        return default
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 @dataclass(frozen=True)
 class PowerConfig:
     kind: str                       # a registered power driver's kind (harness.access.power)

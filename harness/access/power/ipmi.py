@@ -9,7 +9,7 @@ from typing import Callable
 from harness.access.power.driver import (OFF, PowerAuthError, PowerDriver, SSHRunner,
                                          _TransientFailure, register_power_driver, run_local)
 from harness.errors import ConfigError
-from harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, PowerConfig
+from harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, PowerConfig, section_port
 
 log = logging.getLogger("xenhil.power")
 
@@ -59,10 +59,10 @@ class IPMIPower(PowerDriver):
 
     @classmethod
     def endpoint(cls, section) -> tuple | None:
-        address, port = section.get("address"), section.get("port", DEFAULT_IPMI_PORT)
+        address = section.get("address")
         if not isinstance(address, str):
             return None
-        return address.lower(), port if isinstance(port, int) and not isinstance(port, bool) else None
+        return address.lower(), section_port(section.get("port"), DEFAULT_IPMI_PORT)
 
     def __init__(self, host_name: str, config: PowerConfig, *, attempts: int = 3,
                  retry_delay: float = 2.0, command_timeout: float = 60.0,

@@ -8,7 +8,7 @@ from pathlib import Path
 from harness.access.power.ipmi import BMC_LOGIN_FIELDS
 from harness.access.serial.driver import SerialDriver, register_serial_driver
 from harness.errors import ConfigError
-from harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, SerialConfig
+from harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, SerialConfig, section_port
 
 def _bmc_of(power) -> dict:
     """The power section's BMC fields when its kind is ipmi, else none."""
@@ -51,17 +51,14 @@ class SerialOverLAN(SerialDriver):
 
     @classmethod
     def endpoint(cls, section, power):
-        def port_of(value):
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
-
         if isinstance(section.get("host"), str):
-            port = DEFAULT_IPMI_PORT if section.get("port") is None else port_of(section["port"])
+            port = section_port(section.get("port"), DEFAULT_IPMI_PORT)
             sol, field = (section["host"].lower(), port), ("serial", "host")
         else:
             bmc = _bmc_of(power)
             if not isinstance(bmc.get("address"), str):
                 return None
-            port = DEFAULT_IPMI_PORT if bmc.get("port") is None else port_of(bmc["port"])
+            port = section_port(bmc.get("port"), DEFAULT_IPMI_PORT)
             sol, field = (bmc["address"].lower(), port), ("serial", "kind")
         return ("sol",) + sol, f"serial-over-LAN console of BMC {sol[0]}:{sol[1]}", field
 

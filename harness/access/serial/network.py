@@ -6,7 +6,7 @@ from pathlib import Path
 
 from harness.access.serial.driver import SerialDriver, register_serial_driver
 from harness.errors import ConfigError
-from harness.lab.model import HostSpec
+from harness.lab.model import HostSpec, section_port
 
 _NETWORK_FIELDS = {"host": {"$ref": "#/$defs/address"}, "port": {"$ref": "#/$defs/port"}}
 
@@ -28,9 +28,8 @@ class _NetworkConsole(SerialDriver):
 
     @classmethod
     def endpoint(cls, section, power):
-        host, port = section.get("host"), section.get("port")
-        if not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool) \
-                or port <= 0:
+        host, port = section.get("host"), section_port(section.get("port"), 0)
+        if not isinstance(host, str) or not port:
             return None
         return ("net", host.lower(), port), f"console {host}:{port}", ("serial", "port")
 
