@@ -263,7 +263,11 @@ def test_planted_faults_do_on_xen_what_the_mutants_need(probe_guest):
         clean, slow = p50_ns(PROBE_PORTS[0]), p50_ns(FAULT_PORTS[0])
     finally:
         delayed.stop()
-    assert slow - clean >= 0.9 * 2_000_000, f"p50 {slow:.0f} ns with delay=2000 vs {clean:.0f} ns"
+    # Half the delay, not all of it: the guest times with its own clock, and
+    # under TCG that clock and dom0's (where the probe busy-waits) disagree by
+    # tens of percent (a CI run measured 1.68 ms for the 2 ms delay).  Without
+    # the delay the two p50s differ by noise, well under a millisecond.
+    assert slow - clean >= 0.5 * 2_000_000, f"p50 {slow:.0f} ns with delay=2000 vs {clean:.0f} ns"
 
 
 def test_xl_mem_set_invalidates_the_map_cache_of_both_servers(probe_guest):
