@@ -1,0 +1,171 @@
+"""A shell on a console: commands bracketed by sentinels (run), polling until
+a shell answers (wait_for_shell), and logging in at a getty (login).  A
+mixin over ConsoleStream: it only expects and sends."""
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+import time
+from typing import Callable
+
+from harness.access.console.errors import ConsoleClosed, ConsoleStalled
+from harness.access.console.text import at_continuation_prompt
+from harness.errors import ConsoleTimeout
+from harness.lab.model import CredentialRef
+from harness.step import step
+
+
+class ShellSession:
+    """run / wait_for_shell / login, for a class that is also a ConsoleStream."""
+
+    @staticmethod
+    def _tag(kind: str, nonce: str) -> tuple[str, str]:
+        """(shell text that prints the tag, regex of the printed tag).  The empty
+        quotes split the literal so the echoed command line cannot match."""
+        return f'"__XH_""{kind}{nonce}', f"__XH_{kind}{nonce}"
+
+    @step("console {self.name}: run {cmd}")
+    def run(self, cmd: str, timeout: float = 60.0, *, check_fatal: bool = True,
+            start_timeout: float | None = None) -> tuple[int, str]:
+        """Run ``cmd`` in the console's shell; return (exit status, output).
+
+        The output is what the command printed (CRLF turned into LF), with
+        kernel-log (``[  1.234567] ...``) and ``(XEN) ...`` lines removed, even
+        when they interrupted a line; so do not use run() to read dmesg or
+        ``xl dmesg`` (use SSH).  The command runs via ``eval`` in the shell
+        itself (``command eval``): ``cd`` and variables persist, ``exit`` ends
+        the shell, and a syntax error gives a non-zero status rather than a hang.
+        ``cmd`` must not read the console's input (it would eat the sentinel).
+        ``start_timeout``: the shell echoes the typed line at once; when even
+        the start sentinel has not come back after this long, raise
+        ConsoleStalled (the relay is stuck, the command may not have run).
+        """
+        nonce = secrets.token_hex(6)
+        start_shell, start_re = self._tag("S", nonce)
+        end_shell, end_re = self._tag("E", nonce)
+        # `command eval`: a syntax error in cmd then fails eval alone instead of
+        # abandoning the whole line (and the end sentinel) in an interactive
+        # dash/bash/busybox shell.
+        self.sendline(f'echo {start_shell}__"; command eval {shlex.quote(cmd)}; '
+                      f'echo {end_shell}_$?__"')
+        deadline = time.monotonic() + timeout
+        what = f"the end of command {cmd!r} (sentinel {end_re}_<status>__)"
+        first_wait = timeout if start_timeout is None else min(timeout, start_timeout)
+        try:
+            self._expect([re.compile(re.escape(start_re) + r"__\r*\n")], first_wait,
+                         f"the start of command {cmd!r} (sentinel {start_re}__)",
+                         check_fatal, True)
+        except ConsoleTimeout as exc:
+            if first_wait >= timeout:
+                raise
+            raise ConsoleStalled(f"console {self.name}: the shell did not echo command {cmd!r} "
+                                 f"within {first_wait:g}s\n{str(exc).partition(chr(10))[2]}",
+                                 evidence=self._evidence()) from None
+        m = self._expect([re.compile(re.escape(end_re) + r"_(\d+)__")],
+                         max(deadline - time.monotonic(), 0), what, check_fatal, True)
+        output = re.sub(r"\r+\n", "\n", m.string[:m.start()])
+        return int(m.group(1)), output
+
+    @step("console {self.name}: wait for a shell")
+    def wait_for_shell(self, timeout: float = 300.0, poll_interval: float = 5.0, *,
+                       check_fatal: bool = True, ready_condition: str | None = None,
+                       stall_timeout: float | None = None,
+                       stall_armed_by: str | None = None,
+                       target_alive: Callable[[], bool] | None = None) -> None:
+        """Poll until a shell answers: send a no-op echo every ``poll_interval``
+        seconds and wait for its answer (any earlier poll's answer counts).
+
+        Polling rather than waiting for a boot message, because some consoles
+        drop output while nobody is attached (``xl console`` on a pty serial).
+        ``stall_timeout``: once the target has said anything, raise
+        ConsoleStalled when nothing at all arrives for this long (a shell
+        echoes the polls; silence means the relay is stuck).
+        ``stall_armed_by``: count silence as a stall only once this text (the
+        shell's prompt) has arrived: a target still booting may be quiet for
+        longer than any relay stall (a guest kernel at a low loglevel).
+        ``target_alive``: asked whenever a poll went unanswered in silence; a
+        False ends the wait at once with ConsoleClosed (a guest that crashed
+        leaves its relay open and silent: no need to wait for the stall).
+        """
+        deadline = time.monotonic() + timeout
+        nonces: list[str] = []
+        armed = stall_armed_by is None
+        while True:
+            nonce = secrets.token_hex(6)
+            nonces.append(nonce)
+            # No quotes in a poll: polls typed while the target still boots can
+            # lose characters, and a lost quote would leave the shell on a
+            # continuation line that swallows every later poll.  ${XH_EMPTY}
+            # (unset) splits the literal so the echoed command cannot match.
+            # ready_condition (quote-free too): answer only once it holds.
+            condition = f"{ready_condition} && " if ready_condition else ""
+            self.sendline(f"{condition}echo __XH_P${{XH_EMPTY}}{nonce}__")
+            answer = re.compile(r"__XH_P(?:" + "|".join(nonces) + r")__")
+            left = deadline - time.monotonic()
+            try:
+                self._expect([answer], min(poll_interval, max(left, 0)),
+                             "a shell answer", check_fatal, True)
+                return
+            except ConsoleTimeout:
+                silent = time.monotonic() - self.last_received
+                if target_alive is not None and silent >= poll_interval and not target_alive():
+                    raise ConsoleClosed(
+                        f"console {self.name}: the target is gone (silent for {silent:.0f}s, "
+                        f"{len(nonces)} polls)\n" + self.tail_block(),
+                        evidence=self._evidence()) from None
+                armed = armed or stall_armed_by in self._tail
+                if (stall_timeout is not None and armed and self.received_bytes
+                        and silent > stall_timeout):
+                    raise ConsoleStalled(
+                        f"console {self.name}: nothing received for {silent:.0f}s while polling "
+                        f"({len(nonces)} polls)\n" + self.tail_block(),
+                        evidence=self._evidence()) from None
+                if at_continuation_prompt(self._tail):
+                    # A command line that lost a quote on its way in (typed
+                    # while the target was busy, e.g. just restored) leaves
+                    # the shell on its continuation prompt, which swallows
+                    # every later poll: Ctrl-C abandons that line.
+                    self.send(b"\x03")
+                if time.monotonic() >= deadline:
+                    raise ConsoleTimeout(
+                        f"console {self.name}: no shell answered within {timeout:g}s "
+                        f"({len(nonces)} polls)\n"
+                        + self.tail_block(),
+                        evidence=self._evidence()) from None
+
+    @step("console {self.name}: log in as {user}")
+    def login(self, user: str, password: CredentialRef | None = None, *,
+              timeout: float = 120.0, poll_interval: float = 5.0,
+              stall_timeout: float | None = None) -> None:
+        """Log in at a getty prompt (pressing Enter until ``login:`` shows), then
+        wait for the shell.  The password is resolved here and never recorded.
+        ``stall_timeout``: silence longer than this, once something arrived,
+        is a stuck line (ConsoleStalled) rather than a getty still to come."""
+        deadline = time.monotonic() + timeout
+        presses = 0
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self._expect([re.compile(r"login:\s*$")], min(poll_interval, max(left, 0)),
+                             "a login: prompt", True, True)
+                break
+            except ConsoleTimeout:
+                silent = time.monotonic() - self.last_received
+                if stall_timeout is not None and self.received_bytes and silent > stall_timeout:
+                    raise ConsoleStalled(
+                        f"console {self.name}: nothing received for {silent:.0f}s while waiting "
+                        f"for a login: prompt ({presses} Enter presses)\n"
+                        + self.tail_block(), evidence=self._evidence()) from None
+                if time.monotonic() >= deadline:
+                    raise
+            self.sendline("")  # no prompt shown (yet): Enter makes getty print it again
+            presses += 1
+        self.sendline(user)
+        if password is not None:
+            self._expect([re.compile(r"[Pp]assword:\s*$")],
+                         max(deadline - time.monotonic(), 1), "a Password: prompt", True, True)
+            self.sendline(password.resolve(), secret=True)
+        self.wait_for_shell(timeout=max(deadline - time.monotonic(), poll_interval),
+                            poll_interval=poll_interval)
+
