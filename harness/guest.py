@@ -4,7 +4,7 @@ the leak check after it.
 The guest's console is ``xl console`` run on the host through its SSH
 connection, with its own transcript.  Readiness is detected by sending a
 command and waiting for its answer, never by waiting for a boot message:
-the pty serial drops output while nobody is attached (facts doc, section 7).
+the pty serial drops output while nobody is attached (docs/xen-ioreq-facts.md section 7).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def parsed(**kw):
 
 
 def test_upstream_single_model_save_has_one_context_and_no_xenstore_record():
-    # the shape of a real Xen 4.17 HVM save (facts doc section 6)
+    # the shape of a real Xen 4.17 HVM save (docs/xen-ioreq-facts.md section 6)
     check_savefile_emulators(parsed(), ["0"], EV)
 
 

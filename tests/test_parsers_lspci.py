@@ -8,7 +8,7 @@ from harness.xen.parsers.lspci import PciDevice, by_bdf, parse_pci_listing
 
 DATA = Path(__file__).parent / "data" / "parsers"
 
-# facts doc section 5: default xenfv layout with an e1000 NIC
+# docs/xen-ioreq-facts.md section 5: default xenfv layout with an e1000 NIC
 EXPECTED = [("00:00.0", 0x8086, 0x1237, 0x0600), ("00:01.0", 0x8086, 0x7000, 0x0601),
             ("00:01.1", 0x8086, 0x7010, 0x0101), ("00:01.3", 0x8086, 0x7113, 0x0680),
             ("00:02.0", 0x5853, 0x0001, 0xFF80), ("00:03.0", 0x1013, 0x00B8, 0x0300),

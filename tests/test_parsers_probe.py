@@ -91,7 +91,7 @@ def test_bad_arguments_give_an_error_line_and_exit_2(xhprobe, args):
     assert info.value.errno == 22
 
 
-# Shape of a real pci-scan in a default xenfv guest (facts doc section 5);
+# Shape of a real pci-scan in a default xenfv guest (docs/xen-ioreq-facts.md section 5);
 # written from xhprobe.c's printf formats.
 PCI_SCAN = """\
 {"op":"pci-dev","bdf":"00:00.0","vendor":"0x8086","device":"0x1237","class":"0x0600","prog_if":"0x00","revision":"0x02","header_type":"0x00"}

@@ -28,7 +28,7 @@ def test_server_ids_and_mapped_devices(events):
 
 
 def test_pci_config_ioreq_carries_sbdf_in_the_high_bits(events):
-    # Real line shape seen on Xen 4.17 (facts doc section 7): port=0x800000060
+    # Real line shape seen on Xen 4.17 (docs/xen-ioreq-facts.md section 7): port=0x800000060
     first = next(e for e in events if e.name == "handle_ioreq")
     assert first.ioreq_type == "PCI_CONFIG"
     assert first.pci_sbdf_reg == (0x8, 0x60)

@@ -11,7 +11,7 @@ from harness.xen.parsers.rangesets import (AmbiguousOwner, expand_pci, format_ra
 
 DATA = Path(__file__).parent / "data" / "parsers"
 
-# Recorded on real Xen 4.17 under QEMU TCG (facts doc, section 7).
+# Recorded on real Xen 4.17 under QEMU TCG (docs/xen-ioreq-facts.md section 7).
 REAL_PCI_LINE = "(XEN)     ioreq_server 0 pci { 0, 8-9, b, 10, 18 }"
 
 

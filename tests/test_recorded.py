@@ -16,7 +16,7 @@ from harness.xen.savefile import CorruptSaveFile, parse_savefile_bytes
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 
-# facts doc, section 5: the default layout of an xl HVM guest with qemu-xen
+# docs/xen-ioreq-facts.md section 5: the default layout of an xl HVM guest with qemu-xen
 DEFAULT_LAYOUT = {"00:00.0": (0x8086, 0x1237), "00:01.0": (0x8086, 0x7000),
                   "00:01.1": (0x8086, 0x7010), "00:01.3": (0x8086, 0x7113),
                   "00:02.0": (0x5853, 0x0001), "00:03.0": (0x1013, 0x00b8),

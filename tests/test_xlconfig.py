@@ -16,7 +16,7 @@ from tests.support.libxlutil import INSTALL_HINT, LIBXLUTIL, XlParseFailed
 
 
 def lab_guest(**changes) -> HvmGuest:
-    """The guest of the facts doc, section 7: direct kernel boot, pty serial,
+    """The guest of the docs/xen-ioreq-facts.md section 7: direct kernel boot, pty serial,
     an e1000 vif on a bridge, one IDE disk."""
     guest = HvmGuest(
         name="xenhil-g1", memory=256,

@@ -4,7 +4,7 @@ Its message always has three parts, so a patch reviewer can judge it
 without rerunning anything:
 
 - ``expected``: what Xen/QEMU should have done (derived from the split, the
-  device-model command lines, the facts doc);
+  device-model command lines, docs/xen-ioreq-facts.md);
 - ``seen``: what the guest/host showed;
 - ``evidence``: where the raw input of the check is (saved files, log paths,
   or a short quote when no file exists).

@@ -1,6 +1,6 @@
 """Per-server ioreq round-trip latency from the probe's ``time-in`` results:
 one row per server port plus the Xen-internal baseline (PIT port 0x40,
-handled inside Xen, facts doc section 2).  Summaries and the regression test
+handled inside Xen, docs/xen-ioreq-facts.md section 2).  Summaries and the regression test
 are harness.results.latency's; rows go to ResultsStore.record_latency.
 """
 from __future__ import annotations

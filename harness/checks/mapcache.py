@@ -1,4 +1,4 @@
-"""Map-cache invalidation (facts doc section 3): after the guest gives memory
+"""Map-cache invalidation (docs/xen-ioreq-facts.md section 3): after the guest gives memory
 back (``xl mem-set`` lowering it), Xen sends IOREQ_TYPE_INVALIDATE (type 8)
 to every enabled server, and no "Unsuccessful map-cache invalidate" is
 logged; data on the guest's emulated disk stays intact across it.

@@ -18,7 +18,7 @@ from harness.xen.parsers.qemu_trace import TraceEvent
 from harness.xen.parsers.rangesets import (DomainServers, expand_pci, owners, sbdf_to_str,
                                            str_to_sbdf)
 
-#: What a config read of a BDF nobody owns returns (facts doc section 2).
+#: What a config read of a BDF nobody owns returns (docs/xen-ioreq-facts.md section 2).
 ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
 #: Xen platform device (QEMU hw/i386/xen/xen_platform.c): the fixed I/O port
@@ -163,7 +163,8 @@ def server_ids_by_model(traces: Mapping[str, Sequence[TraceEvent]],
         result[sid] = model
     fail_if(problems, "ioreq server of each device model",
             expected="one ioreq server per model, distinct ids", evidence=evidence,
-            help="enable the trace events xen_ioreq_server* in every model (facts doc section 7)")
+            help="enable the trace events xen_ioreq_server* in every model "
+                 "(docs/xen-ioreq-facts.md section 7)")
     return result
 
 

@@ -59,8 +59,9 @@ DEVICE_PORTS: dict[str, tuple[IoRange, ...]] = {
         _p(0x3C0, 0x3CF, "VGA attribute/sequencer/graphics", "QEMU hw/display/vga.c vga_portio_list"),
         _p(0x3D4, 0x3D5, "VGA CRT controller (colour)", "QEMU hw/display/vga.c vga_portio_list"),
         _p(0x3DA, 0x3DA, "VGA input status (colour)", "QEMU hw/display/vga.c vga_portio_list"),
-        _p(0xCF8, 0xCFB, "PCI config address", "facts doc section 2: the CF8 write goes to the "
-                                              "server owning 0xcf8 (the root bridge's model)"),
+        _p(0xCF8, 0xCFB, "PCI config address",
+           "docs/xen-ioreq-facts.md section 2: the CF8 write goes to the "
+           "server owning 0xcf8 (the root bridge's model)"),
         _p(0xB000, 0xB003, "ACPI PM1a event block",
            "xen/include/public/hvm/ioreq.h ACPI_PM1A_EVT_BLK_ADDRESS_V1 (qemu-xen's PIIX4 PM)"),
     ),
@@ -70,7 +71,7 @@ DEVICE_PORTS: dict[str, tuple[IoRange, ...]] = {
     splits.AUDIO: (),          # PCI cards: BDF and BARs only
 }
 
-#: Xen-internal ports: never reach any model (facts doc section 2).
+#: Xen-internal ports: never reach any model (docs/xen-ioreq-facts.md section 2).
 XEN_INTERNAL_PORTS: tuple[IoRange, ...] = (
     _p(0x40, 0x43, "PIT", "xen/arch/x86/emul-i8254.c"),
 )

@@ -1,4 +1,4 @@
-"""Save/restore (facts doc section 6), after OSSTest's recipe: the guest
+"""Save/restore (docs/xen-ioreq-facts.md section 6), after OSSTest's recipe: the guest
 answers, ``xl save`` (200 s limit), the domain is gone, ``xl restore``, the
 guest answers again; then its uptime continued, a file written before is
 intact, the PCI topology and the server ownership are the same (by model:
@@ -29,7 +29,7 @@ from harness.xen.savefile import (LIBXL_REC_EMULATOR_CONTEXT, LIBXL_REC_EMULATOR
 from harness.xen.splits import Split
 
 
-#: libxl's device-model state key (facts doc section 4).
+#: libxl's device-model state key (docs/xen-ioreq-facts.md section 4).
 DM_STATE_PATH = "/local/domain/0/device-model/{domid}/state"
 #: Per-model state keys of our port of the series (lab/series/device-models,
 #: QEMU patch 5): model i of ``device_models`` writes its run state under

@@ -4,7 +4,7 @@ write them (see harness/xen/savefile.py for the sources of each field).
 This is not a fake of any part: it produces *input bytes* for the parser, the
 way a recorded file would, with knobs to make the malformed variants a
 broken xl could write.  The default shape follows a real Xen 4.17 HVM save
-(facts doc section 6): xl header, JSON config, "LibxlFmt" header,
+(docs/xen-ioreq-facts.md section 6): xl header, JSON config, "LibxlFmt" header,
 LIBXC_CONTEXT (length 0) followed inline by a libxc stream (image header,
 HVM domain header, CPUID/MSR policy, STATIC_DATA_END, TSC_INFO, PAGE_DATA,
 HVM_CONTEXT, HVM_PARAMS, END), one EMULATOR_CONTEXT (qemu-upstream, index

@@ -3,7 +3,7 @@
 One place, each setting next to the reason it exists.  A virtual host is
 QEMU with the TCG software CPU (no usable KVM on the lab machines), running
 real Xen 4.17 with a Debian dom0; HVM guests then run under Xen's SVM/NPT on
-top of QEMU's emulated SVM.  See docs: xen-ioreq-facts.md section 7.
+top of QEMU's emulated SVM.  See docs/xen-ioreq-facts.md, section 7.
 
 Nothing here is a fixed property of Xen: a real host never needs these, and
 :func:`guest_quirks` applies only when the host declares ``emulated: true``.
@@ -64,7 +64,7 @@ ACCEL = os.environ.get("XENHIL_VLAB_ACCEL", "tcg,tb-size=256")
 
 # "max" exposes SVM, which Xen needs for HVM guests (it also offers nested
 # paging, which the guests do not use: see "hap" below).  -smap: the
-# configuration first seen working here (facts doc, section 7) turns SMAP
+# configuration first seen working here (docs/xen-ioreq-facts.md section 7) turns SMAP
 # off; Xen's SMAP use under TCG is the suspect.  UNVERIFIED that SMAP on
 # breaks: keep it off until a benchmark run shows otherwise.  The same holds
 # for AVX and PKU below on QEMU 10.0: hidden as verified on 7.2.
@@ -103,7 +103,7 @@ MEMORY_MB = 3072
 # Disk on virtio-blk: SeaBIOS boots from it and it is several times faster
 # than emulated IDE under TCG.
 DISK_INTERFACE = "virtio"
-# NIC: e1000, the model of the first setup seen working (facts doc, section
+# NIC: e1000, the model of the first setup seen working (docs/xen-ioreq-facts.md section
 # 7).  (The SSH breakage once blamed on the NIC was the AVX problem, see CPU.)
 NIC_MODEL = "e1000"
 
