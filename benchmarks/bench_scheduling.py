@@ -142,16 +142,6 @@ def test_holds_a_host(bench_record, host, lab, n):
 
 # --- the analysis: a pure function of the recorded data --------------------------------
 
-def _union_length(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, -math.inf
-    for lo, hi in sorted(intervals):
-        if hi <= end:
-            continue
-        total += hi - max(lo, end)
-        end = hi
-    return total
-
-
 def free_seconds(start: float, end: float, held: list[tuple[float, float]], n_hosts: int) -> float:
     """Seconds of [start, end] during which fewer than ``n_hosts`` hosts were
     held (``held``: one (granted, released) interval per test)."""

@@ -1,6 +1,6 @@
 """The PCI topology a guest must see, derived from the split and from the
 device-model (QEMU) command lines actually running, never from a constant
-table of BDFs (facts doc section 5: QEMU versions differ).
+table of BDFs (docs/xen-ioreq-facts.md section 5: QEMU versions differ).
 
 How QEMU places PCI functions on bus 0 (read from QEMU's hw/i386/pc_piix.c,
 old and new, and hw/pci/pci.c):
@@ -172,9 +172,6 @@ class ExpectedTopology:
 
     def by_bdf(self) -> dict[str, ExpectedDevice]:
         return {d.bdf: d for d in self.devices}
-
-    def bdfs_of(self, model: str) -> list[str]:
-        return [d.bdf for d in self.devices if d.model == model]
 
     def owner_of(self, bdf: str) -> str | None:
         d = self.by_bdf().get(bdf)

@@ -1341,11 +1341,6 @@ class Heartbeat:
 
 # --- release on exit --------------------------------------------------------
 
-def held_leases() -> list[Lease]:
-    """Leases this process holds (claimed, not yet released)."""
-    return [lease for _, lease in list(_HELD.values()) if lease.holder.pid == os.getpid()]
-
-
 def release_all_held() -> int:
     """Release every lease this process still holds; returns how many.  Never
     raises: it runs at exit and from signal handlers."""

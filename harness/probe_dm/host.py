@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import InfrastructureError, ProductError
+from harness.errors import InfrastructureError
 from harness.probe_dm.emulation import Bdf
 from harness.step import step
 
@@ -56,10 +56,6 @@ class ProbeStale(InfrastructureError):
     help = ("The probe stopped serving: its heartbeat is old or its state is not 'enabled'. "
             "A guest touching the probe's ranges may now block; the handle reaps the "
             "server (destroys it) so the guest can go on.")
-
-
-class ProbeLeftServer(ProductError):
-    help = "The probe's ioreq server outlived the probe; see the counters and Xen's rangesets."
 
 
 def bundle() -> tuple[str, bytes]:

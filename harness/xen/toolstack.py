@@ -98,10 +98,6 @@ class Toolstack:
     def rangesets(self):
         return parse_ioreq_rangesets(self.rangesets_text())
 
-    def list_long(self) -> list[dict]:
-        out = self.xl("list", "-l").stdout.strip()
-        return json.loads(out) if out else []
-
     @step("probe {self.host_name}'s xl for device_models")
     def supports_device_models(self) -> bool:
         """True when xl's parser knows the series' ``device_models`` option: the

@@ -444,8 +444,3 @@ def down(workdir: Path | str | None = None, *, progress: Progress | None = None,
     if errors:
         raise VirtualLabError("some hosts did not stop cleanly:\n" + "\n".join(errors))
     return len(hosts)
-
-
-def running_hosts(workdir: Path | str | None = None) -> list[VirtualHost]:
-    state = read_state(Path(workdir) if workdir else default_state_dir())
-    return [VirtualHost.from_json(h) for h in (state or {}).get("hosts", [])]
