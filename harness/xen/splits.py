@@ -84,8 +84,9 @@ class Grammar:
     vif_id_first: str = "A-Za-z0-9_"
     vif_id_rest: str = "A-Za-z0-9_.-"
     max_identifier_length: int = 32
-    # UNVERIFIED: default names.  The series says "a number is used"; we
-    # number models by position from this base.
+    # Default names: the series says "a number is used"; our port uses the
+    # model's index (lab/series/device-models/xen patch 0002,
+    # dm_split_name), so models are numbered by position from this base.
     default_name_base: int = 0
     # One revision of the series exits with "Unable to parse device_deamon"
     # when path= is given without name=: require name= with path=.

@@ -271,8 +271,10 @@ MEMORY_MIB_RANGE = (32, 1 << 20)
 MAX_VCPUS = 128                                      # HVM_MAX_VCPUS
 
 #: Key under which a vif entry carries the id that device_models' vifs=
-#: refers to.  The series' cover letter writes ``id=nic1``.  UNVERIFIED: one
-#: revision of libxlu_dm.c matches vifs= against the NIC's ifname instead.
+#: refers to.  The series' cover letter writes ``id=nic1``, and so does our
+#: port (lab/series/device-models/xen patch 0001: ``id`` in the vif's IDL).
+#: One revision of the 2012 libxlu_dm.c matched vifs= against the NIC's
+#: ifname instead: a build of that revision needs this key changed.
 #: xl 4.17 rejects an unknown vif key, so the id is written only for a split.
 VIF_ID_KEY = "id"
 
