@@ -49,14 +49,8 @@ the command is bracketed by sentinels written so that the echo of the command
 line cannot match them, and kernel/Xen log lines that the serial line
 interleaves into the output (even in the middle of a line) are removed.
 
-class ConsoleState(enum.Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-
-
-@dataclass(frozen=True)
-class Marker:
-    """
+A Console is not thread-safe: one user at a time.
+"""
 from __future__ import annotations
 
 import shlex

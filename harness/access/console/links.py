@@ -15,6 +15,7 @@ import pexpect.socket_pexpect
 from harness.access.console.errors import ConsoleUnavailable
 from harness.lab.model import CredentialRef
 
+
 class LinkEOF(Exception):
     pass
 
@@ -165,8 +166,6 @@ def connect_tcp(host: str, port: int, timeout: float) -> socket.socket:
             f"cannot connect to console server {host}:{port}: {exc.strerror or exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
-
-
 
 
 # --- one factory per transport: what a Console's connect() calls -------------
