@@ -58,6 +58,9 @@ NUMBERS: dict[str, Range] = {
     # xenhil build: 0 empties the cache with --prune; a petabyte is no limit, a typo.
     "--max-size": Range("gigabytes the build cache may hold", 0.0, 1e6, 25, unit="GB"),
     "--jobs": Range("parallel compile jobs", 1, 1024, 8, unit="jobs", integer=True),
+    # xenhil bisect: runs again of a prefix whose run said nothing (a lab failure, a skip).
+    "--retries": Range("runs again of a prefix whose run said nothing", 0, 10, 1, unit="runs",
+                       integer=True),
     # Suites' options: a count of 0 or less would make their test pass
     # having checked nothing.
     "--saverestore-cycles": Range("save/restore cycles of the repeated-cycles test", 1, 1000, 3,

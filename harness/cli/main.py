@@ -20,7 +20,8 @@ import sys
 from harness.errors import ConfigError, XenhilError
 
 # Verb modules under harness.cli, each with register(subparsers).
-VERB_MODULES = ["lab", "reserve", "host", "power", "split", "savefile", "report", "build", "nightly", "qualify"]
+VERB_MODULES = ["lab", "reserve", "host", "power", "split", "savefile", "report", "build", "nightly", "qualify",
+                "bisect"]
 
 EXIT_USAGE = 2       # bad input: inventory, split string, options, a file that is not what it claims
 EXIT_FAILURE = 1     # the action failed (host unreachable, ...)

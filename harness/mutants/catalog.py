@@ -136,6 +136,29 @@ def _test_functions(path: Path) -> set[str] | None:
     return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
 
+def test_id_problem(test: object, root: Path,
+                    seen: dict[Path, set[str] | None] | None = None) -> tuple[str, str] | None:
+    """What is wrong with a test id (suites/...py::test_name, relative to
+    ``root``) as (message, fix), or None when the file has that test.
+    ``seen`` caches the test files read."""
+    seen = {} if seen is None else seen
+    match = TEST_ID.fullmatch(test) if isinstance(test, str) else None
+    if match is None:
+        return (f"{_short(test)} is not a test id",
+                "write suites/SUITE/test_FILE.py::test_NAME, without parameters")
+    file = root / match["file"]
+    if file not in seen:
+        seen[file] = _test_functions(file)
+    names = seen[file]
+    if names is None:
+        return (f"{match['file']} does not exist or does not parse",
+                f"name a test file of {root / 'suites'}")
+    if match["name"] not in names:
+        return (f"{match['file']} has no test {match['name']}",
+                f"name one of: {', '.join(sorted(n for n in names if n.startswith('test_'))) or 'none'}")
+    return None
+
+
 class _Parser:
     def __init__(self, path: Path, root: Path, split_ids: list[str], probe_splits: list[str]):
         self.path, self.root = path, root
@@ -168,22 +191,9 @@ class _Parser:
         return out[0], out[1]
 
     def test_exists(self, where: str, test: object) -> str | None:
-        match = TEST_ID.fullmatch(test) if isinstance(test, str) else None
-        if match is None:
-            self.bad(where, f"{_short(test)} is not a test id",
-                     "write suites/SUITE/test_FILE.py::test_NAME, without parameters")
-            return None
-        file = self.root / match["file"]
-        if file not in self._tests:
-            self._tests[file] = _test_functions(file)
-        names = self._tests[file]
-        if names is None:
-            self.bad(where, f"{match['file']} does not exist or does not parse",
-                     f"name a test file of {self.root / 'suites'}")
-            return None
-        if match["name"] not in names:
-            self.bad(where, f"{match['file']} has no test {match['name']}",
-                     f"name one of: {', '.join(sorted(n for n in names if n.startswith('test_'))) or 'none'}")
+        problem = test_id_problem(test, self.root, self._tests)
+        if problem is not None:
+            self.bad(where, *problem)
             return None
         return test
 
