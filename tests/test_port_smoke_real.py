@@ -28,6 +28,7 @@ from harness.build import engine
 from harness.build.recipes import all_debs
 from harness.xen.build import as_booted_on, load_build
 from harness.xen.provision import provision, running_build
+from harness.xen.toolstack import Toolstack
 from tests.support.lab_host import leased_ready_host
 from tests.support.streamed import ROOT, streamed_run
 
@@ -86,6 +87,10 @@ def debian_again(request, lab, lab_inventory):
         debian = as_booted_on(load_build(None), host.spec.capabilities)
         provision(host, debian)
         assert running_build(host) == debian.build_id, "the host did not go back to Debian's build"
+        # Debian's tools are back too (the port's were kept aside and put
+        # back, harness/xen/debian_files.py): Debian's xl ignores device_models.
+        assert not Toolstack(host.ssh, host.name).supports_device_models(), \
+            "back on Debian's build, xl still knows device_models: the port's tools stayed"
 
 
 def test_the_cover_letters_split_passes_the_pci_suite_on_the_port(port_build, debian_again,

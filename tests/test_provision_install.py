@@ -218,6 +218,49 @@ def test_back_to_debian_boots_the_packaged_hypervisor_not_the_newest_in_boot(dom
     assert Path(hypervisor).read_bytes() == DEBIAN_XEN
 
 
+def _tarball_of(tree: Path, tarball: Path) -> Path:
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tree, arcname=".")
+    return tarball
+
+
+def test_back_to_debian_after_two_builds_puts_debians_tools_back(dom0, root, tmp_path):
+    # A `make dist` tree (replaces /usr/sbin/xl's symlink, adds libxenlight),
+    # then a `xenhil build` tarball over it (replaces the Debian xl under
+    # /usr/lib/xen-4.17/bin): back to Debian, every file is Debian's again.
+    prov.install(dom0, load_build(upstream_dist(tmp_path / "dist", lib=True)), root=str(root))
+    tree = xenhil_build_tree(tmp_path / "built", elf_build_id=BUILT_ID) / "install"
+    prov.install(dom0, load_build(_tarball_of(tree, tmp_path / "built.tar.gz")), root=str(root))
+    assert (root / "usr/lib/xen-4.17/bin/xl").read_bytes() == b"\x7fELF patched xl"
+    assert not (root / "usr/sbin/xl").is_symlink()
+
+    prov.install(dom0, load_build(None), root=str(root))
+    assert (root / "usr/lib/xen-4.17/bin/xl").read_bytes() == DEBIAN_XL
+    assert (root / "usr/sbin/xl").is_symlink()
+    assert os.readlink(root / "usr/sbin/xl") == "../lib/xen-common/bin/xen-utils-wrapper"
+    assert (root / "usr/sbin/xl").read_bytes() == WRAPPER
+    for added in ("usr/lib/x86_64-linux-gnu/libxenlight.so.4.17.0", "boot/xen-4.17.3.gz",
+                  "usr/lib/systemd/system/xenstored.service", "var/lib/xenhil/build-manifest.json"):
+        assert not (root / added).exists(), f"/{added} came with a build and stays after it"
+    assert (root / "lib").is_symlink(), "merged /usr's /lib is still a symlink"
+    assert (root / "boot/xen-4.17-amd64.gz").read_bytes() == DEBIAN_XEN
+
+    # A build again, and back again: the kept files are still Debian's.
+    prov.install(dom0, load_build(_tarball_of(tree, tmp_path / "again.tar.gz")), root=str(root))
+    prov.install(dom0, load_build(None), root=str(root))
+    assert (root / "usr/lib/xen-4.17/bin/xl").read_bytes() == DEBIAN_XL
+
+
+def test_back_to_debian_on_a_host_never_given_a_build_changes_nothing(dom0, root):
+    def files() -> dict[str, bytes]:
+        # xenhil's own folders and the linker cache (ldconfig) aside.
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+                if p.is_file() and "xenhil" not in str(p) and p.name != "ld.so.cache"}
+    before = files()
+    prov.install(dom0, load_build(None), root=str(root))
+    assert files() == before
+
+
 def test_a_host_without_debians_hypervisor_package_is_refused_with_the_fix(dom0, tmp_path):
     root = debian_dom0(tmp_path / "root", hypervisor_package=False)
     (root / "boot/xen-4.17.3.gz").write_bytes(UPSTREAM_XEN)   # a tree's, not Debian's

@@ -8,7 +8,9 @@
    like Debian's /usr/sbin/xl -> xen-utils-wrapper, is replaced, never
    written through).  The Debian build's hypervisor is the one its
    xen-hypervisor package installed (dpkg), not the newest /boot/xen-*.gz,
-   which may be a provisioned tree's.
+   which may be a provisioned tree's; and the Debian files a tree replaced
+   were kept before it was unpacked and are put back with it
+   (harness/xen/debian_files.py).
 3. Add a GRUB entry ``xenhil-<id>`` (in ``/boot/grub/custom.cfg``) with the build's Xen and dom0 command lines, and select it for ONE boot
    with grub-reboot: a build that hangs falls back to the known-good default
    entry on the next power cycle.
@@ -144,6 +146,7 @@ def install(host, build: XenBuild, root: str = "/") -> str:
     if build.kind == "debian-default":
         found = debian_hypervisor(host, root)
         host.ssh.run(["cp", _at(root, found), _at(root, f"{target}/xen.gz")], check=True)
+        _debian_files(host, root, "restore")
     elif build.kind == "debs":
         if root != "/":
             raise TestBugError("a folder of .debs installs with dpkg into the host's own /")
@@ -166,6 +169,7 @@ def install(host, build: XenBuild, root: str = "/") -> str:
             if _changed(host, remote, sha):
                 host.ssh.run(["mkdir", "-p", str(Path(remote).parent)], check=True)
                 host.ssh.put(tree / rel, remote)
+        _debian_files(host, root, "keep", staged)
         tarball = _at(root, f"/var/lib/xenhil/builds/{build.build_id}.root.tar")
         host.ssh.run(f"tar -C {shlex.quote(staged)} -cf {shlex.quote(tarball)} . && "
                      f"{_untar(root, tarball)} && rm -f {shlex.quote(tarball)}",
@@ -176,12 +180,43 @@ def install(host, build: XenBuild, root: str = "/") -> str:
         remote = _at(root, f"/var/lib/xenhil/builds/{build.build_id}.tar")
         if _changed(host, remote, sha256_file(Path(build.source))):
             host.ssh.put(build.source, remote)
+        _debian_files(host, root, "keep", remote)
         host.ssh.run(_untar(root, remote), timeout=600, check=True)
         host.ssh.run(["cp", _at(root, "/" + build.hypervisor.lstrip("./")),
                       _at(root, f"{target}/xen.gz")], check=True)
     else:  # load_build() never makes another kind
         raise ProvisionFailed(f"unknown build kind {build.kind}")
     return _at(root, f"{target}/xen.gz")
+
+
+#: Where the host keeps the Debian files that builds' trees replaced
+#: (harness/xen/debian_files.py, which runs there).
+DEBIAN_FILES_STATE = "/var/lib/xenhil/debian-files"
+DEBIAN_FILES_SCRIPT = "/var/lib/xenhil/debian_files.py"
+
+
+def _debian_files(host, root: str, action: str, tree: str | None = None) -> str:
+    """Keep the Debian files ``tree`` (on the host) will replace, or put all
+    kept ones back ("restore"): a Debian build after a source build then runs
+    Debian's tools and QEMU, not the source build's.  Its one-line report."""
+    from harness.xen import debian_files
+    script = _at(root, DEBIAN_FILES_SCRIPT)
+    host.ssh.run(["mkdir", "-p", _at(root, "/var/lib/xenhil")], check=True)
+    host.ssh.put_bytes(Path(debian_files.__file__).read_text(), script)
+    argv = ["python3", script, action] + ([tree] if tree else []) + \
+        [root, _at(root, DEBIAN_FILES_STATE)]
+    result = host.ssh.run(argv, timeout=600)
+    if result.exit_status == 127:
+        raise ProvisionFailed(f"{host.name}: no python3 in dom0 (needed to keep Debian's files "
+                              "under a build's tree)", help="install python3 on the host")
+    if result.exit_status != 0:
+        raise ProvisionFailed(f"{host.name}: {action} of Debian's files under the build's tree "
+                              f"failed (exit {result.exit_status}): {result.stderr.strip()[-500:]}")
+    if action == "restore":
+        ldconfig = "ldconfig" if root == "/" else f"ldconfig -r {shlex.quote(root)}"
+        host.ssh.run(ldconfig, timeout=120, check=True)
+    log.info("%s: %s", host.name, result.stdout.strip())
+    return result.stdout.strip()
 
 
 def grub_entry(build: XenBuild, prefix: str, kernel: str, initrd: str, root: str) -> str:
