@@ -21,7 +21,7 @@ import datetime
 import secrets
 from pathlib import Path
 
-from harness.cli.common import add_lab_options, lab_path, load_lab
+from harness.cli.common import add_build_and_run_options, add_lab_options, lab_path, load_lab
 from harness.errors import FAILURE_CLASSES, PRODUCT, ConfigError
 from harness.options import argparse_number
 
@@ -29,7 +29,6 @@ HALVES = ("xen", "qemu")
 
 
 def register(subparsers) -> None:
-    from harness.mutants.catalog import REPO
     parser = subparsers.add_parser(
         "bisect", help="name the patch of a series that makes a test fail",
         description=__doc__.split("\n\n")[0].replace("``", "") + " Exit 0: a patch named; "
@@ -54,11 +53,7 @@ def register(subparsers) -> None:
                         help="runs again of a prefix whose run said nothing (default 1)")
     parser.add_argument("--artifacts", default="artifacts",
                         help="the bisection's folder goes under it (default artifacts/)")
-    parser.add_argument("--suites-root", type=Path, default=REPO,
-                        help="the folder the test id is relative to (pytest's rootdir; "
-                             "default this checkout)")
-    parser.add_argument("-j", "--jobs", type=argparse_number("--jobs"), default=None,
-                        help="compile jobs of the builds (default: xenhil build's)")
+    add_build_and_run_options(parser, "the test id")
     parser.set_defaults(func=bisect_command)
 
 

@@ -48,3 +48,15 @@ def lab_path(args: argparse.Namespace) -> Path:
         raise ConfigError("no lab inventory given",
                           help="pass --lab lab/NAME.yaml or set XENHIL_LAB")
     return Path(value)
+
+
+def add_build_and_run_options(parser: argparse.ArgumentParser, ids: str) -> None:
+    """--suites-root and -j, for the verbs that build series and run suites
+    on them (qualify, bisect); ``ids``: what the test ids are, in the help."""
+    from harness.mutants.catalog import REPO
+    from harness.options import argparse_number
+    parser.add_argument("--suites-root", type=Path, default=REPO,
+                        help=f"the folder {ids} are relative to (pytest's rootdir; default "
+                             "this checkout)")
+    parser.add_argument("-j", "--jobs", type=argparse_number("--jobs"), default=None,
+                        help="compile jobs of the builds (default: xenhil build's)")

@@ -21,12 +21,11 @@ import secrets
 import time
 from pathlib import Path
 
-from harness.cli.common import add_lab_options, lab_path, load_lab
-from harness.options import argparse_number
+from harness.cli.common import add_build_and_run_options, add_lab_options, lab_path, load_lab
 
 
 def register(subparsers) -> None:
-    from harness.mutants.catalog import DEFAULT_CATALOG, REPO
+    from harness.mutants.catalog import DEFAULT_CATALOG
     parser = subparsers.add_parser(
         "qualify", help="run the mutant catalog: every planted bug must be caught",
         description=__doc__.split("\n\n")[0].replace("``", "") + " Exit 0: all caught and the "
@@ -46,11 +45,7 @@ def register(subparsers) -> None:
                         help="the runs' results store (default: the qualification's own, "
                              "results.sqlite in its folder, so that mutant runs are no other "
                              "run's history); outcomes and failure classes are read from it")
-    parser.add_argument("--suites-root", type=Path, default=REPO,
-                        help="the folder the catalog's test ids are relative to (pytest's "
-                             "rootdir; default this checkout)")
-    parser.add_argument("-j", "--jobs", type=argparse_number("--jobs"), default=None,
-                        help="compile jobs of the builds (default: xenhil build's)")
+    add_build_and_run_options(parser, "the catalog's test ids")
     parser.set_defaults(func=qualify_command)
 
 
