@@ -122,3 +122,26 @@ def test_a_failed_restore_does_not_hide_the_checks_that_failed_before_it():
     assert "device model qall has no resume file" in text
     # With no earlier failure the restore's own error is the caller's to raise.
     _Collector(SaveRestoreRecord()).raise_earlier("g1", "xl restore", restore)
+
+
+def test_xl_refusing_to_save_is_a_product_failure_quoting_libxls_error():
+    """Recorded: our port's `xl save` of a qnet+qall guest, exit 1 after the
+    frames went (main job 2026-12-01).  libxl is part of the build under
+    test: its refusal is the product's failure, named by libxl's own line,
+    not the lab's (a lost connection or a time limit raise other errors)."""
+    from harness.checks.saverestore import xl_refused
+    from harness.errors import RemoteCommandFailed
+    stderr = recorded("xl_save_stderr_qnet_qall_port_no_emulator_file_417_emulated.txt")
+    exc = RemoteCommandFailed("xl save xh-gw0-qnet-qall-3 /var/lib/xenhil/guests/xh-gw0-qnet-qall-3.save",
+                              1, "", stderr, host="vhost1")
+    failure = xl_refused("xl save", exc, EV)
+    assert failure.failure_class == "product"
+    assert_failure_message(
+        failure, "check failed: xl save", "expected: exit status 0",
+        "seen: exit status 1: libxl: error: libxl_stream_write.c:466:write_emulator_context_record: "
+        "Domain 3:unable to open /var/lib/xen/qemu-save.3.0: No such file or directory; "
+        "Failed to save domain, resuming domain")
+    assert "xc: progress" not in failure.seen
+    # Minimally altered: no libxl error line, the end of xl's output is quoted instead.
+    quiet = RemoteCommandFailed("xl save g1 /x.save", 3, "", "xc: progress: Frames: 1/2   50%\nsomething odd\n")
+    assert xl_refused("xl save", quiet, EV).seen == "exit status 3: something odd"

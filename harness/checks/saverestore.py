@@ -17,7 +17,7 @@ from harness.checks.failure import (CheckFailed, Evidence, Mismatch, fail, fail_
                                     save_evidence)
 from harness.checks.mapcache import DataPattern, check_pattern_intact
 from harness.checks.pci import companion_servers, server_ids_by_model
-from harness.errors import ProductError, TestBugError, XenhilError
+from harness.errors import ProductError, RemoteCommandFailed, TestBugError, XenhilError
 from harness.step import step
 from harness.xen.parsers.errors import UnexpectedOutput
 from harness.xen.parsers.lspci import PciDevice, parse_pci_listing
@@ -267,6 +267,22 @@ def _ownership(guest, model_logs: Mapping[str, str] | None, offsets: Mapping[str
 
 
 @step("save/restore cycle of guest {guest.name}")
+def xl_refused(operation: str, exc: RemoteCommandFailed, evidence: Evidence) -> CheckFailed:
+    """`xl save` or `xl restore` ran and exited non-zero: libxl, part of the
+    build under test, refused the operation, a product failure (the lab's
+    own failures, a lost connection or a time limit, are other errors).
+    ``seen`` quotes libxl's error lines, else the end of xl's output."""
+    lines = [line.strip() for line in exc.stderr_tail.splitlines()
+             if line.strip() and not line.startswith("xc: progress")]
+    errors = [line for line in lines if "error" in line.lower() or line.startswith("Failed")]
+    said = "; ".join((errors or lines)[-4:]) or "no output"
+    return CheckFailed(operation, expected="exit status 0",
+                       seen=f"exit status {exc.exit_status}: {said}",
+                       evidence={**evidence, f"{operation} output (end)": quote("\n".join(lines[-8:]), 800)},
+                       help="libxl refused the operation: its error names the step (read it "
+                            "with the guest's xl log in the host's xen-logs evidence)")
+
+
 def save_restore_cycle(guest, *, model_logs: Mapping[str, str] | None = None,
                        pattern_target: str = "/xenhil-saverestore.dat", pattern: DataPattern | None = None,
                        uptime_tolerance_s: float = UPTIME_TOLERANCE_S,
@@ -305,6 +321,8 @@ def save_restore_cycle(guest, *, model_logs: Mapping[str, str] | None = None,
     except ProductError as exc:     # Guest.save's own "still listed" check
         raise CheckFailed("domain gone after xl save", expected=f"{guest.name} absent from `xl list`",
                           seen=str(exc).splitlines()[0], evidence=evidence) from exc
+    except RemoteCommandFailed as exc:
+        raise xl_refused("xl save", exc, evidence) from exc
     record.save_s = time.monotonic() - started
     leftovers = guest.xl.qemu_pids(old_domid)
     if leftovers:
@@ -330,6 +348,8 @@ def save_restore_cycle(guest, *, model_logs: Mapping[str, str] | None = None,
         guest.wait_ready(timeout=ready_timeout)
     except XenhilError as exc:
         checks.raise_earlier(guest.name, "xl restore and the guest answering again", exc)
+        if isinstance(exc, RemoteCommandFailed) and exc.command.startswith("xl restore"):
+            raise xl_refused("xl restore", exc, evidence) from exc
         raise
     record.restore_s = time.monotonic() - started
     record.domid_after = guest.domid
