@@ -131,7 +131,7 @@ def test_xl_refusing_to_save_is_a_product_failure_quoting_libxls_error():
     not the lab's (a lost connection or a time limit raise other errors)."""
     from harness.checks.saverestore import xl_refused
     from harness.errors import RemoteCommandFailed
-    stderr = recorded("xl_save_stderr_qnet_qall_port_no_emulator_file_417_emulated.txt")
+    stderr = recorded("xl_stderr_of_save_qnet_qall_port_no_emulator_file_417_emulated.txt")
     exc = RemoteCommandFailed("xl save xh-gw0-qnet-qall-3 /var/lib/xenhil/guests/xh-gw0-qnet-qall-3.save",
                               1, "", stderr, host="vhost1")
     failure = xl_refused("xl save", exc, EV)
