@@ -217,3 +217,15 @@ def test_bad_input_exits_2_naming_the_option_before_anything_runs(tmp_path, args
     assert result.returncode == 2, result.stdout + result.stderr
     assert said in result.stderr, result.stderr
     assert not (tmp_path / "artifacts").exists(), "nothing was built or run"
+
+
+def test_the_demo_series_plants_the_catalogs_mutant_as_its_third_patch():
+    """README's demonstration (lab/series/bisect-demo) names patch 3: it must
+    stay the mutant catalog's planted bug, among hypervisor-only patches
+    (cheap builds)."""
+    demo = parse_series(REPO / "lab/series/bisect-demo")
+    mutant = parse_series(REPO / "lab/mutants/patches/xen-invalidate-one-server.patch")[0]
+    assert len(demo) == 4
+    assert demo[2].diff_sha256 == mutant.diff_sha256
+    assert [p.diff_sha256 for i, p in enumerate(demo) if i != 2].count(mutant.diff_sha256) == 0
+    assert all(f.startswith("xen/") for p in demo for f in p.files)
