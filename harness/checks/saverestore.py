@@ -266,7 +266,6 @@ def _ownership(guest, model_logs: Mapping[str, str] | None, offsets: Mapping[str
     return normalise_rangesets(servers, server_models)
 
 
-@step("save/restore cycle of guest {guest.name}")
 def xl_refused(operation: str, exc: RemoteCommandFailed, evidence: Evidence) -> CheckFailed:
     """`xl save` or `xl restore` ran and exited non-zero: libxl, part of the
     build under test, refused the operation, a product failure (the lab's
@@ -283,6 +282,7 @@ def xl_refused(operation: str, exc: RemoteCommandFailed, evidence: Evidence) -> 
                             "with the guest's xl log in the host's xen-logs evidence)")
 
 
+@step("save/restore cycle of guest {guest.name}")
 def save_restore_cycle(guest, *, model_logs: Mapping[str, str] | None = None,
                        pattern_target: str = "/xenhil-saverestore.dat", pattern: DataPattern | None = None,
                        uptime_tolerance_s: float = UPTIME_TOLERANCE_S,
