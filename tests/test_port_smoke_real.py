@@ -69,7 +69,8 @@ def port_build(lab_inventory, tmp_path_factory) -> dict:
     status, output = streamed_run(argv, out.with_suffix(".log"), "xenhil build")
     took = time.monotonic() - t0
     assert status == 0, f"xenhil build of the port exited {status}:\n{output[-3000:]}"
-    key = re.search(r"^build ([0-9a-f]{20})", output, re.M)
+    # "build KEY: from the cache ..." or, built, the centred title of its time table.
+    key = re.search(r"\bbuild ([0-9a-f]{20}):", output)
     assert key, f"xenhil build named no build:\n{output[-2000:]}"
     # Listed in build order when built, sorted when from the cache.
     built = re.search(r"^components built: ([a-z, ]+);", output, re.M)
