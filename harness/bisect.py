@@ -22,7 +22,6 @@ steps this reuses).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ from typing import Callable, Sequence
 
 from harness.build.series import Patch
 from harness.errors import PRODUCT
-from harness.mutants.qualify import Build, Run, read_outcomes, run_pytest, xenhil_build
+from harness.mutants.qualify import (Build, Run, pytest_command, read_outcomes, run_pytest,
+                                     xenhil_build)
 
 GOOD, BAD, SAYS_NOTHING = "good", "bad", "says nothing"
 
@@ -168,22 +168,13 @@ class Bisection:
         run = Run(f"prefix-{step.prefix}", None, [(self.test, self.split, self.node_id)],
                   build=step.build, run_id=run_id)
         log = self.folder / f"{run_id}.log"
-        command = self.pytest_command(run)
+        command = pytest_command(run, lab=self.lab, artifacts=self.folder / "artifacts",
+                                 root=self.root, results_db=self.store_url, extra=self.extra)
         run_pytest(run, command, self.root, log)
         read_outcomes(self.store_url, run)
         row = run.outcomes.get(self.node_id) or {}
         return Attempt(run_id, run.seconds, row.get("outcome", "no outcome"),
                        row.get("failure_class", ""), (row.get("message") or "").strip(), log)
-
-    def pytest_command(self, run: Run) -> list[str]:
-        command = [sys.executable, "-m", "pytest", self.node_id, "--rootdir", str(self.root),
-                   "--lab", self.lab, "--artifacts", str(self.folder / "artifacts"),
-                   "--run-id", run.run_id, "--split", self.split, "--results-db", self.store_url,
-                   "--alluredir", str(self.folder / "artifacts" / run.run_id / "allure-results"),
-                   "-p", "no:cacheprovider", "-q"]
-        if run.build is not None and run.build.dist:
-            command += ["--xen-build", run.build.dist]
-        return command + list(self.extra)
 
     def _judge_attempt(self, attempt: Attempt) -> str:
         if attempt.outcome == "passed":
