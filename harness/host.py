@@ -245,6 +245,23 @@ class Host:
             f"{self.name}: dom0 did not answer SSH within {timeout:.0f}s",
             evidence={"console transcript": str(self.artifacts_dir)})
 
+    def let_go_of_console(self) -> None:
+        """Close the serial console link until the next use opens a new one
+        (its transcript goes on in the same file).  A serial server serves one
+        client at a time (QEMU's chardev socket; many console servers): a
+        link kept open by a process that released the host leaves the next
+        holder's link connected but silent.  CI's real-Xen layer lost a
+        provisioning that way: the smoke's suite, a second process, saw no
+        Xen banner while the first process still held the link of a host it
+        had released, and power-cycled the host out of the build it booted."""
+        with self._lock:
+            console, self._console = self._console, None
+        if console is not None:
+            try:
+                console.close()
+            except Exception:  # closing is best effort: the next use opens its own
+                log.debug("%s: closing %r failed", self.name, console, exc_info=True)
+
     def close(self) -> None:
         for channel in (self._ssh, self._console):
             if channel is not None:

@@ -93,6 +93,9 @@ class Lab:
         _, heartbeat = self._held.pop(lease.id, (None, None))
         if heartbeat is not None:
             heartbeat.stop()
+        host = self._hosts.get(lease.host)
+        if host is not None:
+            host.let_go_of_console()   # the next holder, maybe another process, needs the line
         self.pool.release(lease)
 
     def interrupted_release(self, lease) -> None:
