@@ -77,6 +77,28 @@ def test_time_in_summary_and_raw_samples(xhprobe):
     assert timing.min_cycles <= timing.p50_cycles <= timing.p90_cycles <= timing.p99_cycles <= timing.max_cycles
     assert timing.min_cycles == min(timing.samples) and timing.max_cycles == max(timing.samples)
     assert timing.tsc_hz > 0 and timing.p50_ns >= 0 and timing.last_value == 0xFF
+    assert timing.interleaved == 1
+
+
+def test_time_in_of_several_ports_reads_them_in_turn(xhprobe):
+    out = run(xhprobe, "--dry-run", "time-in", "0x40,0x64,0x6100", "120", "--raw",
+              "--calib-ms", "20").stdout
+    timings = parse_probe_output(out)
+    assert [t.port for t in timings] == [0x40, 0x64, 0x6100]
+    assert all(isinstance(t, TimeIn) and t.n == 120 and len(t.samples) == 120 and t.interleaved == 3
+               for t in timings)
+    assert all(t.min_cycles == min(t.samples) for t in timings)
+
+
+@pytest.mark.parametrize("args", [["time-in", ",", "10"], ["time-in", "0x40,0x10000", "10"],
+                                  ["time-in", ",".join(["0x40"] * 9), "10"],
+                                  ["time-in", "0x40,nine", "10"], ["time-in", "0x40", "10000001"]])
+def test_time_in_refuses_a_bad_port_list_or_count(xhprobe, args):
+    proc = run(xhprobe, "--dry-run", *args, ok=False)
+    assert proc.returncode == 2
+    with pytest.raises(ProbeFailed) as info:
+        parse_probe_output(proc.stdout)
+    assert info.value.errno == 22 or "0x10000" in info.value.error
 
 
 @pytest.mark.parametrize("args", [["inb"], ["inb", "0x10000"], ["outb", "0x80", "0x100"],

@@ -255,38 +255,48 @@ def test_latency_figures_round_trip_to_the_bit(url):
     store.close()
 
 
-def test_previous_latency_is_the_newest_earlier_run_of_the_same_host_split_server_port(url):
+def history_runs(store, run_id, host="h1", split="single", build_class="built", limit=10):
+    return [h["run_id"] for h in store.latency_history(run_id, host, split, build_class, limit)]
+
+
+def test_latency_history_is_the_newest_earlier_runs_of_the_same_host_split_and_build_class(url):
     store = ResultsStore(url)
-    for run, p50 in (("r1", 1.0), ("r2", 2.0), ("r3", 3.0), ("r4", 4.0)):
-        store.record_run(run)
-        if run != "r3":      # r3 measured another port only
-            store.record_latency(run, "h1", "single", "b", "qemu", "0x64",
-                                 {**SUMMARY, "p50_ns": p50}, [p50])
-        store.record_latency(run, "h1", "single", "b", "qemu", "0x70", SUMMARY, [0.5])
-        store.record_latency(run, "h2", "single", "b", "qemu", "0x64", SUMMARY, [9.0])
-    previous = store.previous_latency("r4", "h1", "single", "qemu", "0x64")
-    assert (previous["run_id"], previous["p50_ns"], previous["samples"]) == ("r2", 2.0, [2.0])
-    assert previous["seq"] == store.run_seq("r2")
-    assert store.previous_latency("r3", "h1", "single", "qemu", "0x64")["run_id"] == "r2"
-    assert store.previous_latency("r1", "h1", "single", "qemu", "0x64") is None
-    assert store.previous_latency("r4", "h1", "qnet", "qemu", "0x64") is None
+    builds = {"r1": "tarball-1", "r2": "debian-default-2", "r3": "dist-3", "r4": "tarball-4",
+              "r5": "tarball-5"}
+    for run, build in builds.items():
+        store.record_run(run, build=build)
+        p50 = float(run[1])
+        store.record_latency(run, "h1", "single", build, "qemu", "0x64",
+                             {**SUMMARY, "p50_ns": p50}, [p50], emulated=True)
+        store.record_latency(run, "h1", "single", build, "xen", "0x40", SUMMARY, [0.5])
+        store.record_latency(run, "h2", "single", build, "qemu", "0x64", SUMMARY, [9.0])
+    [newest, *_] = history = store.latency_history("r5", "h1", "single", "built", 10)
+    assert [h["run_id"] for h in history] == ["r4", "r3", "r1"]     # r2 ran Debian's build
+    assert newest["build"] == "tarball-4"
+    rows = {r["server"]: r for r in newest["rows"]}
+    assert set(rows) == {"qemu", "xen"} and rows["qemu"]["samples"] == [4.0]
+    assert rows["qemu"]["emulated"] == 1 and rows["qemu"]["host"] == "h1"
+    assert history_runs(store, "r5", limit=2) == ["r4", "r3"]
+    assert history_runs(store, "r5", build_class="debian") == ["r2"]
+    assert history_runs(store, "r1") == []
+    assert history_runs(store, "r5", split="qnet") == []
     store.close()
 
 
 def test_a_mutant_run_is_never_the_latency_history_of_another_run(url):
     """The delay mutant (lab/mutants) slows a server on purpose: a run after
-    it compares with the clean run before it (issue 14 item 1)."""
+    it compares with the clean runs before it (issue 14 item 1)."""
     store = ResultsStore(url)
     faults = {"r1": "none", "r2": "delay=200", "r3": "ignore-invalidate", "r4": "none"}
     for run, fault in faults.items():
         store.record_run(run, facts={"xenhil.probe_fault": fault})
-        store.record_latency(run, "h1", "single+probe", "b", "probe", "0x6100",
+        store.record_latency(run, "h1", "single+probe", "tarball-b", "probe", "0x6100",
                              {**SUMMARY, "p50_ns": float(len(run) + int(run[1]))}, [1.0])
-    assert store.previous_latency("r4", "h1", "single+probe", "probe", "0x6100")["run_id"] == "r1"
+    assert history_runs(store, "r4", split="single+probe") == ["r1"]
     # The mutant run itself is compared with the clean history too.
-    assert store.previous_latency("r3", "h1", "single+probe", "probe", "0x6100")["run_id"] == "r1"
-    assert store.previous_latency("r2", "h1", "single+probe", "probe", "0x6100")["run_id"] == "r1"
-    assert store.previous_latency("r1", "h1", "single+probe", "probe", "0x6100") is None
+    assert history_runs(store, "r3", split="single+probe") == ["r1"]
+    assert history_runs(store, "r2", split="single+probe") == ["r1"]
+    assert history_runs(store, "r1", split="single+probe") == []
     store.close()
 
 
@@ -334,7 +344,7 @@ def test_two_runners_share_one_history(url):
         assert verdict("suites/pci/test_bars.py::t", "failed", "build-2", history).text == \
             f"regression vs run {reader.run_seq('b-1')}"
         [regression] = latency_regressions(reader, "a-2")
-        assert "REGRESSION" in regression and "(against run b-1" in regression
+        assert "REGRESSION" in regression and "newest b-1" in regression
         assert [reader.run(r)["runner"] for r in ("a-1", "b-1", "a-2")] == \
             ["runner-a", "runner-b", "runner-a"]
         assert reader.latest_run_id() == "a-2"
@@ -372,7 +382,7 @@ def test_a_version_1_store_is_upgraded_keeping_every_row(url, recorded_version):
                                    else None)
 
     store = ResultsStore(url)
-    assert schema_version(url) == ResultsStore.SCHEMA_VERSION == 2
+    assert schema_version(url) == ResultsStore.SCHEMA_VERSION == 3
     for (run_id, started, build, series, facts), seq in zip(V1_RUNS, (1, 2)):
         assert store.run(run_id) == {"seq": seq, "run_id": run_id, "started": started,
                                      "build": build, "series": series, "facts": facts,
@@ -386,10 +396,11 @@ def test_a_version_1_store_is_upgraded_keeping_every_row(url, recorded_version):
     assert [(h.run_id, h.outcome) for h in store.history("t::x", "v1-b")] == [("v1-a", "passed")]
     # The upgraded store takes new runs after the old ones, with their runner.
     assert store.record_run("v2-c", runner="runner-c") == 3
-    assert store.previous_latency("v2-c", "h1", "single", "qemu", "0x64")["run_id"] == "v1-a"
+    [history] = store.latency_history("v2-c", "h1", "single", "built", 10)
+    assert history["run_id"] == "v1-a" and history["rows"][0]["emulated"] == 0   # not recorded then
     store.close()
     ResultsStore(url).close()       # a second open finds it current
-    assert schema_version(url) == 2
+    assert schema_version(url) == 3
     assert sql(url, "SELECT run_id, runner FROM runs ORDER BY seq") == \
         [("v1-a", ""), ("v1-b", ""), ("v2-c", "runner-c")]
 
@@ -414,7 +425,7 @@ def test_processes_opening_a_new_store_at_once_all_succeed(new_store_url):
         errors = errors_of_processes_at_once(open_and_record,
                                              [(url, f"runner-{i}") for i in range(processes)])
         assert errors == []
-        assert schema_version(url) == 2
+        assert schema_version(url) == 3
         runs = sql(url, "SELECT seq, run_id, runner FROM runs ORDER BY seq")
         assert sorted(runner for _, _, runner in runs) == [f"runner-{i}" for i in range(processes)]
         assert [seq for seq, _, _ in runs] == list(range(1, processes + 1))
@@ -424,13 +435,13 @@ def test_a_store_of_a_newer_xenhil_is_refused_untouched(url):
     store = ResultsStore(url)
     store.record_run("r1", runner="runner-a")
     store.close()
-    set_schema_version(url, 3)
+    set_schema_version(url, 4)
     for create in (True, False):
-        with pytest.raises(ConfigError, match=r"schema version 3, newer than this xenhil "
-                                              r"knows \(2\)") as info:
+        with pytest.raises(ConfigError, match=r"schema version 4, newer than this xenhil "
+                                              r"knows \(3\)") as info:
             ResultsStore(url, create=create)
         assert "upgrade xenhil" in info.value.help
-    assert schema_version(url) == 3
+    assert schema_version(url) == 4
     assert sql(url, "SELECT run_id, runner FROM runs") == [("r1", "runner-a")]
 
 

@@ -13,7 +13,8 @@ from harness.checks.failure import Evidence, Mismatch, fail_if, save_evidence
 from harness.errors import XenhilWarning
 from harness.results.latency import BASELINE_SERVER, find_latency_regressions, subsample
 from harness.step import step
-from harness.xen.parsers.probe_output import TimeIn, parse_single
+from harness.xen.parsers.errors import UnexpectedOutput
+from harness.xen.parsers.probe_output import SOURCE, TimeIn, parse_probe_output
 
 BASELINE_PORT = 0x40          # PIT counter 0: Xen-internal, never reaches a model
 DEFAULT_COUNT = 2000
@@ -82,10 +83,13 @@ def check_latency_rows(rows: Sequence[LatencyRow], evidence: Evidence, *,
             evidence=evidence)
 
 
-def record_rows(store, run_id: str, host: str, split: str, build: str, rows: Sequence[LatencyRow]) -> None:
-    """Write the rows with ResultsStore.record_latency."""
+def record_rows(store, run_id: str, host: str, split: str, build: str, rows: Sequence[LatencyRow],
+                emulated: bool = False) -> None:
+    """Write the rows with ResultsStore.record_latency (``emulated``: the
+    host is, which sets the floors of the regression rule)."""
     for r in rows:
-        store.record_latency(run_id, host, split, build, r.server, r.port, r.summary, r.samples)
+        store.record_latency(run_id, host, split, build, r.server, r.port, r.summary, r.samples,
+                             emulated=emulated)
 
 
 class LatencyRegressionNotConfirmed(XenhilWarning):
@@ -103,9 +107,11 @@ class LatencyVerdicts:
 
 def confirmed_latency_regressions(store, run_id: str, host: str, split: str, build: str,
                                   rows: Sequence[LatencyRow],
-                                  measure_again: Callable[[], Sequence[LatencyRow]]) -> LatencyVerdicts:
-    """Record ``rows`` and compare them with the previous run; when that shows
-    a regression, measure again (``measure_again``) and record that instead.
+                                  measure_again: Callable[[], Sequence[LatencyRow]],
+                                  emulated: bool = False) -> LatencyVerdicts:
+    """Record ``rows`` and compare them with the history of the host, split and
+    build class (harness.results.latency); when that shows a regression,
+    measure again (``measure_again``) and record that instead.
 
     A regression counts only when the second measurement shows it too (the
     first one showed one, perhaps on another server of the guest): on the
@@ -115,11 +121,11 @@ def confirmed_latency_regressions(store, run_id: str, host: str, split: str, bui
     than a guest boot.  A real regression shows twice.  The run keeps the
     second measurement; the first stays in the evidence and in the text.
     """
-    record_rows(store, run_id, host, split, build, rows)
+    record_rows(store, run_id, host, split, build, rows, emulated)
     first = find_latency_regressions(store, run_id, host, split)
     if not first:
         return LatencyVerdicts([], [], [])
-    record_rows(store, run_id, host, split, build, measure_again())
+    record_rows(store, run_id, host, split, build, measure_again(), emulated)
     again = find_latency_regressions(store, run_id, host, split)
     # The run's figure is the second measurement (the report lists its
     # regressions), so every regression it shows fails the test: the guest
@@ -137,14 +143,16 @@ def confirmed_latency_regressions(store, run_id: str, host: str, split: str, bui
 CONSOLE_SAMPLES = 250
 
 
-def time_in_command(port: int, count: int = DEFAULT_COUNT, width: int = 1, raw: bool = True,
-                    probe: str = "xhprobe") -> str:
-    """The probe command line.  With ``raw``, only every k-th sample travels
-    back (about CONSOLE_SAMPLES lines): every byte on an emulated UART is an
-    ioreq round trip to the device model, so on the virtual lab 2 500 sample
-    lines (~100 KB) took over 4 minutes; the probe's own summary line still
-    covers every access."""
-    args = [probe, "time-in", f"{port:#x}", str(count), "--width", str(width)]
+def time_in_command(ports: int | Sequence[int], count: int = DEFAULT_COUNT, width: int = 1,
+                    raw: bool = True, probe: str = "xhprobe") -> str:
+    """The probe command line; several ports are read in turn (interleaved,
+    ``count`` rounds).  With ``raw``, only every k-th sample line travels
+    back (about CONSOLE_SAMPLES per port): every byte on an emulated UART is
+    an ioreq round trip to the device model, so on the virtual lab 2 500
+    sample lines (~100 KB) took over 4 minutes; the probe's own summary
+    lines still cover every access."""
+    ports = [ports] if isinstance(ports, int) else list(ports)
+    args = [probe, "time-in", ",".join(port_label(p) for p in ports), str(count), "--width", str(width)]
     if not raw:
         return shlex.join(args)
     step = max(1, count // CONSOLE_SAMPLES)
@@ -157,21 +165,23 @@ def measure_latency(guest, ports: Mapping[str, int], *, baseline_port: int = BAS
                     count: int = DEFAULT_COUNT, probe: str = "xhprobe", raw: bool = True,
                     check: bool = True, check_values: bool = True,
                     evidence_dir: str = "latency") -> list[LatencyRow]:
-    """Run ``xhprobe time-in`` on the baseline port and on one port per
-    server (``ports``: model -> port it owns), return the rows (and check
-    them when ``check``).  The outputs go to ``evidence_dir`` under the
-    guest's artifacts (a second measurement keeps the first's)."""
-    out_dir = guest.artifacts_dir / evidence_dir
-    evidence: dict[str, str] = {}
-
-    def one(label: str, port: int) -> TimeIn:
-        text = guest.run(time_in_command(port, count, raw=raw, probe=probe), timeout=600)
-        evidence[f"time-in {label} {port:#x}"] = save_evidence(out_dir, f"time-in-{label}-{port:x}.jsonl", text)
-        return parse_single(text, TimeIn)
-
-    baseline = one(BASELINE_SERVER, baseline_port)
-    measured = {server: one(server, port) for server, port in ports.items()}
-    rows = latency_rows(measured, baseline)
+    """Run one ``xhprobe time-in`` reading the baseline port and one port per
+    server (``ports``: model -> port it owns) in turn, ``count`` rounds, and
+    return the rows (and check them when ``check``).  The output goes to
+    ``evidence_dir`` under the guest's artifacts (a second measurement keeps
+    the first's)."""
+    order = [(BASELINE_SERVER, baseline_port), *ports.items()]
+    text = guest.run(time_in_command([port for _, port in order], count, raw=raw, probe=probe),
+                     timeout=600 + 60 * len(order))
+    evidence = {"time-in " + ", ".join(f"{label} {port:#x}" for label, port in order):
+                save_evidence(guest.artifacts_dir / evidence_dir, "time-in-interleaved.jsonl", text)}
+    results = parse_probe_output(text)
+    got = [r.port for r in results if isinstance(r, TimeIn)]
+    if got != [port for _, port in order] or len(results) != len(order):
+        raise UnexpectedOutput(SOURCE, f"time-in of ports {[port_label(p) for _, p in order]} "
+                                       f"answered for {[port_label(p) for p in got]}")
+    by_label = dict(zip((label for label, _ in order), results))
+    rows = latency_rows({server: by_label[server] for server in ports}, by_label[BASELINE_SERVER])
     if check:
         check_latency_rows(rows, evidence, check_values=check_values)
     return rows

@@ -56,8 +56,9 @@ static void usage(FILE *f)
         "usage: xhprobe [--dry-run] COMMAND ARGS...\n"
         "  inb|inw|inl PORT [COUNT]      read a port COUNT times (default 1)\n"
         "  outb|outw|outl PORT VALUE     write a port\n"
-        "  time-in PORT COUNT [--width 1|2|4] [--raw] [--calib-ms MS]\n"
-        "                                cycles of each IN (LFENCE;RDTSC around it)\n"
+        "  time-in PORT[,PORT...] COUNT [--width 1|2|4] [--raw] [--calib-ms MS]\n"
+        "                                cycles of each IN (LFENCE;RDTSC around it);\n"
+        "                                several ports are read in turn, COUNT rounds\n"
         "  pci-read BDF REG [WIDTH]      config read via 0xcf8/0xcfc (BDF as 00:01.0)\n"
         "  pci-write BDF REG VALUE [WIDTH]\n"
         "  pci-scan                      every bus-0 function answering on 0xcf8/0xcfc\n"
@@ -242,18 +243,47 @@ static uint64_t pct(const uint64_t *sorted, uint64_t n, unsigned p)
     return sorted[idx ? idx - 1 : 0];
 }
 
+/* The most ports one time-in interleaves: the baseline and one port per
+ * device model of the largest split (five) with room to spare. */
+#define TIME_IN_MAX_PORTS 8
+
+/* "0x40,0x64,0x6100" -> ports[]; 0 when it is not 1..TIME_IN_MAX_PORTS numbers. */
+static int parse_port_list(const char *s, uint64_t *ports, unsigned *n)
+{
+    char buf[256], *tok, *save = NULL;
+
+    if (strlen(s) >= sizeof(buf))
+        return 0;
+    strcpy(buf, s);
+    *n = 0;
+    for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (*n == TIME_IN_MAX_PORTS || parse_u64(tok, &ports[*n]))
+            return 0;
+        (*n)++;
+    }
+    return *n > 0;
+}
+
+/*
+ * time-in PORT[,PORT...] COUNT: COUNT rounds, each reading every port once in
+ * the order given, so that the ports' samples are interleaved in time: a slow
+ * window of the machine (an emulated host's scheduling) lands on all of them
+ * alike instead of on whichever port happened to be measured then.  Output,
+ * per port in the order given: its samples (with --raw, in round order) and
+ * its summary line, which names how many ports were interleaved.
+ */
 static int cmd_time_in(int argc, char **argv)
 {
     const char *op = "time-in";
-    uint64_t port, count, i, sum = 0, v;
-    unsigned width = 1, calib_ms = 100;
+    uint64_t ports[TIME_IN_MAX_PORTS], count, i, v;
+    unsigned width = 1, calib_ms = 100, nports = 0, p;
     int raw = 0, a;
     uint64_t *samples;
-    uint32_t last = 0;
+    uint32_t last[TIME_IN_MAX_PORTS] = { 0 };
     double hz;
 
-    if (argc < 3 || parse_u64(argv[1], &port) || parse_u64(argv[2], &count) || count == 0
-        || count > 100000000ULL)
+    if (argc < 3 || !parse_port_list(argv[1], ports, &nports) || parse_u64(argv[2], &count)
+        || count == 0 || count > 10000000ULL)
         goto bad;
     for (a = 3; a < argc; a++) {
         if (!strcmp(argv[a], "--raw"))
@@ -268,40 +298,52 @@ static int cmd_time_in(int argc, char **argv)
         } else
             goto bad;
     }
-    if (!port_in_range(op, port, width))
-        return 2;
-    if (io_init(op) || !port_reachable(op, port, width))
+    for (p = 0; p < nports; p++)
+        if (!port_in_range(op, ports[p], width))
+            return 2;
+    if (io_init(op))
         return 1;
-    samples = malloc(count * sizeof(*samples));
+    for (p = 0; p < nports; p++)
+        if (!port_reachable(op, ports[p], width))
+            return 1;
+    samples = malloc(count * nports * sizeof(*samples));
     if (!samples) {
-        json_error(op, "cannot allocate %" PRIu64 " samples", count);
+        json_error(op, "cannot allocate %" PRIu64 " samples", count * nports);
         return 1;
     }
-    for (i = 0; i < count; i++) {
-        uint64_t t0 = tsc();
-
-        last = port_in(width, (uint16_t)port);
-        samples[i] = tsc() - t0;
-    }
-    hz = tsc_hz_measured(calib_ms);
-    if (raw)
-        for (i = 0; i < count; i++)
-            printf("{\"op\":\"sample\",\"i\":%" PRIu64 ",\"cycles\":%" PRIu64 "}\n", i, samples[i]);
+    /* samples[p * count + i]: port p's sample of round i */
     for (i = 0; i < count; i++)
-        sum += samples[i];
-    qsort(samples, count, sizeof(*samples), cmp_u64);
-    printf("{\"op\":\"time-in\",\"port\":\"0x%" PRIx64 "\",\"width\":%u,\"n\":%" PRIu64
-           ",\"tsc_hz\":%.0f,\"tsc_hz_source\":\"clock_monotonic_raw/%ums\",\"min_cycles\":%" PRIu64
-           ",\"p50_cycles\":%" PRIu64 ",\"p90_cycles\":%" PRIu64 ",\"p99_cycles\":%" PRIu64
-           ",\"max_cycles\":%" PRIu64 ",\"mean_cycles\":%.1f,\"last_value\":\"0x%x\",\"dry_run\":%s}\n",
-           port, width, count, hz, calib_ms, samples[0], pct(samples, count, 50), pct(samples, count, 90),
-           pct(samples, count, 99), samples[count - 1], (double)sum / count, last,
-           dry_run ? "true" : "false");
+        for (p = 0; p < nports; p++) {
+            uint64_t t0 = tsc();
+
+            last[p] = port_in(width, (uint16_t)ports[p]);
+            samples[p * count + i] = tsc() - t0;
+        }
+    hz = tsc_hz_measured(calib_ms);
+    for (p = 0; p < nports; p++) {
+        uint64_t *mine = samples + p * count, sum = 0;
+
+        if (raw)
+            for (i = 0; i < count; i++)
+                printf("{\"op\":\"sample\",\"i\":%" PRIu64 ",\"cycles\":%" PRIu64 "}\n", i, mine[i]);
+        for (i = 0; i < count; i++)
+            sum += mine[i];
+        qsort(mine, count, sizeof(*mine), cmp_u64);
+        printf("{\"op\":\"time-in\",\"port\":\"0x%" PRIx64 "\",\"width\":%u,\"n\":%" PRIu64
+               ",\"interleaved\":%u,\"tsc_hz\":%.0f,\"tsc_hz_source\":\"clock_monotonic_raw/%ums\""
+               ",\"min_cycles\":%" PRIu64 ",\"p50_cycles\":%" PRIu64 ",\"p90_cycles\":%" PRIu64
+               ",\"p99_cycles\":%" PRIu64 ",\"max_cycles\":%" PRIu64 ",\"mean_cycles\":%.1f"
+               ",\"last_value\":\"0x%x\",\"dry_run\":%s}\n",
+               ports[p], width, count, nports, hz, calib_ms, mine[0], pct(mine, count, 50),
+               pct(mine, count, 90), pct(mine, count, 99), mine[count - 1], (double)sum / count,
+               last[p], dry_run ? "true" : "false");
+    }
     free(samples);
     return 0;
 bad:
     errno = EINVAL;
-    json_error(op, "usage: time-in PORT COUNT(1..1e8) [--width 1|2|4] [--raw] [--calib-ms 1..10000]");
+    json_error(op, "usage: time-in PORT[,PORT...](at most %d) COUNT(1..1e7) [--width 1|2|4] [--raw] "
+               "[--calib-ms 1..10000]", TIME_IN_MAX_PORTS);
     return 2;
 }
 

@@ -1,22 +1,48 @@
-"""Per-server ioreq latency: summaries and the regression test.
+"""Per-server ioreq latency: summaries and the regression rule.
 
-A regression is declared only when BOTH hold, so neither noise nor a
-meaningless tiny shift fails a run:
-- the median round trip above the Xen-internal baseline grew by more than
-  ``threshold`` (default 10 %) against the previous run of the same host and
-  split, and
-- a one-sided Mann-Whitney U test over the two runs' samples says the new
-  samples are stochastically larger with p < ``alpha`` (default 0.01).
-Mann-Whitney makes no normality assumption: latency distributions are skewed
-with long tails.
+A server's *cost* is its median round trip above the Xen-internal baseline
+(the PIT, never leaving Xen), both read in turn by one ``xhprobe time-in``
+(the probe interleaves every port's accesses, so a slow window of the
+machine lands on all of them alike).  Each measured server is compared
+with its *history*: the last :attr:`LatencyRule.history_runs` clean runs of
+the same host and split whose build is of the same class
+(:func:`build_class`), never a mutant run.  Two comparisons:
+
+- **cost**: the cost now against the history's median cost;
+- **share** (a guest with two or more measured servers): the server's cost
+  divided by the median cost of the guest's other servers, now against the
+  history's median share.  On the virtual lab whole runs are slower or
+  faster by tens of percent (the emulator's scheduling of dom0, which every
+  dom0 server shares) while one server's share holds within a few percent;
+  a server that alone got slower moves its share.
+
+A comparison finds a regression when BOTH hold:
+
+- the value grew by more than the *tolerance*: the host's floor (+10 % on
+  real hardware; on an emulated host the spread recorded there,
+  harness.lab.virtual.quirks), widened to :attr:`LatencyRule.margin` times
+  the largest deviation of a history run from the history's median once the
+  history holds :attr:`LatencyRule.spread_runs` runs;
+- a one-sided Mann-Whitney U test (scipy) says the new values are larger,
+  p < ``alpha`` (0.01): for cost, the server's samples against the
+  history's; for share, the shares of :data:`BLOCKS` consecutive blocks of
+  the interleaved samples against the history's.  Mann-Whitney makes no
+  normality assumption: latency distributions are skewed with long tails.
 """
 from __future__ import annotations
 
 import math
-import random
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
+
+from scipy.stats import mannwhitneyu
 
 SUBSAMPLE = 2000  # samples kept per (run, server, port) for later comparisons
+BASELINE_SERVER = "xen"  # the Xen-internal port (PIT): never leaves Xen
+#: Blocks the interleaved samples of a measurement are cut into for the
+#: share's significance test (about 25 samples each from the console's 250).
+BLOCKS = 10
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -33,73 +59,110 @@ def summarize(samples_ns: list[float]) -> dict:
             "p99_ns": percentile(values, 99), "max_ns": float(values[-1])}
 
 
-def subsample(samples: list[float], k: int = SUBSAMPLE, seed: int = 0) -> list[float]:
+def subsample(samples: list[float], k: int = SUBSAMPLE) -> list[float]:
+    """At most ``k`` samples, evenly spaced: they keep their order in time,
+    which the share's blocks need (the ports were read in turn)."""
     if len(samples) <= k:
         return list(samples)
-    return random.Random(seed).sample(list(samples), k)
+    step = len(samples) / k
+    return [samples[int(i * step)] for i in range(k)]
 
 
-def mann_whitney_greater(new: list[float], old: list[float]) -> float:
-    """One-sided p-value that ``new`` tends to be larger than ``old``
-    (normal approximation with tie correction; fine for n >= 20 each)."""
-    n1, n2 = len(new), len(old)
-    if n1 < 2 or n2 < 2:
+def mann_whitney_greater(new: Sequence[float], old: Sequence[float]) -> float:
+    """One-sided p-value that ``new`` tends to be larger than ``old``."""
+    if len(new) < 2 or len(old) < 2:
         raise ValueError("need at least two samples on each side")
-    combined = sorted([(v, 0) for v in new] + [(v, 1) for v in old])
-    ranks = [0.0] * len(combined)
-    tie_term = 0.0
-    i = 0
-    while i < len(combined):
-        j = i
-        while j + 1 < len(combined) and combined[j + 1][0] == combined[i][0]:
-            j += 1
-        avg = (i + j) / 2.0 + 1.0
-        for k in range(i, j + 1):
-            ranks[k] = avg
-        t = j - i + 1
-        tie_term += t ** 3 - t
-        i = j + 1
-    r1 = sum(rank for rank, (_, side) in zip(ranks, combined) if side == 0)
-    u1 = r1 - n1 * (n1 + 1) / 2.0
-    mean = n1 * n2 / 2.0
-    n = n1 + n2
-    var = n1 * n2 / 12.0 * ((n + 1) - tie_term / (n * (n - 1)))
-    if var <= 0:
+    if len(set(new) | set(old)) == 1:
         return 1.0  # all values identical: no evidence of a shift
-    z = (u1 - mean - 0.5) / math.sqrt(var)  # continuity correction
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+    return float(mannwhitneyu(new, old, alternative="greater").pvalue)
+
+
+def build_class(label: str) -> str:
+    """The class of a build label (``<kind>-<id>``, harness.xen.build): the
+    host's Debian packages, or a build made elsewhere (a `xenhil build`, a
+    tarball or .debs of one).  A new build is measured against the history
+    of its class: earlier builds of the same product, not Debian's Xen."""
+    return "debian" if label.startswith("debian-default-") else "built"
 
 
 @dataclass(frozen=True)
-class LatencyVerdict:
-    regression: bool
-    text: str
-    cost_now_ns: float
-    cost_before_ns: float | None
-    p_value: float | None
+class LatencyRule:
+    """The figures of the rule (module docstring; README "Latency verdicts")."""
+    cost_floor: float = 0.10      # smallest growth of a cost that counts
+    share_floor: float = 0.10     # smallest growth of a share that counts
+    alpha: float = 0.01
+    history_runs: int = 10        # earlier runs of the same host, split and build class
+    spread_runs: int = 5          # history runs needed before their spread sets the tolerance
+    margin: float = 1.5           # tolerance = margin x the largest deviation in the history
+
+    def tolerance(self, floor: float, history: Sequence[float]) -> tuple[float, str]:
+        """The tolerance for values whose history is ``history``, and where it came from."""
+        if len(history) < self.spread_runs:
+            return floor, f"floor (history of {len(history)} run(s), spread needs {self.spread_runs})"
+        centre = statistics.median(history)
+        deviation = max(abs(v - centre) / centre for v in history) if centre > 0 else 0.0
+        spread = self.margin * deviation
+        if spread <= floor:
+            return floor, f"floor (history spread {deviation * 100:.0f} % x {self.margin:g} below it)"
+        return spread, f"history spread {deviation * 100:.0f} % x {self.margin:g}"
 
 
-def compare(current: dict, previous: dict | None, baseline_now_ns: float,
-            baseline_before_ns: float | None, threshold: float = 0.10,
-            alpha: float = 0.01) -> LatencyVerdict:
-    """``current``/``previous``: {"p50_ns", "samples"}; costs are p50 above the baseline."""
-    cost_now = current["p50_ns"] - baseline_now_ns
-    if previous is None:
-        return LatencyVerdict(False, f"no previous run: cost {cost_now:.0f} ns above baseline "
-                                     f"recorded as the reference", cost_now, None, None)
-    before_base = baseline_before_ns if baseline_before_ns is not None else baseline_now_ns
-    cost_before = previous["p50_ns"] - before_base
-    p = mann_whitney_greater(current["samples"], previous["samples"])
-    grew = cost_before > 0 and (cost_now - cost_before) / cost_before > threshold
-    regression = grew and p < alpha
-    change = (cost_now - cost_before) / cost_before * 100 if cost_before > 0 else float("nan")
-    text = (f"round-trip cost above baseline {cost_now:.0f} ns vs {cost_before:.0f} ns before "
-            f"({change:+.1f} %, threshold +{threshold * 100:.0f} %); Mann-Whitney U one-sided "
-            f"p={p:.3g} (alpha {alpha}): {'REGRESSION' if regression else 'no regression'}")
-    return LatencyVerdict(regression, text, cost_now, cost_before, p)
+def latency_rule(emulated: bool) -> LatencyRule:
+    """The rule for a host: on an emulated one, the floors are the spread
+    recorded on the virtual lab (harness.lab.virtual.quirks)."""
+    if not emulated:
+        return LatencyRule()
+    from harness.lab.virtual.quirks import LATENCY_COST_SPREAD_EMULATED, LATENCY_SHARE_SPREAD_EMULATED
+    return replace(LatencyRule(), cost_floor=LATENCY_COST_SPREAD_EMULATED,
+                   share_floor=LATENCY_SHARE_SPREAD_EMULATED)
 
 
-BASELINE_SERVER = "xen"  # the Xen-internal port (PIT): never leaves Xen
+@dataclass(frozen=True)
+class Measurement:
+    """One guest's rows of one run: baseline and servers, by (server, port)."""
+    run_id: str
+    build: str
+    rows: Mapping[tuple[str, str], dict]
+
+    @property
+    def baseline(self) -> dict | None:
+        return next((r for (server, _), r in self.rows.items() if server == BASELINE_SERVER), None)
+
+    def cost(self, key: tuple[str, str]) -> float:
+        base = self.baseline
+        return self.rows[key]["p50_ns"] - (base["p50_ns"] if base else 0.0)
+
+    def servers(self) -> list[tuple[str, str]]:
+        return sorted(k for k in self.rows if k[0] != BASELINE_SERVER)
+
+    def share(self, key: tuple[str, str]) -> float | None:
+        """Cost over the median cost of the other servers (None with one server)."""
+        others = [self.cost(k) for k in self.servers() if k != key]
+        if not others or key not in self.rows:
+            return None
+        reference = statistics.median(others)
+        return self.cost(key) / reference if reference > 0 else None
+
+    def block_shares(self, key: tuple[str, str]) -> list[float]:
+        """The share in each of BLOCKS consecutive blocks of the samples."""
+        base = self.baseline
+        series = {k: self.rows[k]["samples"] for k in self.servers()}
+        base_samples = base["samples"] if base else []
+        if key not in series or len(series) < 2 or any(len(s) < BLOCKS for s in series.values()):
+            return []
+
+        def block(values: Sequence[float], b: int) -> list[float]:
+            n = len(values)
+            return list(values[b * n // BLOCKS:(b + 1) * n // BLOCKS])
+
+        shares = []
+        for b in range(BLOCKS):
+            base_median = statistics.median(block(base_samples, b)) if len(base_samples) >= BLOCKS else 0.0
+            costs = {k: statistics.median(block(s, b)) - base_median for k, s in series.items()}
+            others = statistics.median([c for k, c in costs.items() if k != key])
+            if others > 0:
+                shares.append(costs[key] / others)
+        return shares
 
 
 @dataclass(frozen=True)
@@ -108,7 +171,7 @@ class LatencyRegression:
     split: str
     server: str
     port: str
-    verdict: str              # the figures, the test and the run measured against
+    verdict: str              # the figures, the test and the runs measured against
 
     @property
     def where(self) -> str:
@@ -118,39 +181,84 @@ class LatencyRegression:
         return f"{self.where}: {self.verdict}"
 
 
-def find_latency_regressions(store, run_id: str, host: str | None = None, split: str | None = None,
-                             threshold: float = 0.10, alpha: float = 0.01) -> list[LatencyRegression]:
+@dataclass(frozen=True)
+class Comparison:
+    what: str                 # "cost" | "share"
+    regression: bool
+    text: str
+
+
+def _compare(what: str, now: float, history: Sequence[float], now_values: Sequence[float],
+             history_values: Sequence[float], floor: float, rule: LatencyRule, unit: str) -> Comparison:
+    reference = statistics.median(history)
+    tolerance, source = rule.tolerance(floor, history)
+    growth = (now - reference) / reference if reference > 0 else float("nan")
+    grew = reference > 0 and growth > tolerance
+    p = (mann_whitney_greater(now_values, history_values)
+         if len(now_values) >= 2 and len(history_values) >= 2 else None)
+    regression = grew and p is not None and p < rule.alpha
+    fmt = (lambda v: f"{v:.0f} ns") if unit == "ns" else (lambda v: f"{v:.2f}")
+    p_text = f"p={p:.3g}" if p is not None else "p n/a (too few values)"
+    text = (f"{what} {fmt(now)} vs {fmt(reference)}, the median of {len(history)} run(s) "
+            f"({growth * 100:+.1f} %, tolerance +{tolerance * 100:.0f} %: {source}); "
+            f"Mann-Whitney U one-sided {p_text} (alpha {rule.alpha}): "
+            f"{'REGRESSION' if regression else 'no regression'}")
+    return Comparison(what, regression, text)
+
+
+def judge(now: Measurement, history: Sequence[Measurement], key: tuple[str, str],
+          rule: LatencyRule) -> list[Comparison]:
+    """The cost and (with siblings) share comparisons of one server."""
+    past = [m for m in history if key in m.rows]
+    if not past:
+        return []
+    comparisons = [_compare(
+        "round-trip cost above baseline", now.cost(key), [m.cost(key) for m in past],
+        now.rows[key]["samples"], [v for m in past for v in m.rows[key]["samples"]],
+        rule.cost_floor, rule, "ns")]
+    share = now.share(key)
+    past_shares = [(m, s) for m in past if (s := m.share(key)) is not None]
+    if share is not None and past_shares:
+        comparisons.append(_compare(
+            "share of the siblings' cost", share, [s for _, s in past_shares],
+            now.block_shares(key), [v for m, _ in past_shares for v in m.block_shares(key)],
+            rule.share_floor, rule, "ratio"))
+    return comparisons
+
+
+def find_latency_regressions(store, run_id: str, host: str | None = None,
+                             split: str | None = None) -> list[LatencyRegression]:
     """The latency regressions of a run (of one host and split when given)
-    against each series' previous run."""
+    against each host and split's history, by the rule of the host (its rows
+    say whether it is emulated)."""
     rows = [r for r in store.latency_rows(run_id)
             if (host is None or r["host"] == host) and (split is None or r["split"] == split)]
-    baselines = {(r["host"], r["split"]): r for r in rows if r["server"] == BASELINE_SERVER}
-    found = []
+    guests: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        if row["server"] == BASELINE_SERVER:
-            continue
-        previous = store.previous_latency(run_id, row["host"], row["split"], row["server"],
-                                          row["port"])
-        if previous is None:
-            continue
-        base_now = baselines.get((row["host"], row["split"]))
-        base_before = store.previous_latency(run_id, row["host"], row["split"],
-                                             BASELINE_SERVER, base_now["port"]) if base_now else None
-        result = compare(row, previous, base_now["p50_ns"] if base_now else 0.0,
-                         base_before["p50_ns"] if base_before else None, threshold, alpha)
-        if result.regression:
-            # Which run it is measured against, and whether what booted
-            # changed since (a new build, or the same build with another
-            # Xen command line, has another label): the first question in triage.
-            against = f"against run {previous['run_id']}"
-            if previous.get("build") != row.get("build"):
-                against += f"; build changed: {previous.get('build')} -> {row.get('build')}"
-            found.append(LatencyRegression(row["host"], row["split"], row["server"], row["port"],
-                                           f"{result.text} ({against})"))
+        guests.setdefault((row["host"], row["split"]), []).append(row)
+    found = []
+    for (guest_host, guest_split), guest_rows in sorted(guests.items()):
+        build = guest_rows[0]["build"]
+        rule = latency_rule(any(r.get("emulated") for r in guest_rows))
+        now = Measurement(run_id, build, {(r["server"], r["port"]): r for r in guest_rows})
+        history = [Measurement(h["run_id"], h["build"], {(r["server"], r["port"]): r for r in h["rows"]})
+                   for h in store.latency_history(run_id, guest_host, guest_split,
+                                                  build_class=build_class(build),
+                                                  limit=rule.history_runs)]
+        for key in now.servers():
+            comparisons = judge(now, history, key, rule)
+            failed = [c for c in comparisons if c.regression]
+            if not failed:
+                continue
+            runs = [m for m in history if key in m.rows]
+            against = f"against {len(runs)} run(s) of build class {build_class(build)}, newest {runs[0].run_id}"
+            if runs[0].build != build:
+                against += f"; build changed: {runs[0].build} -> {build}"
+            found.append(LatencyRegression(guest_host, guest_split, key[0], key[1],
+                                           "; ".join(c.text for c in comparisons) + f" ({against})"))
     return found
 
 
-def latency_regressions(store, run_id: str, threshold: float = 0.10,
-                        alpha: float = 0.01) -> list[str]:
-    """Texts of the latency regressions of a run against each series' previous run."""
-    return [str(r) for r in find_latency_regressions(store, run_id, threshold=threshold, alpha=alpha)]
+def latency_regressions(store, run_id: str) -> list[str]:
+    """Texts of the latency regressions of a run against each series' history."""
+    return [str(r) for r in find_latency_regressions(store, run_id)]

@@ -37,7 +37,7 @@ from harness.secrets import scrub
 #: row); 0 is a store written before stores carried one (version 1's tables).
 #: Version 2 adds ``runs.runner``: in a history several runners share, which
 #: machine wrote each run.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES = ("runs", "outcomes", "latency", "warnings")
 
@@ -76,7 +76,8 @@ def schema(serial_key: str, real: str) -> list[str]:
     port TEXT NOT NULL,
     n INTEGER NOT NULL,
     p50_ns {real}, p90_ns {real}, p99_ns {real}, max_ns {real},
-    samples TEXT NOT NULL DEFAULT '[]',      -- a bounded random subsample, for the statistical test
+    samples TEXT NOT NULL DEFAULT '[]',      -- an evenly spaced subsample in time order, for the statistical tests
+    emulated INTEGER NOT NULL DEFAULT 0,     -- 1: measured on an emulated host (its rule's floors; 0 before schema 3)
     PRIMARY KEY (run_id, host, split, server, port)
 )""",
         f"""CREATE TABLE IF NOT EXISTS warnings (
@@ -108,6 +109,7 @@ class AddColumn:
 MIGRATIONS: dict[int, tuple[AddColumn, ...]] = {
     0: (),                                                   # 0 -> 1: the version is recorded
     1: (AddColumn("runs", "runner", "TEXT NOT NULL DEFAULT ''"),),
+    2: (AddColumn("latency", "emulated", "INTEGER NOT NULL DEFAULT 0"),),
 }
 
 
@@ -187,16 +189,17 @@ class ResultsStore:
                  scrub(message)[:2000]))
 
     def record_latency(self, run_id: str, host: str, split: str, build: str, server: str,
-                       port: str, summary: dict, samples: list[float]) -> None:
+                       port: str, summary: dict, samples: list[float], emulated: bool = False) -> None:
         self._x("INSERT INTO latency (run_id, host, split, build, server, port, n, p50_ns, "
-                "p90_ns, p99_ns, max_ns, samples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "p90_ns, p99_ns, max_ns, samples, emulated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run_id, host, split, server, port) DO UPDATE SET "
                 "build = excluded.build, n = excluded.n, p50_ns = excluded.p50_ns, "
                 "p90_ns = excluded.p90_ns, p99_ns = excluded.p99_ns, max_ns = excluded.max_ns, "
-                "samples = excluded.samples",
+                "samples = excluded.samples, emulated = excluded.emulated",
                 (run_id, scrub(host), scrub(split), scrub(build), scrub(server), port, summary["n"],
                  summary["p50_ns"], summary["p90_ns"], summary["p99_ns"], summary["max_ns"],
-                 json.dumps(samples)))
+                 json.dumps(samples), int(bool(emulated))))
 
     def record_warning(self, run_id: str, kind: str, test: str = "", message: str = "") -> None:
         self._x("INSERT INTO warnings (run_id, kind, test, message) VALUES (?, ?, ?, ?)",
@@ -241,27 +244,36 @@ class ResultsStore:
             item["samples"] = json.loads(item["samples"])
         return rows
 
-    def previous_latency(self, run_id: str, host: str, split: str, server: str,
-                         port: str) -> dict | None:
-        """The newest earlier run's latency for the same host, split, server
-        and port, whichever runner measured it.  A mutant run (a probe
-        fault planted, lab/mutants) is never the history of another run: a
-        run after the delay mutant would be compared with a slowed server."""
+    def latency_history(self, run_id: str, host: str, split: str, build_class: str,
+                        limit: int) -> list[dict]:
+        """The ``limit`` newest earlier runs that measured latency on the same
+        host and split with a build of ``build_class``
+        (harness.results.latency.build_class), whichever runner measured
+        them, newest first: ``{"run_id", "build", "rows": [latency rows]}``.
+        Mutant runs (a probe fault planted, lab/mutants) are never history:
+        a run after the delay mutant would be compared with a slowed server."""
+        from harness.results.latency import build_class as class_of
         seq = self.run_seq(run_id)
         earlier = self._x(
-            "SELECT r.seq, r.facts FROM latency l JOIN runs r ON r.run_id = l.run_id "
-            "WHERE l.host = ? AND l.split = ? AND l.server = ? AND l.port = ? AND r.seq < ? "
-            "ORDER BY r.seq DESC", (host, split, server, port, seq)).fetchall()
-        clean = next((int(row[0]) for row in earlier if not _mutant_run(row[1])), None)
-        if clean is None:
-            return None
-        rows = _dicts(self._x(
-            "SELECT l.*, r.seq FROM latency l JOIN runs r ON r.run_id = l.run_id "
-            "WHERE l.host = ? AND l.split = ? AND l.server = ? AND l.port = ? AND r.seq = ?",
-            (host, split, server, port, clean)))
-        item = rows[0]
-        item["samples"] = json.loads(item["samples"])
-        return item
+            "SELECT DISTINCT r.seq, r.run_id, r.facts, l.build FROM latency l "
+            "JOIN runs r ON r.run_id = l.run_id WHERE l.host = ? AND l.split = ? AND r.seq < ? "
+            "ORDER BY r.seq DESC", (host, split, seq)).fetchall()
+        chosen: list[tuple[str, str]] = []
+        for _, earlier_run, facts, build in earlier:
+            if len(chosen) == limit:
+                break
+            if _mutant_run(facts) or class_of(build) != build_class:
+                continue
+            if earlier_run not in (r for r, _ in chosen):
+                chosen.append((earlier_run, build))
+        history = []
+        for earlier_run, build in chosen:
+            rows = _dicts(self._x("SELECT * FROM latency WHERE run_id = ? AND host = ? AND split = ?",
+                                  (earlier_run, host, split)))
+            for item in rows:
+                item["samples"] = json.loads(item["samples"])
+            history.append({"run_id": earlier_run, "build": build, "rows": rows})
+        return history
 
     def text_values(self) -> Iterator[str]:
         """Every text value in the store (harness.dburl.text_values)."""
@@ -673,5 +685,5 @@ def _translated(method):
 
 for _name in ("record_run", "run_seq", "record_outcome", "record_latency", "record_warning",
               "warnings", "history", "outcomes", "run", "latest_run_id", "latency_rows",
-              "previous_latency", "_page"):
+              "latency_history", "_page"):
     setattr(ResultsStore, _name, _translated(getattr(ResultsStore, _name)))

@@ -1,14 +1,15 @@
-"""Per-server ioreq latency: timed reads of a port each server owns against
-the Xen-internal PIT (never leaves Xen), the probe ioreq server side by side
-with QEMU when the split has it, recorded with host, split and build,
-and compared with the previous run of the same host and split."""
+"""Per-server ioreq latency: timed reads of a port each server owns, in turn
+with the Xen-internal PIT (never leaves Xen), the probe ioreq server side by
+side with QEMU when the split has it, recorded with host, split and build,
+and compared with the history of the same host, split and build class
+(harness.results.latency: the rule and its figures)."""
 import warnings
 
 from harness.attach import attach_latency
 from harness.checks.failure import fail
 from harness.checks.latency import (LatencyRegressionNotConfirmed, confirmed_latency_regressions,
                                     measure_latency)
-from harness.lab.virtual.quirks import latency_samples
+from harness.lab.virtual.quirks import is_emulated, latency_samples
 from harness.results.plots import latency_distribution_png
 
 # A port each model owns that is harmless to read: the keyboard controller's
@@ -55,11 +56,12 @@ def test_per_server_latency_has_not_regressed(request, guest, catalog_split, boo
     # The build id as this host booted it (an emulated host adds Xen
     # options): the one the run record and the host's records carry too.
     verdicts = confirmed_latency_regressions(store, run_id, guest.host.name, split_id,
-                                             booted_build.label, rows, measure_again)
+                                             booted_build.label, rows, measure_again,
+                                             emulated=is_emulated(guest.host.spec.capabilities))
     for text in verdicts.unconfirmed:
         warnings.warn(LatencyRegressionNotConfirmed(
             f"{text}; not shown by both measurements, so not a regression "
             f"(evidence: {guest.artifacts_dir / 'latency'})"))
     if verdicts.confirmed:
-        fail("ioreq latency against the previous run", expected="no latency regression",
+        fail("ioreq latency against the history of this host, split and build class", expected="no latency regression",
              seen="; ".join(verdicts.confirmed), evidence={"latency rows": str(guest.artifacts_dir / "latency")})

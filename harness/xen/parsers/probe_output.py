@@ -59,6 +59,7 @@ class TimeIn:
     tsc_hz_source: str = ""
     dry_run: bool = False
     samples: tuple[int, ...] = field(default=(), repr=False)   # with --raw
+    interleaved: int = 1      # ports read in turn by the same time-in (this one included)
 
     def ns(self, cycles: float) -> float:
         if self.tsc_hz <= 0:
@@ -155,7 +156,7 @@ def parse_probe_output(text: str) -> list[ProbeResult]:
                     int(obj["min_cycles"]), int(obj["p50_cycles"]), int(obj["p90_cycles"]),
                     int(obj["p99_cycles"]), int(obj["max_cycles"]), float(obj["mean_cycles"]),
                     _hex(obj, "last_value", no, raw), str(obj.get("tsc_hz_source", "")), dry,
-                    tuple(samples)))
+                    tuple(samples), int(obj.get("interleaved", 1))))
                 samples = []
             elif op in ("pci-read", "pci-write"):
                 results.append(PciConfigAccess(op, str(obj["bdf"]), _hex(obj, "reg", no, raw),
