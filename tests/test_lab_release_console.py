@@ -5,13 +5,11 @@ holder's link connected but silent.  CI's real-Xen layer lost a provisioning
 that way (the suite of the port smoke, a second process, saw no Xen banner
 while pytest still held the link of a host an earlier test had released).
 
-The server here is a real TCP listener with that one-client-at-a-time
-behaviour: it greets each client it accepts with its number, and takes the
-next one only when the current one hangs up."""
+The server here is a real TCP listener serving like such a line
+(tests/support/console_server.py, ``one_at_a_time``): the n-th client it
+takes is greeted with ``client n`` and served until it hangs up."""
 from __future__ import annotations
 
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,42 +20,14 @@ from harness.errors import ConsoleTimeout
 from harness.lab.inventory import load_inventory
 from harness.lab.lab import Lab
 from harness.lab.leases import Holder
-
-
-class OneClientSerialServer:
-    """Accepts one client at a time on 127.0.0.1, greets it with
-    ``client N``, and serves it until it hangs up."""
-
-    def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=4)
-        self.port = self.listener.getsockname()[1]
-        self.served = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.served += 1
-            with client:
-                client.sendall(f"client {self.served}\r\n".encode())
-                while client.recv(4096):
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
+from tests.support.console_server import console_server_factory  # noqa: F401
+from tests.support.console_server import one_per_connection, scripted
 
 
 @pytest.fixture
-def serial_server():
-    server = OneClientSerialServer()
-    yield server
-    server.close()
+def serial_server(console_server_factory):
+    greetings = [scripted(f"client {n}\r\n".encode(), hold=30) for n in (1, 2, 3)]
+    return console_server_factory(one_per_connection(*greetings), one_at_a_time=True)
 
 
 def test_releasing_a_host_frees_its_serial_line_for_the_next_holder(serial_server, tmp_path):

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import XenhilError
 from harness.host import Host
 from harness.lab.model import HostSpec, PowerConfig
 from harness.xen import provision as prov
 from harness.xen.build import load_build
 from harness.xen.parsers.xl_info import parse_xl_info
+from tests.support.console_server import console_server_factory, scripted  # noqa: F401
 from tests.support.sshd import sshd_factory, sshd_server  # noqa: F401
 
 DEBIAN_XEN = b"Debian's xen-hypervisor-4.17-amd64 image"
@@ -360,3 +362,43 @@ def test_a_hypervisor_only_build_checks_no_xl(tmp_path):
     build = load_build(tree)
     assert build.elf_build_id == BUILT_ID and build.xl_sha256 == "" and build.xl_path == ""
     assert load_build(None).elf_build_id == ""   # nothing to check for other builds
+
+
+# --- a boot the console never showed -----------------------------------------------
+
+def test_a_silent_console_during_the_reboot_is_named_when_verify_fails(
+        dom0, root, tmp_path, booted, console_server_factory):
+    """The serial line held by another client (CI's real-Xen layer): our
+    link connects and reads nothing, no banner comes, the host is power-cycled
+    and boots GRUB's default entry; verify() then says why."""
+    from harness.access.console import Console
+    held = console_server_factory(scripted(b"(XEN) Xen version 4.17.5 (Debian)\r\n", hold=30),
+                                  one_at_a_time=True)
+    first = Console.tcp("h", "127.0.0.1", held.port, tmp_path / "first.log")
+    ours = Console.tcp("h", "127.0.0.1", held.port, tmp_path / "ours.log")
+    first.reconnect(timeout=5)
+    ours.reconnect(timeout=5)
+    try:
+        first.expect("Xen version", timeout=5)
+        mark = ours.mark("provision reboot")
+        with pytest.raises(XenhilError):
+            prov._follow_to_banner(ours, 1.5)
+        reason = prov._no_banner_reason(ours, mark, 1.5)
+        assert reason == ("no Xen banner on the console within 2s of the reboot (0 bytes "
+                          "received; none at all: another client may hold the serial line)")
+        first.close()                                # the other client hangs up: our turn
+        ours.expect("Xen version", timeout=5)
+        assert prov._no_banner_reason(ours, mark, 1.5).startswith(
+            "no Xen banner on the console within 2s of the reboot (35 bytes received)")
+    finally:
+        first.close()
+        ours.close()
+
+    build = load_build(xenhil_build_tree(tmp_path / "dist", elf_build_id=BUILT_ID))
+    prov.install(dom0, build, root=str(root))
+    booted(build, RECORDED_BUILD_ID)
+    dom0.facts["provision_power_cycle"] = reason
+    with pytest.raises(prov.ProvisionFailed) as err:
+        prov.verify(dom0, build, root=str(root))
+    assert (f"the host was power-cycled after the reboot ({reason}), which boots GRUB's "
+            "default entry") in str(err.value)

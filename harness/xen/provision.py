@@ -267,11 +267,16 @@ def reboot_and_follow(host, boot_timeout: float) -> None:
     except XenhilError:
         pass  # the connection drops while rebooting
     host.state = HostState.BOOTING
+    host.facts.pop("provision_power_cycle", None)
     started = time.monotonic()
     try:
         _follow_to_banner(console, boot_timeout)
     except XenhilError:
         # No banner: the clean reboot did not happen (hung dom0); power-cycle.
+        # That boot takes GRUB's default entry (grub-reboot's choice was
+        # spent on the first one), so verify() says why it happened.
+        host.facts["provision_power_cycle"] = _no_banner_reason(console, mark, boot_timeout)
+        log.warning("%s: %s: power-cycling", host.name, host.facts["provision_power_cycle"])
         with step_context(f"power-cycle {host.name} over its BMC"):
             host.power.cycle()
         # The boot after the power cycle gets the whole boot budget, not
@@ -281,6 +286,16 @@ def reboot_and_follow(host, boot_timeout: float) -> None:
     left = max(boot_timeout - (time.monotonic() - started), 60)
     host.wait_for_dom0(left)
     host.facts["provision_transcript"] = console.slice(mark)
+
+
+def _no_banner_reason(console, mark, timeout: float) -> str:
+    received = len(console.slice_bytes(mark))
+    reason = f"no Xen banner on the console within {timeout:.0f}s of the reboot ({received} bytes received"
+    if received == 0:
+        # A serial server serves one client at a time: a link another
+        # process holds leaves ours connected and silent.
+        reason += "; none at all: another client may hold the serial line"
+    return reason + ")"
 
 
 def _follow_to_banner(console, timeout: float) -> None:
@@ -321,6 +336,10 @@ def verify(host, build: XenBuild, root: str = "/") -> dict:
         problems.append(f"xl info xen_commandline {info.xen_commandline!r}, "
                         f"expected {build.xen_cmdline!r}")
     if problems:
+        power_cycle = host.facts.get("provision_power_cycle")
+        if power_cycle:
+            problems.append(f"the host was power-cycled after the reboot ({power_cycle}), "
+                            "which boots GRUB's default entry")
         raise ProvisionFailed(f"{host.name}: " + "; ".join(problems))
     facts = {"xen_version": info.xen_version, "xen_changeset": info.xen_changeset or "",
              "xen_commandline": info.xen_commandline or "", "build_id": build.build_id}

@@ -3,6 +3,10 @@
 - :class:`ConsoleServer` accepts connections and runs a handler per connection
   in a thread; every byte it sends is kept in ``sent`` (to compare with the
   client's transcript byte for byte), every byte it receives in ``received``.
+  With ``one_at_a_time`` it serves like a serial line (QEMU's chardev
+  socket, the virtual lab's): the next client is taken only once the
+  current one's handler has returned; until then it waits, connected, in
+  the listener's backlog.
 - :func:`scripted` handlers feed a fixed byte stream, optionally one byte at a
   time, optionally waiting for client input, optionally dropping the connection.
 - :func:`noisy_shell` handlers put a real ``/bin/sh -i`` behind a pty and insert
@@ -113,6 +117,7 @@ class ConsoleServer:
     # set each time a handler has sent all of its script
     script_done: threading.Event = field(default_factory=threading.Event)
     pids: list[int] = field(default_factory=list)
+    one_at_a_time: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -146,6 +151,9 @@ class ConsoleServer:
                 return  # listener closed by stop()
             conn = Connection(self, sock)
             self._connections.append(conn)
+            if self.one_at_a_time:
+                self._serve(conn)
+                continue
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -354,8 +362,8 @@ def console_server_factory():
     """Start ConsoleServers with a handler; all are stopped after the test."""
     servers: list[ConsoleServer] = []
 
-    def start(handler: Handler) -> ConsoleServer:
-        server = ConsoleServer(handler)
+    def start(handler: Handler, one_at_a_time: bool = False) -> ConsoleServer:
+        server = ConsoleServer(handler, one_at_a_time=one_at_a_time)
         servers.append(server)
         return server
 
