@@ -185,6 +185,19 @@ def test_history_is_the_same_build_class_and_never_a_mutant_run(store) -> None:
     assert text.endswith("newest port-again; build changed: tarball-3333 -> tarball-4444)")
 
 
+def test_an_emulated_hosts_history_is_its_rows_measured_as_such(store) -> None:
+    """Rows written before the store recorded the kind of host (they read
+    emulated=0) were measured one port after another: not the history of an
+    interleaved measurement on the virtual lab."""
+    record_guest(store, "sequential", {"0": 500_000, "probe": 700_000}, emulated=False)
+    record_guest(store, "interleaved", {"0": 1_050_000, "probe": 1_350_000}, emulated=True)
+    assert regressed(store, "interleaved") == set()
+    assert find_latency_regressions(store, "interleaved") == []
+    record_guest(store, "next", {"0": 2_300_000, "probe": 2_950_000}, emulated=True)
+    [qemu, probe] = latency_regressions(store, "next")
+    assert "the median of 1 run(s)" in qemu and "newest interleaved" in probe
+
+
 def test_build_classes_and_rules() -> None:
     assert build_class("debian-default-76c521f334d5ae71") == "debian"
     assert {build_class(b) for b in ("tarball-4caec08fd7518aa5", "dist-1", "debs-2")} == {"built"}

@@ -268,7 +268,8 @@ def test_latency_history_is_the_newest_earlier_runs_of_the_same_host_split_and_b
         p50 = float(run[1])
         store.record_latency(run, "h1", "single", build, "qemu", "0x64",
                              {**SUMMARY, "p50_ns": p50}, [p50], emulated=True)
-        store.record_latency(run, "h1", "single", build, "xen", "0x40", SUMMARY, [0.5])
+        store.record_latency(run, "h1", "single", build, "xen", "0x40", SUMMARY, [0.5],
+                             emulated=True)
         store.record_latency(run, "h2", "single", build, "qemu", "0x64", SUMMARY, [9.0])
     [newest, *_] = history = store.latency_history("r5", "h1", "single", "built", 10)
     assert [h["run_id"] for h in history] == ["r4", "r3", "r1"]     # r2 ran Debian's build
@@ -277,6 +278,10 @@ def test_latency_history_is_the_newest_earlier_runs_of_the_same_host_split_and_b
     assert set(rows) == {"qemu", "xen"} and rows["qemu"]["samples"] == [4.0]
     assert rows["qemu"]["emulated"] == 1 and rows["qemu"]["host"] == "h1"
     assert history_runs(store, "r5", limit=2) == ["r4", "r3"]
+    assert [h["run_id"] for h in store.latency_history("r5", "h1", "single", "built", 10,
+                                                       emulated=False)] == []
+    assert [h["run_id"] for h in store.latency_history("r5", "h1", "single", "built", 10,
+                                                       emulated=True)] == ["r4", "r3", "r1"]
     assert history_runs(store, "r5", build_class="debian") == ["r2"]
     assert history_runs(store, "r1") == []
     assert history_runs(store, "r5", split="qnet") == []

@@ -245,19 +245,22 @@ class ResultsStore:
         return rows
 
     def latency_history(self, run_id: str, host: str, split: str, build_class: str,
-                        limit: int) -> list[dict]:
+                        limit: int, emulated: bool | None = None) -> list[dict]:
         """The ``limit`` newest earlier runs that measured latency on the same
         host and split with a build of ``build_class``
         (harness.results.latency.build_class), whichever runner measured
         them, newest first: ``{"run_id", "build", "rows": [latency rows]}``.
         Mutant runs (a probe fault planted, lab/mutants) are never history:
-        a run after the delay mutant would be compared with a slowed server."""
+        a run after the delay mutant would be compared with a slowed server.
+        ``emulated``: only rows measured on a host of that kind."""
         from harness.results.latency import build_class as class_of
         seq = self.run_seq(run_id)
+        kind = "" if emulated is None else " AND l.emulated = ?"
         earlier = self._x(
             "SELECT DISTINCT r.seq, r.run_id, r.facts, l.build FROM latency l "
-            "JOIN runs r ON r.run_id = l.run_id WHERE l.host = ? AND l.split = ? AND r.seq < ? "
-            "ORDER BY r.seq DESC", (host, split, seq)).fetchall()
+            "JOIN runs r ON r.run_id = l.run_id WHERE l.host = ? AND l.split = ? AND r.seq < ?"
+            + kind + " ORDER BY r.seq DESC",
+            (host, split, seq) + (() if emulated is None else (int(emulated),))).fetchall()
         chosen: list[tuple[str, str]] = []
         for _, earlier_run, facts, build in earlier:
             if len(chosen) == limit:
