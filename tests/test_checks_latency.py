@@ -1,5 +1,6 @@
 """Latency rows from xhprobe time-in results: the real probe (built, run in
 --dry-run) for the output shape, and hand-made results of known values."""
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -211,3 +212,66 @@ def test_no_regression_measures_once(store_with_a_previous_run):
     verdicts = confirmed_latency_regressions(store_with_a_previous_run, "now", "vhost1", "single",
                                              "debian-default-x", recorded_rows(""), measure_again)
     assert verdicts == LatencyVerdicts([], [], [])
+
+
+# --- the rule over a recorded interleaved measurement --------------------------------
+
+INTERLEAVED = RECORDED / "time_in_interleaved_pit_qemu_probe_single_probe_417_emulated.jsonl"
+
+
+def interleaved_rows(probe_delay_ns: float = 0.0) -> list:
+    """The recorded measurement's rows; ``probe_delay_ns`` adds that much to
+    every probe sample (the minimal alteration the delay mutant makes)."""
+    from harness.xen.parsers.probe_output import parse_probe_output
+    base, qemu, probe = parse_probe_output(INTERLEAVED.read_text())
+    if probe_delay_ns:
+        extra = round(probe_delay_ns * probe.tsc_hz / 1e9)
+        samples = tuple(c + extra for c in probe.samples)
+        ordered = sorted(samples)
+        probe = TimeIn(probe.port, probe.width, probe.n, probe.tsc_hz, ordered[0],
+                       probe.p50_cycles + extra, probe.p90_cycles + extra, probe.p99_cycles + extra,
+                       probe.max_cycles + extra, probe.mean_cycles + extra, probe.last_value,
+                       probe.tsc_hz_source, False, samples, probe.interleaved)
+    return latency_rows({"0": qemu, "probe": probe}, base)
+
+
+def test_the_recorded_interleaved_measurement_against_itself_is_no_regression(tmp_path):
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    store.record_run("before")
+    record_rows(store, "before", "vhost1", "single+probe", "tarball-x", interleaved_rows(),
+                emulated=True)
+    store.record_run("now")
+    verdicts = confirmed_latency_regressions(store, "now", "vhost1", "single+probe", "tarball-x",
+                                             interleaved_rows(), lambda: interleaved_rows(),
+                                             emulated=True)
+    store.close()
+    assert verdicts == LatencyVerdicts([], [], [])
+
+
+def delay_mutant_us() -> int:
+    from harness.mutants.catalog import load_mutant_catalog
+    [mutant] = load_mutant_catalog().chosen(["probe-delay"])
+    return int(mutant.probe_fault.removeprefix("delay="))
+
+
+def test_the_same_measurement_with_the_delay_mutants_delay_is_a_share_regression(tmp_path):
+    """The delay mutant's fault (lab/mutants: 400 us), added to the recorded
+    probe samples: the probe's cost grows by 30 %, far inside an emulated
+    host's cost floor, and its share of QEMU's cost by as much, past the
+    share floor."""
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    store.record_run("before")
+    record_rows(store, "before", "vhost1", "single+probe", "tarball-x", interleaved_rows(),
+                emulated=True)
+    store.record_run("now")
+    delayed = interleaved_rows(probe_delay_ns=delay_mutant_us() * 1000)
+    verdicts = confirmed_latency_regressions(store, "now", "vhost1", "single+probe", "tarball-x",
+                                             delayed, lambda: delayed, emulated=True)
+    store.close()
+    [text] = verdicts.confirmed
+    assert text.startswith("vhost1 split=single+probe server=probe port 0x6100: round-trip cost")
+    second, first = text.split("; first measurement: ")
+    for measurement in (second, first):
+        cost, share = measurement.split("; share of the siblings' cost ")
+        assert "no regression" in cost and "tolerance +100 %" in cost
+        assert re.search(r"\(\+(29|30)\.\d %, tolerance \+15 %", share) and "REGRESSION" in share

@@ -192,16 +192,18 @@ LATENCY_SAMPLES_EMULATED = 5_000
 # Latency verdicts (harness.results.latency): the smallest growth that counts
 # on an emulated host before its own history is long enough to show its
 # spread.  Recorded on the virtual lab (artifacts/results.sqlite, three main
-# jobs of 2026-11-30/12-01 on one host, sequential measurements): QEMU's
-# cost above the PIT on single+probe 457, 628 and 736 us (deviations from
-# their median up to 27 %), the qall model's on qnet+qall 559, 620 and
+# jobs of 2026-11-30/12-01 on one host, ports measured one after another):
+# QEMU's cost above the PIT on single+probe 457, 628 and 736 us (deviations
+# from their median up to 27 %), the qall model's on qnet+qall 559, 620 and
 # 3 618 us (a run with a build going on beside it), while the probe's cost
 # over QEMU's, in the same guests, was 1.36, 1.44 and 1.55 (up to 8 %).
 # A whole run is slower or faster together; one server's share holds.  So a
 # cost must grow by more than 100 % (the machine's slow windows, with room
 # for one like the 3 618 us run) and a share by more than 15 % (twice the
-# spread seen) to count; the delay mutant's +200 us on the probe is +20-30 %
-# of its cost and moves its share as much.
+# spread seen) to count.  Interleaved (the ports read in turn, as now), the
+# first main job measured QEMU at 1 033 us and the probe at 1 341 us (share
+# 1.30): every round trip wakes its server from sleep.  The delay mutant
+# (lab/mutants) adds 400 us to the probe, +30 % of its share.
 LATENCY_COST_SPREAD_EMULATED = 1.00
 LATENCY_SHARE_SPREAD_EMULATED = 0.15
 
