@@ -119,6 +119,7 @@ def xenhil_build_tree(tree: Path, elf_build_id: str, xl: bytes = b"\x7fELF patch
     (install / "boot/xen.gz").write_bytes(UPSTREAM_XEN)
     (install / "usr/lib/xen-4.17/bin").mkdir(parents=True)
     (install / "usr/lib/xen-4.17/bin/xl").write_bytes(xl)
+    os.chmod(install / "usr/lib/xen-4.17/bin/xl", 0o755)
     manifest = {
         "xenhil_build": "0123456789abcdef0123", "format": 1, "recipe_version": 1,
         "compiler": "gcc (Debian 12.2.0-14+deb12u1) 12.2.0",
@@ -318,6 +319,9 @@ def test_verify_passes_when_xen_and_xl_are_the_manifests(dom0, root, tmp_path, b
     build = load_build(xenhil_build_tree(tmp_path / "dist", elf_build_id=BUILT_ID))
     assert build.elf_build_id == BUILT_ID and build.xl_path == "/usr/lib/xen-4.17/bin/xl"
     prov.install(dom0, build, root=str(root))
+    # Installed executable, as built (SFTP alone would leave it 0644).
+    assert stat.S_IMODE((root / "usr/lib/xen-4.17/bin/xl").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "var/lib/xenhil/build-manifest.json").stat().st_mode) == 0o644
     booted(build, BUILT_ID)
     facts = prov.verify(dom0, build, root=str(root))
     assert facts["build_id"] == build.build_id

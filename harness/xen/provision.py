@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import stat
 import time
 from pathlib import Path
 
@@ -169,6 +170,7 @@ def install(host, build: XenBuild, root: str = "/") -> str:
             if _changed(host, remote, sha):
                 host.ssh.run(["mkdir", "-p", str(Path(remote).parent)], check=True)
                 host.ssh.put(tree / rel, remote)
+        _give_modes(host, staged, tree, build.files)
         _debian_files(host, root, "keep", staged)
         tarball = _at(root, f"/var/lib/xenhil/builds/{build.build_id}.root.tar")
         host.ssh.run(f"tar -C {shlex.quote(staged)} -cf {shlex.quote(tarball)} . && "
@@ -187,6 +189,21 @@ def install(host, build: XenBuild, root: str = "/") -> str:
     else:  # load_build() never makes another kind
         raise ProvisionFailed(f"unknown build kind {build.kind}")
     return _at(root, f"{target}/xen.gz")
+
+
+def _give_modes(host, staged: str, tree: Path, files) -> None:
+    """Give every staged file its mode in ``tree``: SFTP creates files 0644
+    whatever the source's mode, and the tar that unpacks the staged tree over
+    / carries its modes: xl and QEMU must stay executable (a qualification's
+    reference build, a dist tree, came up with xl 0644 and Debian's wrapper
+    answering "Unable to execute /usr/lib/xen-4.17/bin/xl").  Files staged
+    by an earlier provisioning get theirs too."""
+    by_mode: dict[int, list[str]] = {}
+    for rel, _ in files:
+        by_mode.setdefault(stat.S_IMODE((tree / rel).stat().st_mode), []).append(f"{staged}/{rel}")
+    for mode, paths in sorted(by_mode.items()):
+        host.ssh.run(["xargs", "-0", "chmod", f"{mode:o}", "--"], input="\0".join(paths),
+                     timeout=120, check=True)
 
 
 #: Where the host keeps the Debian files that builds' trees replaced
