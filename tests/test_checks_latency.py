@@ -275,3 +275,13 @@ def test_the_same_measurement_with_the_delay_mutants_delay_is_a_share_regression
         cost, share = measurement.split("; share of the siblings' cost ")
         assert "no regression" in cost and "tolerance +100 %" in cost
         assert re.search(r"\(\+(29|30)\.\d %, tolerance \+15 %", share) and "REGRESSION" in share
+
+
+def test_a_server_named_like_the_baseline_is_refused_before_measuring(tmp_path):
+    from harness.checks.latency import measure_latency
+    from harness.errors import TestBugError
+    guest = LocalDryRunGuest(tmp_path / "no-probe-needed", tmp_path / "guest")
+    with pytest.raises(TestBugError, match="a server named 'xen' would be taken for the "
+                                           "Xen-internal baseline"):
+        measure_latency(guest, {"xen": 0x64})
+    assert not (tmp_path / "guest").exists()

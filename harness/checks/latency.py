@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from harness.checks.failure import Evidence, Mismatch, fail_if, save_evidence
-from harness.errors import XenhilWarning
+from harness.errors import TestBugError, XenhilWarning
 from harness.results.latency import BASELINE_SERVER, find_latency_regressions, subsample
 from harness.step import step
 from harness.xen.parsers.errors import UnexpectedOutput
@@ -170,6 +170,9 @@ def measure_latency(guest, ports: Mapping[str, int], *, baseline_port: int = BAS
     return the rows (and check them when ``check``).  The output goes to
     ``evidence_dir`` under the guest's artifacts (a second measurement keeps
     the first's)."""
+    if BASELINE_SERVER in ports:
+        raise TestBugError(f"a server named {BASELINE_SERVER!r} would be taken for the "
+                           "Xen-internal baseline in the latency rows")
     order = [(BASELINE_SERVER, baseline_port), *ports.items()]
     text = guest.run(time_in_command([port for _, port in order], count, raw=raw, probe=probe),
                      timeout=600 + 60 * len(order))
