@@ -36,7 +36,8 @@ from harness.secrets import scrub
 #: ``xenhil_schema`` table (component 'results', beside the lease store's
 #: row); 0 is a store written before stores carried one (version 1's tables).
 #: Version 2 adds ``runs.runner``: in a history several runners share, which
-#: machine wrote each run.
+#: machine wrote each run.  Version 3 adds ``latency.emulated``: the latency
+#: rule's floors and history depend on the kind of host that measured.
 SCHEMA_VERSION = 3
 
 TABLES = ("runs", "outcomes", "latency", "warnings")
