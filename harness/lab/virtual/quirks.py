@@ -203,7 +203,7 @@ LATENCY_SAMPLES_EMULATED = 5_000
 # spread seen) to count.  Interleaved (the ports read in turn, as now), the
 # first main job measured QEMU at 1 033 us and the probe at 1 341 us (share
 # 1.30): every round trip wakes its server from sleep.  The delay mutant
-# (lab/mutants) adds 400 us to the probe, +30 % of its share.
+# (lab/mutants) adds 400 us to the probe: +30 % of its cost, and of its share.
 LATENCY_COST_SPREAD_EMULATED = 1.00
 LATENCY_SHARE_SPREAD_EMULATED = 0.15
 
