@@ -125,6 +125,10 @@ class Measurement:
     build: str
     rows: Mapping[tuple[str, str], dict]
 
+    @classmethod
+    def of(cls, run_id: str, build: str, rows: Sequence[dict]) -> "Measurement":
+        return cls(run_id, build, {(r["server"], r["port"]): r for r in rows})
+
     @property
     def baseline(self) -> dict | None:
         return next((r for (server, _), r in self.rows.items() if server == BASELINE_SERVER), None)
@@ -184,7 +188,6 @@ class LatencyRegression:
 
 @dataclass(frozen=True)
 class Comparison:
-    what: str                 # "cost" | "share"
     regression: bool
     text: str
 
@@ -204,7 +207,7 @@ def _compare(what: str, now: float, history: Sequence[float], now_values: Sequen
             f"({growth * 100:+.1f} %, tolerance +{tolerance * 100:.0f} %: {source}); "
             f"Mann-Whitney U one-sided {p_text} (alpha {rule.alpha}): "
             f"{'REGRESSION' if regression else 'no regression'}")
-    return Comparison(what, regression, text)
+    return Comparison(regression, text)
 
 
 def judge(now: Measurement, history: Sequence[Measurement], key: tuple[str, str],
@@ -242,19 +245,18 @@ def find_latency_regressions(store, run_id: str, host: str | None = None,
         build = guest_rows[0]["build"]
         emulated = any(r.get("emulated") for r in guest_rows)
         rule = latency_rule(emulated)
-        now = Measurement(run_id, build, {(r["server"], r["port"]): r for r in guest_rows})
+        now = Measurement.of(run_id, build, guest_rows)
         # Only rows of the same kind of host: rows written before the store
         # said (schema 3) read 0, and those were measured one port after
         # another, which on the virtual lab gave QEMU round trips about half
         # as long as the interleaved measurement does (457-736 us, then 1 075).
-        history = [Measurement(h["run_id"], h["build"], {(r["server"], r["port"]): r for r in h["rows"]})
+        history = [Measurement.of(h["run_id"], h["build"], h["rows"])
                    for h in store.latency_history(run_id, guest_host, guest_split,
                                                   build_class=build_class(build),
                                                   limit=rule.history_runs, emulated=emulated)]
         for key in now.servers():
             comparisons = judge(now, history, key, rule)
-            failed = [c for c in comparisons if c.regression]
-            if not failed:
+            if not any(c.regression for c in comparisons):
                 continue
             runs = [m for m in history if key in m.rows]
             against = f"against {len(runs)} run(s) of build class {build_class(build)}, newest {runs[0].run_id}"
