@@ -48,7 +48,7 @@ from pathlib import Path
 from benchmarks.bench_scheduling import (parser_with_lab_size, print_verdict, read_records,
                                          run_main, run_pytest, sshd_hosts, versions, warm_up,
                                          work_folder, write_inventory, write_result)
-from harness.lab.leases import open_store
+from xenhil.harness.lab.leases import open_store
 from tests.support.standin_guest import CONFTEST as STANDIN_CONFTEST
 
 RESULTS = Path(__file__).resolve().parent / "results" / "guest_affinity.json"
@@ -170,7 +170,7 @@ def print_summary(result: dict, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.xen.catalog import load_catalog
+    from xenhil.harness.xen.catalog import load_catalog
     parser = parser_with_lab_size(MAX_HOSTS)
     parser.description = __doc__.splitlines()[0]
     parser.add_argument("--splits", type=int, default=3, help="splits of the catalog (3)")

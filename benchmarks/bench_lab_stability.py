@@ -111,10 +111,10 @@ def boot_once(host, entry, round_no: int, slot: int, artifacts: Path, settings: 
     threads, as the process's connection to a host is); always destroys the
     guest.  A failed boot is a crash when Xen ended the domain, a hang when
     dom0 no longer answers a trivial command, a timeout otherwise."""
-    from harness.errors import XenhilError
-    from harness.guest import Guest
-    from harness.lab.virtual.guestkit import GUEST_PROMPT, READY_CONDITION
-    from harness.xen.testguest import guest_model
+    from xenhil.harness.errors import XenhilError
+    from xenhil.harness.guest import Guest
+    from xenhil.harness.lab.virtual.guestkit import GUEST_PROMPT, READY_CONDITION
+    from xenhil.harness.xen.testguest import guest_model
 
     name = f"xh-stab-{round_no}-{slot}"
     boot = Boot(round_no, slot, name)
@@ -150,8 +150,8 @@ def boot_once(host, entry, round_no: int, slot: int, artifacts: Path, settings: 
 
 def _failed_boot(host, guest, boot: Boot, exc: Exception, evidence: Path) -> tuple[str, str]:
     """(outcome, detail) of a boot that raised ``exc``; xl dmesg kept as evidence."""
-    from harness.errors import XenhilError
-    from harness.xen.dom0_crashes import why_boot_ended
+    from xenhil.harness.errors import XenhilError
+    from xenhil.harness.xen.dom0_crashes import why_boot_ended
 
     why = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     evidence.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def _failed_boot(host, guest, boot: Boot, exc: Exception, evidence: Path) -> tup
             return "crash", f"{ended} (after {why})"
     except XenhilError as exc2:
         return "hang", f"{why}; dom0 then: {type(exc2).__name__}: {str(exc2).splitlines()[0]}"
-    from harness.errors import TimeLimitExceeded
+    from xenhil.harness.errors import TimeLimitExceeded
     return ("timeout" if isinstance(exc, TimeLimitExceeded) else "error"), why
 
 
@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.boots < 1 or args.concurrent < 1:
         parser.error("--boots and --concurrent must be at least 1")
 
-    from harness.lab.inventory import load_inventory
-    from harness.lab.virtual import quirks
-    from harness.xen.catalog import load_catalog
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.lab.virtual import quirks
+    from xenhil.harness.xen.catalog import load_catalog
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     inventory = load_inventory(Path(args.lab))
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     stalls = _StallCounter()
     logging.getLogger("xenhil.guest").addHandler(stalls)
 
-    from harness.host import Host
+    from xenhil.harness.host import Host
     host = Host(spec, artifacts / "host")
     tally = Tally()
     t0 = time.monotonic()
@@ -271,7 +271,7 @@ def _run_rounds(args, host, entry, artifacts: Path, settings: dict, boot_timeout
 
 def _destroy_quietly(host, name: str) -> None:
     """``xl destroy`` of a bench guest that may already be gone."""
-    from harness.errors import XenhilError
+    from xenhil.harness.errors import XenhilError
     try:
         host.ssh.run(["xl", "destroy", name], timeout=60)
     except XenhilError as exc:
@@ -280,7 +280,7 @@ def _destroy_quietly(host, name: str) -> None:
 
 def _write_results(args, spec, label: str, artifacts: Path, settings: dict, tally: Tally,
                    t0: float, interrupted: bool) -> None:
-    from harness.lab.virtual import quirks
+    from xenhil.harness.lab.virtual import quirks
 
     counts = tally.counts()
     booted = len(tally.boots)
@@ -315,7 +315,7 @@ def _write_results(args, spec, label: str, artifacts: Path, settings: dict, tall
 
 
 if __name__ == "__main__":
-    from harness.errors import ConfigError, XenhilError
+    from xenhil.harness.errors import ConfigError, XenhilError
     try:
         sys.exit(main())
     except ConfigError as exc:  # bad input: the message names the field and the fix

@@ -33,7 +33,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.lab.leases import DEFAULT_POLL_INTERVAL
+from xenhil.harness.lab.leases import DEFAULT_POLL_INTERVAL
 from tests.support.leases import bench_worker, kill_quietly, make_pool
 
 RESULTS = Path(__file__).resolve().parent / "results" / "leases.json"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import paramiko
 
-from harness.access.ssh import SSHConnection
+from xenhil.harness.access.ssh import SSHConnection
 from tests.support.sshd import running_sshd
 
 TARGET_RATIO = 1.2

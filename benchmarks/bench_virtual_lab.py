@@ -29,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.lab.virtual import builder, launcher, quirks
-from harness.xen.catalog import load_catalog
-from harness.xen.testguest import guest_model
+from xenhil.harness.lab.virtual import builder, launcher, quirks
+from xenhil.harness.xen.catalog import load_catalog
+from xenhil.harness.xen.testguest import guest_model
 
 RESULTS = Path(__file__).parent / "results" / "virtual_lab.json"
 
@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _guest_create_to_shell(inventory: Path) -> float:
-    from harness.access.console import Console
-    from harness.access.ssh import SSHConnection
-    from harness.lab.inventory import load_inventory
+    from xenhil.harness.access.console import Console
+    from xenhil.harness.access.ssh import SSHConnection
+    from xenhil.harness.lab.inventory import load_inventory
 
     spec = load_inventory(inventory).host("vhost1")
     conn = SSHConnection(spec.ssh, name=spec.name, connect_timeout=30)

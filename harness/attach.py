@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - allure is a hard dependency
     def _allure_hookimpl(*args, **kwargs):
         return (lambda f: f) if not args else args[0]
 
-from harness.secrets import contains_secret, scrub, scrub_object
+from xenhil.harness.secrets import contains_secret, scrub, scrub_object
 
 log = logging.getLogger("xenhil.attach")
 
@@ -170,7 +170,7 @@ def _kind_of(path: Path, kind: str | None) -> str:
     if kind is None:
         kind = _BY_SUFFIX.get(path.suffix.lower(), "text/plain")
     if kind not in KINDS:
-        from harness.errors import TestBugError
+        from xenhil.harness.errors import TestBugError
         raise TestBugError(f"attachment kind {kind!r} is not supported",
                            help=f"use one of: {', '.join(KINDS)}")
     return kind
@@ -247,7 +247,7 @@ def attach_text(text: str, name: str, *, kind: str = "text/plain",
                 artifact_dir: Path | None = None) -> Path | None:
     """Attach text (scrubbed) and save it into the test's artifact folder."""
     if not KINDS[_kind_of(Path(name), kind)][2]:
-        from harness.errors import TestBugError
+        from xenhil.harness.errors import TestBugError
         raise TestBugError(f"attach_text({name!r}): {kind} is not a text kind",
                            help="use attach_file for images")
     return _attach_bytes(text.encode("utf-8"), name, kind, artifact_dir)
@@ -341,7 +341,7 @@ def scrub_files(targets: Sequence[Path | str]) -> list[Path]:
     import os
     import stat
 
-    from harness.secrets import registered_secrets
+    from xenhil.harness.secrets import registered_secrets
     secrets = registered_secrets()
     changed: list[Path] = []
     paths: list[Path] = []

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from harness.build.series import Patch
-from harness.errors import PRODUCT
-from harness.mutants.qualify import (Build, Run, pytest_command, read_outcomes, run_pytest,
+from xenhil.harness.build.series import Patch
+from xenhil.harness.errors import PRODUCT
+from xenhil.harness.mutants.qualify import (Build, Run, pytest_command, read_outcomes, run_pytest,
                                      xenhil_build)
 
 GOOD, BAD, SAYS_NOTHING = "good", "bad", "says nothing"

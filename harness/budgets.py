@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
-from harness.errors import INFRASTRUCTURE, TestTimeLimitExceeded, TimeLimitExceeded, XenhilError
-from harness.lab.virtual.quirks import DOM0_BOOT_TIMEOUT_S, GUEST_BOOT_TIMEOUT_S, is_emulated
-from harness.xen.evidence import HOST_COMMANDS
+from xenhil.harness.errors import INFRASTRUCTURE, TestTimeLimitExceeded, TimeLimitExceeded, XenhilError
+from xenhil.harness.lab.virtual.quirks import DOM0_BOOT_TIMEOUT_S, GUEST_BOOT_TIMEOUT_S, is_emulated
+from xenhil.harness.xen.evidence import HOST_COMMANDS
 
 Capabilities = Mapping[str, object]
 
@@ -107,7 +107,7 @@ BUDGETS: dict[str, Budget] = {
         "plus 300 s to copy the build and write the GRUB entry"),
     "reboot command": _same(20.0, "`systemctl reboot` over SSH before the connection drops"),
     "verify": _same(120.0 + 30.0, "xl info (120 s) and /proc/cmdline (30 s) on the new dom0"),
-    "xl create": _same(300.0, "harness.guest.Guest.create: `xl create` and its device models"),
+    "xl create": _same(300.0, "xenhil.harness.guest.Guest.create: `xl create` and its device models"),
     "xl destroy": _same(120.0, "`xl destroy` of a guest"),
     "guest boot": Budget(
         300.0, GUEST_BOOT_TIMEOUT_S,
@@ -305,7 +305,7 @@ def pytest_timeout_limit(exc: BaseException) -> float | None:
 def ran_out_of_time(exc: BaseException) -> bool:
     """A wait's budget ran out: a typed timeout, a console that stayed silent,
     or the test's whole limit."""
-    from harness.access.console import ConsoleStalled
+    from xenhil.harness.access.console import ConsoleStalled
     return (isinstance(exc, (TimeLimitExceeded, ConsoleStalled))
             or pytest_timeout_limit(exc) is not None)
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from harness.errors import ConfigError, InfrastructureError, XenhilError
+from xenhil.harness.errors import ConfigError, InfrastructureError, XenhilError
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -35,7 +35,7 @@ def sqlite_path(url: str | Path, what: str) -> Path:
     A URL is only ever shown redacted (it may hold a password), and a libpq
     keyword DSN ("host=... password=...") is refused, not taken for a file
     name."""
-    from harness.options import KEYWORD_DSN, shown
+    from xenhil.harness.options import KEYWORD_DSN, shown
     text = str(url)
     if text.startswith("sqlite://"):
         path = text[len("sqlite://"):]
@@ -75,7 +75,7 @@ def enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
 
 def redacted(url: str) -> str:
     """A PostgreSQL URL as it may be shown: without its password."""
-    from harness.secrets import redact_inline
+    from xenhil.harness.secrets import redact_inline
     return redact_inline(str(url))
 
 

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from harness import budgets
-from harness.budgets import COMMAND_ECHO_S, CONSOLE_STALL_S
-from harness.errors import InfrastructureError, ProductError, XenhilError
-from harness.lab.virtual.quirks import is_emulated
-from harness.step import step
-from harness.xen import evidence
-from harness.xen.dom0_crashes import dom0_uptime
-from harness.xen.toolstack import Toolstack
+from xenhil.harness import budgets
+from xenhil.harness.budgets import COMMAND_ECHO_S, CONSOLE_STALL_S
+from xenhil.harness.errors import InfrastructureError, ProductError, XenhilError
+from xenhil.harness.lab.virtual.quirks import is_emulated
+from xenhil.harness.step import step
+from xenhil.harness.xen import evidence
+from xenhil.harness.xen.dom0_crashes import dom0_uptime
+from xenhil.harness.xen.toolstack import Toolstack
 
 log = logging.getLogger("xenhil.guest")
 
@@ -97,7 +97,7 @@ class Guest:
     @property
     def console(self):
         if self._console is None or not self._console.is_open:
-            from harness.access.console import Console
+            from xenhil.harness.access.console import Console
             channel = self.host.ssh.open_interactive(f"xl console {shlex.quote(self.name)}")
             self._console = Console.channel(f"{self.host.name}/{self.name}", channel,
                                             self.artifacts_dir / f"{self.name}.console.log")
@@ -186,7 +186,7 @@ class Guest:
     def wait_ready(self, timeout: float | None = None) -> None:
         if timeout is None:
             timeout = budgets.seconds("guest boot", self.host.spec.capabilities)
-        from harness.access.console import ConsoleClosed, ConsoleStalled
+        from xenhil.harness.access.console import ConsoleClosed, ConsoleStalled
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -253,8 +253,8 @@ class Guest:
             return self._run(command, timeout, check)
 
     def _run(self, command: str, timeout: float, check: bool) -> str:
-        from harness.access.console import ConsoleClosed, ConsoleStalled
-        from harness.errors import ConsoleTimeout
+        from xenhil.harness.access.console import ConsoleClosed, ConsoleStalled
+        from xenhil.harness.errors import ConsoleTimeout
         try:
             status, output = self.console.run(command, timeout=timeout,
                                               start_timeout=COMMAND_ECHO_S)

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from harness import budgets
-from harness.access.console import ConsoleClosed
-from harness.errors import ConfigError, HostBroken, InfrastructureError, TimeLimitExceeded, XenhilError
-from harness.lab.model import HostSpec
-from harness.step import step
+from xenhil.harness import budgets
+from xenhil.harness.access.console import ConsoleClosed
+from xenhil.harness.errors import ConfigError, HostBroken, InfrastructureError, TimeLimitExceeded, XenhilError
+from xenhil.harness.lab.model import HostSpec
+from xenhil.harness.step import step
 
 log = logging.getLogger("xenhil.host")
 
@@ -93,18 +93,18 @@ class Host:
 
     # -- channels ---------------------------------------------------------
     def _default_ssh(self):
-        from harness.access.ssh import connection_for
+        from xenhil.harness.access.ssh import connection_for
         if self.spec.ssh is None:
             raise ConfigError(f"host {self.name} has `ssh: none` in the inventory but this step needs SSH",
                               help="give the host an ssh: section, or do not run SSH tests on it")
         return connection_for(self.name, self.spec.ssh)
 
     def _default_console(self):
-        from harness.access.console import console_for
+        from xenhil.harness.access.console import console_for
         return console_for(self.spec, self.artifacts_dir)
 
     def _default_power(self):
-        from harness.access.power import power_for
+        from xenhil.harness.access.power import power_for
         return power_for(self.spec, ssh_factory=lambda: self.ssh)
 
     @property

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 # --------------------------------------------------------------------------
 # Tables: the rules.  Change them here only.
@@ -91,7 +91,7 @@ KEYWORD_DSN = re.compile(r"^\s*[A-Za-z_]+\s*=")
 def shown(value: object) -> str:
     """A user's value for a message: short, and with whatever may be a
     secret (URL passwords, password=..., -P ...) masked."""
-    from harness.secrets import redact_inline
+    from xenhil.harness.secrets import redact_inline
     text = redact_inline(str(value))
     text = "".join(c if c.isprintable() else "?" for c in text)
     return repr(text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX - 3] + "...")
@@ -175,7 +175,7 @@ def reason(option: str, value: str) -> str:
     if not text.isprintable():
         raise ConfigError(f"{option} {shown(text)}: holds a line break or control character",
                           help=fix)
-    from harness.secrets import redact_inline
+    from xenhil.harness.secrets import redact_inline
     return redact_inline(text)
 
 
@@ -190,7 +190,7 @@ def check_run_id(value: str) -> str:
 def check_series(value: str) -> str:
     """--series: one printable line of at most SERIES_MAX characters, no
     password in it (it is written into every report)."""
-    from harness.secrets import inline_secret_kind
+    from xenhil.harness.secrets import inline_secret_kind
     text = str(value)
     fix = "give the series' URL (lore.kernel.org, patchew) or its message id"
     if not text.strip():
@@ -217,7 +217,7 @@ def check_markers(option: str, names: list[str], known: set[str]) -> list[str]:
 
 
 def _same_sqlite_file(first: str, second: str) -> bool:
-    from harness.dburl import is_postgres, sqlite_path
+    from xenhil.harness.dburl import is_postgres, sqlite_path
     if is_postgres(first) or is_postgres(second):
         return False
     a, b = sqlite_path(first, "lease store"), sqlite_path(second, "results store")
@@ -232,8 +232,8 @@ def check_store_url(option: str, url: str, *, postgres: bool = True) -> str:
     ``sqlite:///PATH``, a file path, or (when ``postgres``: both stores
     take it) ``postgresql://USER@HOST/DB`` without a password.  ConfigError
     otherwise; the URL is only ever shown redacted."""
-    from harness.dburl import is_postgres
-    from harness.secrets import inline_secret_kind
+    from xenhil.harness.dburl import is_postgres
+    from xenhil.harness.secrets import inline_secret_kind
 
     text = str(url)
     store = "results store" if option == "--results-db" else "lease store"
@@ -256,7 +256,7 @@ def check_store_url(option: str, url: str, *, postgres: bool = True) -> str:
         return text
     if "://" in text and not text.startswith("sqlite://"):
         raise ConfigError(f"{option} {shown(text)}: unknown scheme", help=choices)
-    from harness.dburl import sqlite_path
+    from xenhil.harness.dburl import sqlite_path
     try:
         path = sqlite_path(text, store)
     except ConfigError as exc:
@@ -266,7 +266,7 @@ def check_store_url(option: str, url: str, *, postgres: bool = True) -> str:
 
 
 def _check_store_file(option: str, path: Path) -> None:
-    from harness.safeio import file_type
+    from xenhil.harness.safeio import file_type
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -323,7 +323,7 @@ def check_output_folder(option: str, path: str | Path) -> Path:
 def check_input_path(option: str, path: str | Path, *, folder: bool | None = None) -> Path:
     """An input ``path`` that must exist (``folder``: True a folder, False a
     regular file, None either)."""
-    from harness.safeio import file_type
+    from xenhil.harness.safeio import file_type
     p = Path(path)
     try:
         mode = p.stat().st_mode
@@ -348,7 +348,7 @@ def check_input_path(option: str, path: str | Path, *, folder: bool | None = Non
 
 def one_line(exc: ConfigError) -> str:
     """A ConfigError as the one line a user sees: message; fix: help."""
-    from harness.secrets import redact_inline
+    from xenhil.harness.secrets import redact_inline
     message = str(exc.args[0]) if exc.args else ""
     first = message.splitlines()[0] if message else type(exc).__name__
     problems = getattr(exc, "problems", None)
@@ -370,7 +370,7 @@ def one_line(exc: ConfigError) -> str:
 def detail_lines(exc: ConfigError) -> list[str]:
     """The lines of a multi-line message after its first (a patch's hunks,
     a build's log): shown below the one error line, secrets masked."""
-    from harness.secrets import redact_inline
+    from xenhil.harness.secrets import redact_inline
     if getattr(exc, "problems", None):
         return []
     message = str(exc.args[0]) if exc.args else ""

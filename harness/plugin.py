@@ -32,13 +32,13 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.run import RUN, RunState, provenance, run_config
-from harness import budgets
-from harness.errors import XenhilError
-from harness.lab.model import KNOWN_CAPABILITIES
-from harness.run_config import GUESTS_PER_EMULATED_HOST, GUESTS_PER_HOST, LAB_OPTIONS
+from xenhil.fixtures.run import RUN, RunState, provenance, run_config
+from xenhil.harness import budgets
+from xenhil.harness.errors import XenhilError
+from xenhil.harness.lab.model import KNOWN_CAPABILITIES
+from xenhil.harness.run_config import GUESTS_PER_EMULATED_HOST, GUESTS_PER_HOST, LAB_OPTIONS
 
-pytest_plugins = ["fixtures.lab", "fixtures.guest", "fixtures.scheduling", "fixtures.reporting"]
+pytest_plugins = ["xenhil.fixtures.lab", "xenhil.fixtures.guest", "xenhil.fixtures.scheduling", "xenhil.fixtures.reporting"]
 
 log = logging.getLogger("xenhil.plugin")
 
@@ -132,9 +132,9 @@ def _run_config(config: pytest.Config):
     anything acts: a bad option, inventory, build or split is one usage
     error naming the option and its fix, not an error per test or an
     INTERNALERROR."""
-    from harness.lab.credentials import register_lab_secrets_early
-    from harness.options import one_line
-    from harness.run_config import lab_option, parse_run_config
+    from xenhil.harness.lab.credentials import register_lab_secrets_early
+    from xenhil.harness.options import one_line
+    from xenhil.harness.run_config import lab_option, parse_run_config
     raw = {name: config.getoption(name, None) for name in RUN_OPTIONS}
     # First, so that a secret typed into any option is masked in the error.
     inventory = register_lab_secrets_early(lab_option(raw["--lab"]),
@@ -152,7 +152,7 @@ def _register_lab_secrets(config: pytest.Config, state: RunState) -> None:
     run = state.config
     if run.inventory is None:
         return
-    from harness.lab.credentials import register_inventory_secrets
+    from xenhil.harness.lab.credentials import register_inventory_secrets
     state.unresolved = register_inventory_secrets(run.inventory, (run.lab_db, run.results_db))
 
 
@@ -211,7 +211,7 @@ def _stop_workers(config: pytest.Config, state: RunState) -> None:
     import time
     from queue import Empty
 
-    from harness.interrupt import signal_process
+    from xenhil.harness.interrupt import signal_process
 
     dsession = config.pluginmanager.getplugin("dsession")
     events = getattr(dsession, "queue", None)
@@ -334,7 +334,7 @@ def _set_time_limits(config: pytest.Config, items: list[pytest.Item]) -> None:
     hosts = run_config(config).hosts
     if not hosts:
         return
-    from fixtures.lab import wanted_host
+    from xenhil.fixtures.lab import wanted_host
     reservation = run_config(config).reserve_timeout
     has_timeout = config.pluginmanager.hasplugin("timeout")
     user_set = _user_set_timeout(config)
@@ -434,7 +434,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     config.stash[RUN].interruption.restore()
     if hasattr(config, "workerinput"):
         return
-    from harness.attach import scrub_files
+    from xenhil.harness.attach import scrub_files
     state = config.stash[RUN]
     targets = [state.artifacts, getattr(config.option, "allure_report_dir", None),
                getattr(config.option, "log_file", None), getattr(config.option, "xmlpath", None)]

@@ -17,10 +17,10 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from harness.errors import ConfigError, InfrastructureError
-from harness.results.latency import latency_regressions
-from harness.results.store import ResultsStore, planted_fault
-from harness.results.verdicts import KnownIssue, verdict
+from xenhil.harness.errors import ConfigError, InfrastructureError
+from xenhil.harness.results.latency import latency_regressions
+from xenhil.harness.results.store import ResultsStore, planted_fault
+from xenhil.harness.results.verdicts import KnownIssue, verdict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def render_html(results_dir: Path, out_dir: Path, name: str = "xenhil",
 
 
 def _environment_value(results_dir: Path, key: str) -> str | None:
-    from harness.safeio import read_text
+    from xenhil.harness.safeio import read_text
     env = Path(results_dir) / "environment.properties"
     if env.exists():
         text = read_text(env, "environment.properties", limit=1 << 20,
@@ -104,7 +104,7 @@ def triage_summary(store: ResultsStore, run_id: str, known: list[KnownIssue] = (
                    run_state: str | None = None) -> str:
     """``run_state``: the run's xenhil.run_state (:func:`run_state_of`),
     shown under the title when the run did not complete."""
-    from harness.results.not_run import OUTCOME as NOT_RUN
+    from xenhil.harness.results.not_run import OUTCOME as NOT_RUN
     run = store.run(run_id)
     blocking, nonblocking, passed, skipped = [], [], 0, 0
     not_run: list[str] = []

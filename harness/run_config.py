@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 # --------------------------------------------------------------------------
 # Tables: the options.  Change them here only.
@@ -98,8 +98,8 @@ class RunConfig:
         """The build as a host with these capabilities boots it (the one
         place that asks harness.xen.build.as_booted_on); computed once per
         kind of host."""
-        from harness.xen.build import as_booted_on
-        from harness.lab.virtual.quirks import xen_cmdline_quirks
+        from xenhil.harness.xen.build import as_booted_on
+        from xenhil.harness.lab.virtual.quirks import xen_cmdline_quirks
         key = tuple(xen_cmdline_quirks(capabilities))
         if key not in self._booted:
             self._booted[key] = as_booted_on(self.build, capabilities)
@@ -123,7 +123,7 @@ class RunConfig:
 def guests_per_host(option: int | None, capabilities: Mapping[str, object]) -> int:
     """Booted guests a host with these capabilities keeps (``option``:
     --guests-per-host, when given)."""
-    from harness.lab.virtual.quirks import is_emulated
+    from xenhil.harness.lab.virtual.quirks import is_emulated
     if option is not None:
         return option
     return GUESTS_PER_EMULATED_HOST if is_emulated(capabilities) else GUESTS_PER_HOST
@@ -136,10 +136,10 @@ def parse_run_config(values: Mapping[str, object], inventory=None) -> RunConfig:
     user's fixes: the options, then the inventory, the build and the
     splits.  ``inventory``: the one at --lab, when the caller read it
     already (the plugin does, to mask its secrets first)."""
-    from harness.lab.inventory import load_inventory
-    from harness.options import check_pytest_options
-    from harness.xen.build import load_build
-    from harness.xen.catalog import load_catalog
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.options import check_pytest_options
+    from xenhil.harness.xen.build import load_build
+    from xenhil.harness.xen.catalog import load_catalog
 
     raw = dict(values)
     raw["--lab"] = lab_option(raw.get("--lab"))
@@ -180,7 +180,7 @@ def probe_fault(value: object, catalog, splits: tuple[str, ...]) -> str | None:
     run's splits has the probe (the mutant would silently run clean)."""
     if value is None:
         return None
-    from harness.probe_dm.faults import parse_fault
+    from xenhil.harness.probe_dm.faults import parse_fault
     fault = parse_fault(str(value), "--probe-fault").text
     with_probe = [s for s in catalog.ids() if catalog.get(s).probe]
     if not any(s in with_probe for s in splits):
@@ -194,7 +194,7 @@ def chosen_splits(catalog, wanted: list[str]) -> tuple[str, ...]:
     the catalog's order), every one when none is given.  An id the
     catalog does not have is refused, all such ids named at once: a typo
     would otherwise run nothing of that split and pass."""
-    from harness.options import shown
+    from xenhil.harness.options import shown
     known = catalog.ids()
     unknown = [s for s in dict.fromkeys(wanted) if s not in known]
     if unknown:

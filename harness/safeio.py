@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 KiB, MiB = 1 << 10, 1 << 20
 

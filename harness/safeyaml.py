@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 #: The largest YAML document of any kind xenhil reads, with why: a 1000-host
 #: inventory or a catalog of every split is a few thousand values and a few

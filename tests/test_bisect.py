@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.bisect import (BAD, GOOD, SAYS_NOTHING, Bisection, max_builds, prefix_series, report,
+from xenhil.harness.bisect import (BAD, GOOD, SAYS_NOTHING, Bisection, max_builds, prefix_series, report,
                             search)
-from harness.build.series import parse_series
-from harness.mutants.qualify import Build
+from xenhil.harness.build.series import parse_series
+from xenhil.harness.mutants.qualify import Build
 
 REPO = Path(__file__).resolve().parents[1]
 TEST = "suites/standin/test_standin.py::test_stand_in_bisect"
@@ -61,7 +61,7 @@ STAND_IN_SUITE = '''
 import os
 from pathlib import Path
 
-from harness.errors import InfrastructureError, ProductError
+from xenhil.harness.errors import InfrastructureError, ProductError
 
 
 def test_stand_in_bisect(split):
@@ -182,7 +182,7 @@ def test_prefix_series_writes_the_first_patches_in_order(tmp_path: Path):
 
 def _xenhil_bisect(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "XENHIL_LAB"}
-    return subprocess.run([sys.executable, "-m", "harness.cli.main", "bisect",
+    return subprocess.run([sys.executable, "-m", "xenhil.harness.cli.main", "bisect",
                            "--artifacts", str(tmp_path / "artifacts"), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
 

@@ -19,11 +19,11 @@ from types import SimpleNamespace
 import paramiko
 import pytest
 
-from harness import budgets
-from harness.access.ssh import CommandResult, SSHConnection
-from harness.errors import INFRASTRUCTURE, ConsoleTimeout, TestBugError, TimeLimitExceeded
-from harness.lab.virtual import quirks
-from harness.results.classify import failure_class_of
+from xenhil.harness import budgets
+from xenhil.harness.access.ssh import CommandResult, SSHConnection
+from xenhil.harness.errors import INFRASTRUCTURE, ConsoleTimeout, TestBugError, TimeLimitExceeded
+from xenhil.harness.lab.virtual import quirks
+from xenhil.harness.results.classify import failure_class_of
 from tests.support.console_server import console_server_factory, scripted  # noqa: F401
 from tests.support.sshd import _children_of, fresh_sshd_server, sshd_server, sshd_factory  # noqa: F401
 
@@ -60,8 +60,8 @@ def test_a_tests_limit_exceeds_the_sum_of_the_waits_it_contains(capabilities):
 
 
 def test_the_waits_in_the_code_are_the_budgets_figures():
-    from fixtures.guest import BOOT_ATTEMPTS
-    from harness.guest import COMMAND_ECHO_S, CONSOLE_STALL_S
+    from xenhil.fixtures.guest import BOOT_ATTEMPTS
+    from xenhil.harness.guest import COMMAND_ECHO_S, CONSOLE_STALL_S
     assert BOOT_ATTEMPTS == budgets.BOOT_ATTEMPTS
     assert (CONSOLE_STALL_S, COMMAND_ECHO_S) == (budgets.CONSOLE_STALL_S, budgets.COMMAND_ECHO_S)
     for capabilities in (EMULATED, REAL):
@@ -141,8 +141,8 @@ def test_an_explicit_timeout_option_is_left_alone(pytester: pytest.Pytester, tmp
 HANGING_SSH = """
     import pytest
     from pathlib import Path
-    from harness.access.ssh import SSHConnection
-    from harness.lab.model import SSHConfig
+    from xenhil.harness.access.ssh import SSHConnection
+    from xenhil.harness.lab.model import SSHConfig
 
     CONFIG = SSHConfig(address={address!r}, port={port}, user={user!r},
                        key_file=Path({key_file!r}), host_key={host_key!r})
@@ -175,7 +175,7 @@ def test_the_tests_limit_running_out_names_the_stage_and_is_infrastructure(
     labels = [label["value"] for label in report["labels"] if label["name"] == "failure_class"]
     message = report["statusDetails"]["message"]
     assert labels == [INFRASTRUCTURE]
-    assert message.startswith("harness.errors.TestTimeLimitExceeded: [infrastructure] the test's "
+    assert message.startswith("xenhil.harness.errors.TestTimeLimitExceeded: [infrastructure] the test's "
                               "time limit of 3 s ran out in test body > ssh command "
                               "`sleep 60; echo xl list` on vhost1"), message
     assert "no harness stage" not in message and "unclassified" not in message
@@ -236,8 +236,8 @@ def test_a_guest_boot_that_runs_out_of_time_names_its_split_and_attempt(
     again, counted), the second one's console stays silent (a real console
     server) past the boot's budget: the failure names the split, the host
     and the attempt, and is infrastructure with the stage times as evidence."""
-    from fixtures.guest import GuestBootRetried, GuestPool
-    from harness.xen.catalog import load_catalog
+    from xenhil.fixtures.guest import GuestBootRetried, GuestPool
+    from xenhil.harness.xen.catalog import load_catalog
 
     silent = console_server_factory(scripted(("await", rb"never\n")))
     monkeypatch.setitem(budgets.BUDGETS, "guest boot",

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import cache as bcache
-from harness.build import engine
-from harness.build import recipes as R
-from harness.build.series import parse_series
-from harness.cli.main import main
-from harness.xen.build import load_build
+from xenhil.harness.build import cache as bcache
+from xenhil.harness.build import engine
+from xenhil.harness.build import recipes as R
+from xenhil.harness.build.series import parse_series
+from xenhil.harness.cli.main import main
+from xenhil.harness.xen.build import load_build
 
 from tests.test_build_series import git
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import engine
-from harness.build.series import parse_series
-from harness.xen.build import as_booted_on, load_build
-from harness.xen.provision import provision, running_build
-from harness.xen.toolstack import Toolstack
+from xenhil.harness.build import engine
+from xenhil.harness.build.series import parse_series
+from xenhil.harness.xen.build import as_booted_on, load_build
+from xenhil.harness.xen.provision import provision, running_build
+from xenhil.harness.xen.toolstack import Toolstack
 from tests.support.lab_host import leased_ready_host
 
 pytestmark = [pytest.mark.real_xen, pytest.mark.slow]
@@ -47,7 +47,7 @@ def one_line_build(tmp_path_factory):
     reason = _missing_prerequisites()
     if reason:
         pytest.skip(reason)
-    from harness.lab.virtual.builder import cache_dir
+    from xenhil.harness.lab.virtual.builder import cache_dir
     series = tmp_path_factory.mktemp("series")
     first = sorted(HELLO.glob("0001-*.patch"))[0]
     shutil.copy(first, series / first.name)
@@ -68,9 +68,9 @@ def build_host(request, one_line_build):
         with leased_ready_host(request) as host:
             yield host
         return
-    from harness.host import Host
-    from harness.lab.inventory import load_inventory
-    from harness.lab.virtual import builder, launcher
+    from xenhil.harness.host import Host
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.lab.virtual import builder, launcher
     # Not under pytest's basetemp (concurrent runs prune it under a running host).
     state = Path(tempfile.mkdtemp(prefix="xenhil-build-lab-"))
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.build.series import BadSeries, parse_series
-from harness.cli.main import main
+from xenhil.harness.build.series import BadSeries, parse_series
+from xenhil.harness.cli.main import main
 
 
 def git(repo: Path, *args: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import engine, sources
+from xenhil.harness.build import engine, sources
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-source") is None, reason="needs dpkg-dev")
 

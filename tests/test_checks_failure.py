@@ -1,5 +1,5 @@
-from harness.checks.failure import CheckFailed, Mismatch, NO_EVIDENCE, fail_if, save_evidence
-from harness.errors import ProductError
+from xenhil.harness.checks.failure import CheckFailed, Mismatch, NO_EVIDENCE, fail_if, save_evidence
+from xenhil.harness.errors import ProductError
 
 import pytest
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.failure import CheckFailed
-from harness.checks.latency import (LatencyVerdicts, check_latency_rows, confirmed_latency_regressions,
+from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.checks.latency import (LatencyVerdicts, check_latency_rows, confirmed_latency_regressions,
                                     latency_rows, record_rows, time_in_command)
-from harness.errors import ConfigError
-from harness.probes import build_xhprobe
-from harness.results.latency import BASELINE_SERVER, percentile
-from harness.results.store import ResultsStore
-from harness.xen.parsers.probe_output import TimeIn, parse_single
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.probes import build_xhprobe
+from xenhil.harness.results.latency import BASELINE_SERVER, percentile
+from xenhil.harness.results.store import ResultsStore
+from xenhil.harness.xen.parsers.probe_output import TimeIn, parse_single
 
 from tests.support.checks import assert_failure_message
 
@@ -85,7 +85,7 @@ def test_summary_from_the_real_probe_without_raw_samples(tmp_path):
 
 
 def test_raw_samples_are_thinned_to_what_a_serial_console_carries(tmp_path):
-    from harness.checks.latency import CONSOLE_SAMPLES
+    from xenhil.harness.checks.latency import CONSOLE_SAMPLES
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed: cannot build xhprobe")
     try:
@@ -115,7 +115,7 @@ class LocalDryRunGuest:
 
 
 def test_one_time_in_reads_the_baseline_and_every_server_in_turn(tmp_path):
-    from harness.checks.latency import measure_latency
+    from xenhil.harness.checks.latency import measure_latency
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed: cannot build xhprobe")
     probe = build_xhprobe(tmp_path / "xhprobe")
@@ -222,7 +222,7 @@ INTERLEAVED = RECORDED / "time_in_interleaved_pit_qemu_probe_single_probe_417_em
 def interleaved_rows(probe_delay_ns: float = 0.0) -> list:
     """The recorded measurement's rows; ``probe_delay_ns`` adds that much to
     every probe sample (the minimal alteration the delay mutant makes)."""
-    from harness.xen.parsers.probe_output import parse_probe_output
+    from xenhil.harness.xen.parsers.probe_output import parse_probe_output
     base, qemu, probe = parse_probe_output(INTERLEAVED.read_text())
     if probe_delay_ns:
         extra = round(probe_delay_ns * probe.tsc_hz / 1e9)
@@ -249,7 +249,7 @@ def test_the_recorded_interleaved_measurement_against_itself_is_no_regression(tm
 
 
 def delay_mutant_us() -> int:
-    from harness.mutants.catalog import load_mutant_catalog
+    from xenhil.harness.mutants.catalog import load_mutant_catalog
     [mutant] = load_mutant_catalog().chosen(["probe-delay"])
     return int(mutant.probe_fault.removeprefix("delay="))
 
@@ -278,8 +278,8 @@ def test_the_same_measurement_with_the_delay_mutants_delay_is_a_share_regression
 
 
 def test_a_server_named_like_the_baseline_is_refused_before_measuring(tmp_path):
-    from harness.checks.latency import measure_latency
-    from harness.errors import TestBugError
+    from xenhil.harness.checks.latency import measure_latency
+    from xenhil.harness.errors import TestBugError
     guest = LocalDryRunGuest(tmp_path / "no-probe-needed", tmp_path / "guest")
     with pytest.raises(TestBugError, match="a server named 'xen' would be taken for the "
                                            "Xen-internal baseline"):

@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 
-from harness.checks.failure import CheckFailed
-from harness.checks.mapcache import (DataPattern, check_invalidates, check_no_invalidate_failure,
+from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.checks.mapcache import (DataPattern, check_invalidates, check_no_invalidate_failure,
                                      check_pattern_intact, count_invalidates, parse_sha256sum)
-from harness.xen.parsers.qemu_trace import parse_trace_log
+from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log
 
 from tests.support.checks import DATA, assert_failure_message, data
 
@@ -82,8 +82,8 @@ def test_invalidate_counts_are_compared_once_they_stop_moving():
     settled() reads until two readings agree.  A server that lost
     invalidates keeps its lower count, and check_invalidates still fails.
     (Readings written by hand, shaped as the main job's.)"""
-    from harness.checks.failure import CheckFailed
-    from harness.checks.mapcache import check_invalidates, settled
+    from xenhil.harness.checks.failure import CheckFailed
+    from xenhil.harness.checks.mapcache import check_invalidates, settled
 
     def reader(readings):
         it = iter(readings)

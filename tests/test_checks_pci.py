@@ -3,17 +3,17 @@ import dataclasses
 
 import pytest
 
-from harness.checks.failure import CheckFailed
-from harness.checks.pci import (check_pci_ownership, check_pci_views, check_platform_device,
+from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.checks.pci import (check_pci_ownership, check_pci_views, check_platform_device,
                                 check_unowned_bdfs_read_ones, identify_platform_model,
                                 server_ids_by_model, unowned_bdfs_to_probe)
-from harness.checks.topology import expected_topology
-from harness.xen.parsers.lspci import PciDevice, parse_pci_listing
-from harness.xen.parsers.probe_output import PciConfigAccess, PciScan, PortRead, parse_single
-from harness.xen.parsers.qemu_trace import parse_trace_log, platform_log_messages
-from harness.xen.parsers.rangesets import parse_ioreq_rangesets
-from harness.xen.splits import Split, parse_split
-from harness.xen.xlconfig import HvmGuest, Vif
+from xenhil.harness.checks.topology import expected_topology
+from xenhil.harness.xen.parsers.lspci import PciDevice, parse_pci_listing
+from xenhil.harness.xen.parsers.probe_output import PciConfigAccess, PciScan, PortRead, parse_single
+from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log, platform_log_messages
+from xenhil.harness.xen.parsers.rangesets import parse_ioreq_rangesets
+from xenhil.harness.xen.splits import Split, parse_split
+from xenhil.harness.xen.xlconfig import HvmGuest, Vif
 
 from tests.support.checks import DATA, assert_failure_message, data
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from harness.checks.failure import CheckFailed
-from harness.checks.pci import check_pci_ownership, check_pci_views
-from harness.checks.routing import (check_server_ranges, class_owners, io_needs, needs_by_model,
+from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.checks.pci import check_pci_ownership, check_pci_views
+from xenhil.harness.checks.routing import (check_server_ranges, class_owners, io_needs, needs_by_model,
                                     parse_sysfs_resource)
-from harness.checks.topology import expected_topology, identify_models
-from harness.xen.parsers.lspci import parse_pci_listing
-from harness.xen.parsers.rangesets import parse_ioreq_rangesets
-from harness.xen.splits import parse_split
-from harness.xen.xlconfig import HvmGuest, Vif
+from xenhil.harness.checks.topology import expected_topology, identify_models
+from xenhil.harness.xen.parsers.lspci import parse_pci_listing
+from xenhil.harness.xen.parsers.rangesets import parse_ioreq_rangesets
+from xenhil.harness.xen.splits import parse_split
+from xenhil.harness.xen.xlconfig import HvmGuest, Vif
 from tests.support.checks import recorded, recorded_port_cmdlines
 
 SPLIT = parse_split(["name=qnet,vifs=nic1", "name=qall,ui,audio,ide,serial"])

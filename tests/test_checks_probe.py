@@ -3,14 +3,14 @@ topology, its class is owned by the probe, and its own counters judge the
 I/O routed to it."""
 import pytest
 
-from harness.checks.failure import CheckFailed
-from harness.checks.routing import (check_probe_io, check_server_ranges, class_owners,
+from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.checks.routing import (check_probe_io, check_server_ranges, class_owners,
                                     io_needs, needs_by_model, parse_sysfs_resource, probe_needs)
-from harness.checks.topology import PROBE_CLASS, expected_topology, with_probe
-from harness.probe_dm.companion import ProbeSettings
-from harness.probe_dm.host import ProbeCounters
-from harness.xen.splits import Split
-from harness.xen.xlconfig import HvmGuest, Vif
+from xenhil.harness.checks.topology import PROBE_CLASS, expected_topology, with_probe
+from xenhil.harness.probe_dm.companion import ProbeSettings
+from xenhil.harness.probe_dm.host import ProbeCounters
+from xenhil.harness.xen.splits import Split
+from xenhil.harness.xen.xlconfig import HvmGuest, Vif
 
 from tests.support.checks import assert_failure_message, data
 
@@ -86,8 +86,8 @@ def test_probe_io_is_judged_by_its_own_counters():
 
 
 def test_companion_servers_join_the_trace_derived_map():
-    from harness.checks.pci import server_ids_by_model
-    from harness.xen.parsers.qemu_trace import parse_trace_log
+    from xenhil.harness.checks.pci import server_ids_by_model
+    from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log
     traces = {"0": parse_trace_log("xen_ioreq_server_create id: 0\n")}
     assert server_ids_by_model(traces, {}, {1: "probe"}) == {1: "probe", 0: "0"}
     with pytest.raises(CheckFailed, match="server id 0: expected created by one model"):

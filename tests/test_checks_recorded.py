@@ -15,20 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.failure import CheckFailed
-from harness.checks.mapcache import check_invalidates, check_no_invalidate_failure, count_invalidates
-from harness.checks.pci import check_pci_ownership, check_pci_views, server_ids_by_model
-from harness.checks.routing import check_io_routing, check_server_ranges, class_owners, io_needs, needs_by_model
-from harness.checks.saverestore import check_same_ownership, check_same_pci, normalise_rangesets
-from harness.checks.topology import PLATFORM, expected_topology
-from harness.errors import ProductError
-from harness.xen.parsers.lspci import parse_pci_listing
-from harness.xen.parsers.qemu_trace import parse_trace_log
-from harness.xen.parsers.rangesets import parse_ioreq_rangesets
-from harness.xen.parsers.xl_info import parse_xl_info
-from harness.xen.splits import IDE, SERIAL, UI, Split
-from harness.xen.toolstack import require_hvm
-from harness.xen.xlconfig import HvmGuest, Vif
+from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.checks.mapcache import check_invalidates, check_no_invalidate_failure, count_invalidates
+from xenhil.harness.checks.pci import check_pci_ownership, check_pci_views, server_ids_by_model
+from xenhil.harness.checks.routing import check_io_routing, check_server_ranges, class_owners, io_needs, needs_by_model
+from xenhil.harness.checks.saverestore import check_same_ownership, check_same_pci, normalise_rangesets
+from xenhil.harness.checks.topology import PLATFORM, expected_topology
+from xenhil.harness.errors import ProductError
+from xenhil.harness.xen.parsers.lspci import parse_pci_listing
+from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log
+from xenhil.harness.xen.parsers.rangesets import parse_ioreq_rangesets
+from xenhil.harness.xen.parsers.xl_info import parse_xl_info
+from xenhil.harness.xen.splits import IDE, SERIAL, UI, Split
+from xenhil.harness.xen.toolstack import require_hvm
+from xenhil.harness.xen.xlconfig import HvmGuest, Vif
 
 from tests.support.checks import assert_failure_message, data
 

@@ -1,16 +1,16 @@
 """Per-class I/O routing and rangesets against device needs."""
 import pytest
 
-from harness.checks.failure import CheckFailed
-from harness.checks.routing import (DEVICE_PORTS, IoRange, check_io_routing, check_server_ranges,
+from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.checks.routing import (DEVICE_PORTS, IoRange, check_io_routing, check_server_ranges,
                                     class_owners, io_accesses, io_needs, needs_by_model,
                                     parse_sysfs_resource)
-from harness.checks.topology import PLATFORM, expected_topology
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.qemu_trace import parse_trace_log
-from harness.xen.parsers.rangesets import parse_ioreq_rangesets
-from harness.xen.splits import parse_split
-from harness.xen.xlconfig import HvmGuest, Vif
+from xenhil.harness.checks.topology import PLATFORM, expected_topology
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log
+from xenhil.harness.xen.parsers.rangesets import parse_ioreq_rangesets
+from xenhil.harness.xen.splits import parse_split
+from xenhil.harness.xen.xlconfig import HvmGuest, Vif
 
 from tests.support.checks import assert_failure_message, data
 
@@ -113,7 +113,7 @@ def test_vga_bar0_need_not_be_claimed_in_full():
     """Real Xen 4.17 + qemu-xen: QEMU claims only the VRAM window and the
     blitter MMIO inside the cirrus BAR0; its other BARs and the NIC's must
     still be covered in full."""
-    from harness.checks.routing import IoRange
+    from xenhil.harness.checks.routing import IoRange
     vga = next(d for d in TOPO.devices if d.qemu_type == "cirrus-vga")
     nic = next(d for d in TOPO.devices if d.device_class.startswith("nic:"))
     bars = {vga.bdf: [IoRange("memory", 0xf0000000, 0xf1ffffff, f"{vga.bdf} BAR0", "sysfs"),

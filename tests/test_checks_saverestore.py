@@ -2,14 +2,14 @@
 (tests/support/savefile_builder.py), recorded-shape rangesets and lspci."""
 import pytest
 
-from harness.checks.failure import CheckFailed
-from harness.checks.saverestore import (check_models_running, check_same_ownership, check_same_pci,
+from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.checks.saverestore import (check_models_running, check_same_ownership, check_same_pci,
                                         check_savefile_emulators, check_uptime_continued,
                                         normalise_rangesets, parse_uptime, state_paths)
-from harness.xen import savefile as sf
-from harness.xen.parsers.lspci import PciDevice, parse_pci_listing
-from harness.xen.parsers.rangesets import parse_ioreq_rangesets
-from harness.xen.splits import Split, parse_split
+from xenhil.harness.xen import savefile as sf
+from xenhil.harness.xen.parsers.lspci import PciDevice, parse_pci_listing
+from xenhil.harness.xen.parsers.rangesets import parse_ioreq_rangesets
+from xenhil.harness.xen.splits import Split, parse_split
 
 from tests.support.checks import assert_failure_message, data, recorded
 from tests.support.savefile_builder import SaveFileBuilder
@@ -107,8 +107,8 @@ def test_a_failed_restore_does_not_hide_the_checks_that_failed_before_it():
     mutant) makes the restore fail too, as a failed xl command: the test
     must fail with the save file's product failure, the restore's error
     listed with it (lab/mutants)."""
-    from harness.checks.saverestore import SaveRestoreRecord, _Collector
-    from harness.errors import RemoteCommandFailed
+    from xenhil.harness.checks.saverestore import SaveRestoreRecord, _Collector
+    from xenhil.harness.errors import RemoteCommandFailed
     checks = _Collector(SaveRestoreRecord())
     checks.run(check_savefile_emulators, parsed(), ["qnet", "qall"], EV)   # index 0 only
     restore = RemoteCommandFailed("xl restore /var/lib/xenhil/guests/g1.save", 3, "",
@@ -129,8 +129,8 @@ def test_xl_refusing_to_save_is_a_product_failure_quoting_libxls_error():
     frames went (main job 2026-12-01).  libxl is part of the build under
     test: its refusal is the product's failure, named by libxl's own line,
     not the lab's (a lost connection or a time limit raise other errors)."""
-    from harness.checks.saverestore import xl_refused
-    from harness.errors import RemoteCommandFailed
+    from xenhil.harness.checks.saverestore import xl_refused
+    from xenhil.harness.errors import RemoteCommandFailed
     stderr = recorded("xl_stderr_of_save_qnet_qall_port_no_emulator_file_417_emulated.txt")
     exc = RemoteCommandFailed("xl save xh-gw0-qnet-qall-3 /var/lib/xenhil/guests/xh-gw0-qnet-qall-3.save",
                               1, "", stderr, host="vhost1")

@@ -2,11 +2,11 @@
 written from libxl_dm.c's argument formats, see README.md there)."""
 import pytest
 
-from harness.checks.failure import CheckFailed
-from harness.checks.topology import (TopologyInputError, argv_of, expected_topology,
+from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.checks.topology import (TopologyInputError, argv_of, expected_topology,
                                      identify_models)
-from harness.xen.splits import Split, parse_split
-from harness.xen.xlconfig import HvmGuest, Vif
+from xenhil.harness.xen.splits import Split, parse_split
+from xenhil.harness.xen.xlconfig import HvmGuest, Vif
 
 from tests.support.checks import assert_failure_message, data, recorded_port_cmdlines
 

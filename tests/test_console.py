@@ -1,4 +1,4 @@
-"""harness.access.console against real TCP console servers (tests/support/console_server.py):
+"""xenhil.harness.access.console against real TCP console servers (tests/support/console_server.py):
 scripted byte streams, a real shell behind a pty with kernel/Xen noise, socat, a local command."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import paramiko
 import pexpect
 import pytest
 
-from harness.access.console import (
+from xenhil.harness.access.console import (
     Console,
     ConsoleClosed,
     ConsoleStalled,
@@ -22,14 +22,14 @@ from harness.access.console import (
     console_for,
     strip_console_noise,
 )
-from harness.errors import (
+from xenhil.harness.errors import (
     ConfigError,
     ConsoleTimeout,
     FatalConsoleOutput,
     InfrastructureError,
     TestBugError,
 )
-from harness.lab.model import CredentialRef, HostSpec, PowerConfig, SerialConfig, SSHConfig
+from xenhil.harness.lab.model import CredentialRef, HostSpec, PowerConfig, SerialConfig, SSHConfig
 from tests.support.console_server import (  # noqa: F401
     KERNEL_NOISE,
     XEN_NOISE,
@@ -321,7 +321,7 @@ def test_waiting_for_xens_banner_survives_the_serial_server_restarting(
         console_server_factory, transcript):
     # A virtual host's power cycle restarts its QEMU: the first link ends
     # with the old system's shutdown, the next one carries the new boot.
-    from harness.xen.provision import _follow_to_banner
+    from xenhil.harness.xen.provision import _follow_to_banner
     shutdown = b"[  355.6] reboot: Restarting system\r\n"
     server = console_server_factory(one_per_connection(scripted(shutdown, close_after=True),
                                                        scripted(b"GRUB\r\n", NEW_BOOT, hold=30)))
@@ -647,8 +647,8 @@ def test_interactive_passthrough_and_ctrl_bracket_leaves(socat_shell_server, tmp
     script = tmp_path / "attach.py"
     script.write_text(textwrap.dedent(f"""
         from pathlib import Path
-        from harness.access.console import Console
-        from harness.cli.console_interactive import interactive
+        from xenhil.harness.access.console import Console
+        from xenhil.harness.cli.console_interactive import interactive
         console = Console.tcp("host1", "127.0.0.1", {socat_shell_server.port}, Path({str(transcript)!r}))
         interactive(console)
         console.close()

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.xen.dom0_crashes import (Dom0Crash, emulation_note, guest_emulation_crashes,
+from xenhil.harness.xen.dom0_crashes import (Dom0Crash, emulation_note, guest_emulation_crashes,
                                       parse_crashes, parse_triple_faults, process_death_in_output)
 
 RECORDED = Path(__file__).parent / "data" / "recorded"

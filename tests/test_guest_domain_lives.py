@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.guest import Guest
-from harness.xen.parsers.xl_list import parse_xl_list
+from xenhil.harness.guest import Guest
+from xenhil.harness.xen.parsers.xl_list import parse_xl_list
 
 HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
 

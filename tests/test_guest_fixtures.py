@@ -87,7 +87,7 @@ class _GuestFake:
 def test_boot_crash_is_recognised_from_a_real_triple_fault_log(tmp_path):
     from pathlib import Path
 
-    from fixtures.guest import crashed_during_boot
+    from xenhil.fixtures.guest import crashed_during_boot
     recorded = Path(__file__).parent / "data" / "recorded" / "xl_dmesg_guest_triple_fault_417_emulated.txt"
     evidence = {"xl-dmesg.txt": str(recorded)}
     assert crashed_during_boot(_GuestFake(1), evidence) == \
@@ -97,8 +97,8 @@ def test_boot_crash_is_recognised_from_a_real_triple_fault_log(tmp_path):
 
 
 def test_boot_crash_is_recognised_from_the_crashed_state_and_not_from_a_timeout():
-    from fixtures.guest import crashed_during_boot
-    from harness.xen.parsers.xl_list import parse_xl_list
+    from xenhil.fixtures.guest import crashed_during_boot
+    from xenhil.harness.xen.parsers.xl_list import parse_xl_list
     listing = ("Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
                "Domain-0                                     0  1024     2     r-----     120.1\n"
                "g1                                           3   256     1     ---sc-       9.0\n")
@@ -117,8 +117,8 @@ def test_a_guest_that_powered_off_while_booting_is_a_crash_listed_or_gone(tmp_pa
     (on_poweroff=preserve) or it is gone (the default destroys it)."""
     from pathlib import Path
 
-    from fixtures.guest import crashed_during_boot
-    from harness.xen.parsers.xl_list import parse_xl_list
+    from xenhil.fixtures.guest import crashed_during_boot
+    from xenhil.harness.xen.parsers.xl_list import parse_xl_list
     listing = ("Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
                "Domain-0                                     0  1024     2     r-----     120.1\n"
                "g1                                          11   256     1     ---s--       9.0\n")

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.lab.leases import (GUEST_BOOTING, GUEST_READY, GuestRecord, GuestWish, Holder,
+from xenhil.harness.lab.leases import (GUEST_BOOTING, GUEST_READY, GuestRecord, GuestWish, Holder,
                                 SQLLeaseStore, open_store)
 from tests.support.leases import make_pool
 from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
@@ -143,8 +143,8 @@ class _Pools:
     processes of a run have them (each its own pool and Host object)."""
 
     def __init__(self, tmp_path: Path, server, monkeypatch):
-        from harness.host import Host
-        from harness.lab.inventory import load_inventory
+        from xenhil.harness.host import Host
+        from xenhil.harness.lab.inventory import load_inventory
         monkeypatch.setenv("XH_GUESTS", str(tmp_path / "guests"))
         monkeypatch.setenv("XH_BOOTS", str(tmp_path / "boots.jsonl"))
         monkeypatch.setenv("XH_DESTROYED", str(tmp_path / "destroyed.jsonl"))
@@ -155,7 +155,7 @@ class _Pools:
         self.Host = Host
 
     def pool(self, worker: str, limit: int = 2):
-        from fixtures.guest import GuestPool
+        from xenhil.fixtures.guest import GuestPool
         host = self.Host(self.spec, self.tmp_path / worker)
         self.hosts.append(host)
         pool = GuestPool(worker, self.tmp_path / worker, book=self.store, run_id="run-g",
@@ -183,7 +183,7 @@ def pools(tmp_path, sshd_host, monkeypatch):
 
 
 def test_a_host_keeps_its_limit_of_guests_and_destroys_the_least_recently_used(pools):
-    from harness.xen.catalog import load_catalog
+    from xenhil.harness.xen.catalog import load_catalog
     catalog = load_catalog()
     single, qnet, qserial = (catalog.get(s) for s in ("single", "qnet+qall", "qserial+qnet+qall"))
     gw0, host0 = pools.pool("gw0", limit=2)
@@ -207,7 +207,7 @@ def test_a_host_keeps_its_limit_of_guests_and_destroys_the_least_recently_used(p
 
 
 def test_a_guest_left_booting_by_a_dead_process_is_destroyed_by_the_next_holder(pools):
-    from harness.xen.catalog import load_catalog
+    from xenhil.harness.xen.catalog import load_catalog
     single = load_catalog().get("single")
     gw0, host0 = pools.pool("gw0")
     pools.store.put_guest(GuestRecord(host="h1", name="xh-gw9-single-1", split="single",
@@ -219,7 +219,7 @@ def test_a_guest_left_booting_by_a_dead_process_is_destroyed_by_the_next_holder(
 
 
 def test_a_disruptive_test_gets_a_guest_of_its_own_destroyed_after_it(pools):
-    from harness.xen.catalog import load_catalog
+    from xenhil.harness.xen.catalog import load_catalog
     single = load_catalog().get("single")
     gw0, host0 = pools.pool("gw0")
     shared = gw0.get(host0, single, "B1")
@@ -339,7 +339,7 @@ def test_the_tests_of_a_split_run_together_and_the_others_keep_their_place(pytes
 
 def test_a_run_on_a_lab_under_xdist_runs_a_stretch_per_host_unless_the_user_chose_a_mode(
         pytester, tmp_path, sshd_host):
-    from fixtures.scheduling import HostStretchScheduling, pytest_xdist_make_scheduler
+    from xenhil.fixtures.scheduling import HostStretchScheduling, pytest_xdist_make_scheduler
     lab = _inventory(tmp_path / "lab.yaml", sshd_host)
 
     def configured(*args):
@@ -372,7 +372,7 @@ class _Worker:
 def _scheduler(pytester, workers: int, hosts: int, tests: int):
     from xdist.plugin import pytest_cmdline_main
 
-    from fixtures.scheduling import HostStretchScheduling
+    from xenhil.fixtures.scheduling import HostStretchScheduling
     config = pytester.parseconfigure("-n", str(workers))
     pytest_cmdline_main(config)
     scheduler = HostStretchScheduling(config, None, hosts=hosts)

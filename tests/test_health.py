@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import harness.lab.health as health
-from harness.lab.health import FAILED, NOT_APPLICABLE, NOT_RUN, PASSED, check_host
-from harness.lab.leases import (EVENT_INFRA_FAILURE, EVENT_QUARANTINED, EVENT_RELEASED, Holder,
+import xenhil.harness.lab.health as health
+from xenhil.harness.lab.health import FAILED, NOT_APPLICABLE, NOT_RUN, PASSED, check_host
+from xenhil.harness.lab.leases import (EVENT_INFRA_FAILURE, EVENT_QUARANTINED, EVENT_RELEASED, Holder,
                                 HostsQuarantined, Pool, open_store)
-from harness.lab.model import (HEALTH_STEPS, CredentialRef, HostSpec, Inventory, PowerConfig,
+from xenhil.harness.lab.model import (HEALTH_STEPS, CredentialRef, HostSpec, Inventory, PowerConfig,
                                SerialConfig)
 from tests.support.bmc import (BMC_PASSWORD_ENV, BMC_USER, bmc_password, require_ipmitool,  # noqa: F401
                                running_bmc)
@@ -32,7 +32,7 @@ from tests.support.sshd import SSHD, SSHServer, fresh_sshd_server, sshd_factory,
 
 pytest_plugins = ["pytester"]
 
-XENHIL = [sys.executable, "-m", "harness.cli.main"]
+XENHIL = [sys.executable, "-m", "xenhil.harness.cli.main"]
 REPO = Path(__file__).resolve().parent.parent
 ME = Holder.current(run_id="health-test")
 LIMITED = ("dom0-ssh", "leftover-files")
@@ -53,7 +53,7 @@ def _statuses(report) -> dict[str, str]:
 
 
 def test_the_schema_lists_the_health_steps_of_the_model():
-    from harness.lab.inventory import inventory_schema
+    from xenhil.harness.lab.inventory import inventory_schema
     schema = inventory_schema()
     assert tuple(schema["$defs"]["health"]["properties"]["steps"]["items"]["enum"]) == HEALTH_STEPS
 
@@ -270,7 +270,7 @@ def test_needs_h1(host, n):
 
 RUN_ANYWHERE = """
 import os, pytest
-from harness.errors import InfrastructureError
+from xenhil.harness.errors import InfrastructureError
 
 def test_a(host):
     open(os.environ["HOSTS_USED"], "a").write(host.name + "\\n")
@@ -371,10 +371,10 @@ def test_leftover_device_models_are_processes_serving_no_domain(sshd_server, tmp
     device model (`-xen-domid N`) or probe (`harness.probe_dm --domid N`)
     for a domain that does not exist is left over; dom0's own disk backend
     (`-xen-domid 0`) and a live domain's device model are not."""
-    from harness.host import Host
+    from xenhil.harness.host import Host
     argvs = [["sh", "-c", "sleep 120", "qemu-system-i386", "-xen-domid", "71", "-nodefaults"],
              ["sh", "-c", "sleep 120", "qemu-system-i386", "-xen-domid", "0", "-xen-attach"],
-             ["sh", "-c", "sleep 120", "python3", "-m", "harness.probe_dm", "--domid", "72"],
+             ["sh", "-c", "sleep 120", "python3", "-m", "xenhil.harness.probe_dm", "--domid", "72"],
              ["sh", "-c", "sleep 120", "qemu-system-i386", "-xen-domid", "73"]]
     procs = [subprocess.Popen(argv) for argv in argvs]
     try:
@@ -396,11 +396,11 @@ def test_leftover_device_models_are_processes_serving_no_domain(sshd_server, tmp
 
 
 def test_a_host_returned_during_the_run_is_tried_again(sshd_server, tmp_path):
-    from fixtures.health import watch
-    from harness.host import HostState
-    from harness.lab.inventory import load_inventory
-    from harness.lab.lab import Lab
-    from harness.lab.leases import Holder
+    from xenhil.fixtures.health import watch
+    from xenhil.harness.host import HostState
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.lab.lab import Lab
+    from xenhil.harness.lab.leases import Holder
     lab_file = _write_lab(tmp_path, [{"name": "h1", "address": sshd_server.address,
                                       "ssh": _ssh_entry(sshd_server), "power": {"kind": "none"}}])
     # The run's Lab as fixtures.lab.open_lab makes it: the health bookkeeping wired in.

@@ -9,7 +9,7 @@ import pwd
 import subprocess
 import sys
 
-SHOW = ("import json; from harness.lab.leases import Holder; from harness.lab.model import os_user; "
+SHOW = ("import json; from xenhil.harness.lab.leases import Holder; from xenhil.harness.lab.model import os_user; "
         "print(json.dumps([Holder.current(run_id='r').user, os_user()]))")
 
 

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.secrets import secret_forms
-from harness.xen import savefile as sf
+from xenhil.harness.secrets import secret_forms
+from xenhil.harness.xen import savefile as sf
 from tests.support.savefile_builder import SaveFileBuilder, record
 
 ROOT = Path(__file__).resolve().parents[1]

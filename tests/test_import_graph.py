@@ -24,8 +24,9 @@ SCRIPT = Path(__file__).resolve().parent / "support" / "import_graph.py"
 
 
 def graph_of(root: Path) -> dict:
-    """The import-graph report of the tree at ``root`` (its harness/ and
-    fixtures/ first on the path, ahead of the installed checkout)."""
+    """The import-graph report of the tree at ``root`` (``root/xenhil``
+    holds its harness/ and fixtures/; first on the path, ahead of the
+    installed checkout)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, str(SCRIPT), str(root)], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -44,10 +45,11 @@ def problems(report: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tree_copy(tmp_path_factory) -> Path:
-    """A copy of harness/ and fixtures/ to plant faults in."""
+    """A copy of harness/ and fixtures/ to plant faults in, laid out as
+    installed (xenhil/harness, xenhil/fixtures)."""
     copy = tmp_path_factory.mktemp("tree")
     for package in ("harness", "fixtures"):
-        shutil.copytree(ROOT / package, copy / package,
+        shutil.copytree(ROOT / package, copy / "xenhil" / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c"))
     return copy
 
@@ -55,7 +57,7 @@ def tree_copy(tmp_path_factory) -> Path:
 def _planted(tree_copy: Path, tmp_path: Path, path: str, line: str) -> Path:
     tree = tmp_path / "tree"
     shutil.copytree(tree_copy, tree)
-    target = tree / path
+    target = tree / "xenhil" / path
     target.write_text(target.read_text() + f"\n\ndef _planted():\n    {line}\n")
     return tree
 
@@ -63,7 +65,7 @@ def _planted(tree_copy: Path, tmp_path: Path, path: str, line: str) -> Path:
 def test_a_planted_cycle_between_the_plugin_and_the_fixtures_is_found(tree_copy, tmp_path):
     # The import the fixtures had before issue #16 (the plugin's stash key).
     tree = _planted(tree_copy, tmp_path, "fixtures/scheduling.py",
-                    "from harness.plugin import RUN_OPTIONS")
+                    "from xenhil.harness.plugin import RUN_OPTIONS")
     found = problems(graph_of(tree))
     assert found == ["import cycle between packages: fixtures -> plugin "
                      "(by fixtures.scheduling -> harness.plugin)",
@@ -74,7 +76,7 @@ def test_a_planted_cycle_between_the_plugin_and_the_fixtures_is_found(tree_copy,
 
 
 def test_a_planted_cycle_through_the_rest_of_harness_is_found(tree_copy, tmp_path):
-    tree = _planted(tree_copy, tmp_path, "harness/lab/lab.py", "import fixtures.health")
+    tree = _planted(tree_copy, tmp_path, "harness/lab/lab.py", "import xenhil.fixtures.health")
     found = problems(graph_of(tree))
     assert any(line.startswith("import cycle between packages: harness -> fixtures "
                                "(by harness.lab.lab -> fixtures.health)") for line in found), found
@@ -87,8 +89,12 @@ def test_a_planted_pytest_import_in_harness_is_found(tree_copy, tmp_path):
         "fixtures/ or the plugin)"]
 
 
-def test_the_tree_has_no_cycle_between_packages_and_no_pytest_below_the_plugin():
-    report = graph_of(ROOT)
+def test_the_tree_has_no_cycle_between_packages_and_no_pytest_below_the_plugin(tmp_path):
+    # This checkout's own files, under the namespace they are installed in.
+    (tmp_path / "xenhil").mkdir()
+    for package in ("harness", "fixtures"):
+        (tmp_path / "xenhil" / package).symlink_to(ROOT / package)
+    report = graph_of(tmp_path)
     assert problems(report) == []
     # The direction the checks rely on: plugin -> fixtures -> harness.
     assert report["layers"] == {"plugin": ["fixtures", "harness"], "fixtures": ["harness"],

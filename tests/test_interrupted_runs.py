@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SUITE = '''
 import os, time, pytest
-from harness.errors import ProductError
+from xenhil.harness.errors import ProductError
 
 @pytest.mark.parametrize("n", range(3))
 def test_quick(host, n):
@@ -176,7 +176,7 @@ def _interrupted_run(run_dir: Path, signum: int, to_group: bool, workers: int,
 
 def _report_triage(run_dir: Path) -> str:
     """`xenhil report` of the run (as a user runs it); its triage text."""
-    report = subprocess.run([sys.executable, "-m", "harness.cli.main", "report",
+    report = subprocess.run([sys.executable, "-m", "xenhil.harness.cli.main", "report",
                              str(run_dir / "allure"), "-o", str(run_dir / "html"),
                              "--artifacts", str(run_dir / "artifacts")],
                             capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -216,8 +216,8 @@ def test_an_interrupted_run_ends_cleanly_and_its_report_lists_what_did_not_run(
     assert "INTERNALERROR" not in output, output
 
     # No lease held, each one released by its holder (not expired).
-    from harness.lab.inventory import load_inventory
-    from harness.lab.leases import Pool, open_store
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.lab.leases import Pool, open_store
     pool = Pool(open_store(f"sqlite://{run_dir / 'leases.sqlite'}"),
                 load_inventory(run_dir / "lab.yaml"))
     assert [lease for _, lease in pool.status(include_expired=True)] == [None, None], output
@@ -306,8 +306,8 @@ def test_an_interrupted_run_does_not_health_check_the_host_it_quarantined(run_di
     on two hosts, one quarantined: gw0 broke its host and then waits for the
     other, which gw1 holds in a blocked test; the controller learns of the
     quarantine only from gw0's end, which it reads while it waits."""
-    from harness.lab.inventory import load_inventory
-    from harness.lab.leases import Pool, open_store
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.lab.leases import Pool, open_store
     pool = Pool(open_store(f"sqlite://{run_dir / 'leases.sqlite'}"),
                 load_inventory(run_dir / "lab.yaml"))
     (run_dir / "run" / "test_suite.py").write_text(BREAKS_ITS_HOST)

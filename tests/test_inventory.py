@@ -15,12 +15,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from harness.cli.lab_check import check_command
-from harness.errors import ConfigError
-from harness.lab.inventory import (InventoryError, check_inventory, inventory_schema,
+from xenhil.harness.cli.lab_check import check_command
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.inventory import (InventoryError, check_inventory, inventory_schema,
                                    load_inventory, parse_host_key)
-from harness.lab.inventory_learn import fingerprint
-from harness.lab.model import KNOWN_CAPABILITIES, CredentialRef, HostSpec, PowerConfig, SSHConfig
+from xenhil.harness.lab.inventory_learn import fingerprint
+from xenhil.harness.lab.model import KNOWN_CAPABILITIES, CredentialRef, HostSpec, PowerConfig, SSHConfig
 from tests.support.sshd import SSHServer, fresh_sshd_server  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
@@ -415,14 +415,14 @@ def test_check_command_defaults_to_xenhil_lab(monkeypatch):
 
 
 def test_xenhil_lab_check_verb(capsys):
-    from harness.cli.main import main
+    from xenhil.harness.cli.main import main
     assert main(["lab", "check", str(DATA / "good" / "minimal.yaml")]) == 0
     assert main(["lab", "check", str(DATA / "bad" / "unknown_capability.yaml")]) == 2
     assert "unknown capability 'iomu'" in capsys.readouterr().out
 
 
 def test_check_command_from_a_fresh_interpreter():
-    code = ("import argparse, sys; from harness.cli.lab_check import check_command; "
+    code = ("import argparse, sys; from xenhil.harness.cli.lab_check import check_command; "
             "sys.exit(check_command(argparse.Namespace(file=sys.argv[1], learn=False, lab=None)))")
     good = subprocess.run([sys.executable, "-c", code, str(DATA / "good" / "minimal.yaml")],
                           capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -19,7 +19,7 @@ from tests.support.sshd import running_sshd
 
 pytest_plugins = ["pytester"]
 
-XENHIL = [sys.executable, "-m", "harness.cli.main"]
+XENHIL = [sys.executable, "-m", "xenhil.harness.cli.main"]
 
 
 @pytest.fixture
@@ -156,8 +156,8 @@ def test_ctrl_c_releases_the_lease(real_lab: Path, pytester: pytest.Pytester, tm
     finally:
         if proc.poll() is None:
             proc.kill()
-    from harness.lab.inventory import load_inventory
-    from harness.lab.leases import Pool, open_store, resolve_store_url
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.lab.leases import Pool, open_store, resolve_store_url
     inventory = load_inventory(real_lab)
     pool = Pool(open_store(resolve_store_url(None, inventory)), inventory)
     assert [lease for _, lease in pool.status()] == [None]

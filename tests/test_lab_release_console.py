@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.access.console import Console
-from harness.errors import ConsoleTimeout
-from harness.lab.inventory import load_inventory
-from harness.lab.lab import Lab
-from harness.lab.leases import Holder
+from xenhil.harness.access.console import Console
+from xenhil.harness.errors import ConsoleTimeout
+from xenhil.harness.lab.inventory import load_inventory
+from xenhil.harness.lab.lab import Lab
+from xenhil.harness.lab.leases import Holder
 from tests.support.console_server import console_server_factory  # noqa: F401
 from tests.support.console_server import one_per_connection, scripted
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError, ReservationTimeout
-from harness.lab.lease_sqlite import SQLiteLeaseStore
-from harness.lab.leases import (Grant, Heartbeat, Holder, LeaseLost, NotLeaseHolder, Pool,
+from xenhil.harness.errors import ConfigError, ReservationTimeout
+from xenhil.harness.lab.lease_sqlite import SQLiteLeaseStore
+from xenhil.harness.lab.leases import (Grant, Heartbeat, Holder, LeaseLost, NotLeaseHolder, Pool,
                                 default_store_url, open_store, resolve_store_url)
 from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 from tests.support.leases import (hold_until_killed, kill_quietly, make_inventory, make_pool,
@@ -359,7 +359,7 @@ def test_a_heartbeat_that_found_its_lease_lost_is_not_alive_while_its_thread_fin
         db, monkeypatch):
     # The thread is held inside its last step (logging the loss): CI once saw
     # `lost` set and `alive` still true in that window.
-    from harness.lab import leases
+    from xenhil.harness.lab import leases
     release_thread = threading.Event()
     monkeypatch.setattr(leases.log, "error", lambda *args: release_thread.wait(30))
     pool = make_pool(db, ["solo"], ttl=0.3)
@@ -420,7 +420,7 @@ hosts:
 
 @pytest.fixture
 def lab_file(tmp_path, monkeypatch) -> Path:
-    pytest.importorskip("harness.lab.inventory", reason="inventory loader not present")
+    pytest.importorskip("xenhil.harness.lab.inventory", reason="inventory loader not present")
     path = tmp_path / "lab.yaml"
     path.write_text(INVENTORY_YAML)
     monkeypatch.setenv("XENHIL_LAB", str(path))
@@ -428,7 +428,7 @@ def lab_file(tmp_path, monkeypatch) -> Path:
 
 
 def xenhil(*argv: str) -> int:
-    from harness.cli.main import main
+    from xenhil.harness.cli.main import main
     return main(list(argv))
 
 
@@ -484,7 +484,7 @@ def test_cli_reserve_bad_requests_exit_2(lab_file, capsys, argv, message):
 
 
 def test_postgres_url_password_is_never_shown(postgres_url):
-    from harness.lab.lease_postgres import redact
+    from xenhil.harness.lab.lease_postgres import redact
     assert redact("postgresql://u:s3cret@db.lab/leases") == "postgresql://u:***@db.lab/leases"
     assert "s3cret" not in redact("postgresql://db.lab/leases?password=s3cret&sslmode=require")
     store = open_store(postgres_url)

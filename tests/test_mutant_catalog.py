@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.mutants.catalog import MutantCatalogError, load_mutant_catalog
+from xenhil.harness.mutants.catalog import MutantCatalogError, load_mutant_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_every_problem_of_the_file_is_reported_at_once(folder: Path):
 
 
 def test_the_cli_check_lists_the_catalog_or_every_problem(folder: Path, capsys):
-    from harness.cli.main import main
+    from xenhil.harness.cli.main import main
     assert main(["qualify", "--check"]) == 0
     assert "11 mutant(s)" in capsys.readouterr().out
     path = _write(folder, [{**GOOD, "failure_class": "x", "splits": ["nosuch"]}])

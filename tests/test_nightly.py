@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli.main import main
-from harness.nightly import folders
+from xenhil.harness.cli.main import main
+from xenhil.harness.nightly import folders
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ def _env(lab: Path) -> dict:
 
 
 def _start(config: Path, lab: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli.main", "nightly", str(config)],
+    return subprocess.Popen([sys.executable, "-m", "xenhil.harness.cli.main", "nightly", str(config)],
                             cwd=ROOT, env=_env(lab), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 

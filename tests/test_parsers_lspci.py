@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.lspci import PciDevice, by_bdf, parse_pci_listing
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.lspci import PciDevice, by_bdf, parse_pci_listing
 
 DATA = Path(__file__).parent / "data" / "parsers"
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.probes import build_xhprobe, xhprobe_source
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.probe_output import (MmioRead, PciConfigAccess, PciScan, PortRead, PortWrite,
+from xenhil.harness.probes import build_xhprobe, xhprobe_source
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.probe_output import (MmioRead, PciConfigAccess, PciScan, PortRead, PortWrite,
                                               ProbeFailed, TimeIn, parse_probe_output, parse_single)
 
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.qemu_trace import (IOREQ_TYPE_INVALIDATE, ioreq_server_ids, ioreqs_of_type,
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.qemu_trace import (IOREQ_TYPE_INVALIDATE, ioreq_server_ids, ioreqs_of_type,
                                             mapped_pci_devices, parse_trace_line, parse_trace_log,
                                             platform_log_messages)
 

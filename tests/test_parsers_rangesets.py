@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.rangesets import (AmbiguousOwner, expand_pci, format_ranges, owner_of_bdf,
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.rangesets import (AmbiguousOwner, expand_pci, format_ranges, owner_of_bdf,
                                            owner_of_mmio, owner_of_port, overlaps, owners,
                                            parse_ioreq_rangesets, parse_range_list, sbdf_to_str,
                                            str_to_sbdf)

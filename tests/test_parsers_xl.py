@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.xl_info import parse_xl_info
-from harness.xen.parsers.xl_list import domain_by_name, parse_xl_list, parse_xl_list_long
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.xl_info import parse_xl_info
+from xenhil.harness.xen.parsers.xl_list import domain_by_name, parse_xl_list, parse_xl_list_long
 
 DATA = Path(__file__).parent / "data" / "parsers"
 

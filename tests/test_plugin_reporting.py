@@ -60,7 +60,7 @@ def test_host_fixture_without_lab_names_the_fix(pytester: pytest.Pytester, monke
 
 CLASSIFIED = """
     import pytest
-    from harness.errors import InfrastructureError, ProductError
+    from xenhil.harness.errors import InfrastructureError, ProductError
 
     @pytest.fixture
     def broken_bringup():
@@ -115,8 +115,8 @@ EMULATED_CRASH = """
     import pytest
     from pathlib import Path
     from types import SimpleNamespace
-    from harness.errors import ProductError
-    from harness.guest import Guest
+    from xenhil.harness.errors import ProductError
+    from xenhil.harness.guest import Guest
 
     DMESG = Path(%r).read_text()
 
@@ -160,7 +160,7 @@ def test_product_failures_on_an_emulated_host_whose_dom0_crashed_are_infrastruct
     assert _labels(real, "failure_class") == ["product"]
     assert "dom0 processes crashed" not in real["statusDetails"]["message"]
     import re
-    from harness.results.categories import CATEGORIES
+    from xenhil.harness.results.categories import CATEGORIES
     first = next(c["name"] for c in CATEGORIES if re.fullmatch(c["messageRegex"], message))
     assert first.startswith("Infrastructure")
 
@@ -171,7 +171,7 @@ def _results_all(alluredir: Path) -> list[dict]:
 
 def test_category_patterns_match_only_their_class() -> None:
     import re
-    from harness.results.categories import CATEGORIES
+    from xenhil.harness.results.categories import CATEGORIES
     messages = {
         "Infrastructure": "ConsoleTimeout: [infrastructure] no prompt\n  tail...",
         "Product": "ProductError: [product] expected qnet\nseen qall",
@@ -200,7 +200,7 @@ def test_xdist_workers_share_the_run_id(pytester: pytest.Pytester, tmp_path: Pat
 
 EVIDENCE_RUN = """
     import pytest
-    from harness.errors import InfrastructureError, ProductError
+    from xenhil.harness.errors import InfrastructureError, ProductError
 
     EVIDENCE = {}
 
@@ -246,7 +246,7 @@ def test_a_leased_host_replaces_the_runners_host_label(pytester: pytest.Pytester
     import socket
     alluredir = tmp_path / "allure"
     pytester.makepyfile("""
-        from fixtures.reporting import _label
+        from xenhil.fixtures.reporting import _label
         def test_on_lab_host():
             _label("host", "vhost9")      # what the host fixture does after its lease
         def test_without_lab_host():

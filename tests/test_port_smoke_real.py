@@ -24,11 +24,11 @@ import time
 
 import pytest
 
-from harness.build import engine
-from harness.build.recipes import all_debs
-from harness.xen.build import as_booted_on, load_build
-from harness.xen.provision import provision, running_build
-from harness.xen.toolstack import Toolstack
+from xenhil.harness.build import engine
+from xenhil.harness.build.recipes import all_debs
+from xenhil.harness.xen.build import as_booted_on, load_build
+from xenhil.harness.xen.provision import provision, running_build
+from xenhil.harness.xen.toolstack import Toolstack
 from tests.support.lab_host import leased_ready_host
 from tests.support.streamed import ROOT, streamed_run
 
@@ -63,7 +63,7 @@ def lab_inventory(request) -> str:
 def port_build(lab_inventory, tmp_path_factory) -> dict:
     """The port's tarball, built with the documented command (cached after the first time)."""
     out = tmp_path_factory.mktemp("port") / "device-models.tar.gz"
-    argv = [sys.executable, "-m", "harness.cli.main", "build",
+    argv = [sys.executable, "-m", "xenhil.harness.cli.main", "build",
             "--xen-series", str(PORT / "xen"), "--qemu-series", str(PORT / "qemu"), "-o", str(out)]
     t0 = time.monotonic()
     status, output = streamed_run(argv, out.with_suffix(".log"), "xenhil build")

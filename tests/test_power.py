@@ -1,4 +1,4 @@
-"""harness.access.power against a real BMC (harness.lab.virtual.bmc on
+"""xenhil.harness.access.power against a real BMC (harness.lab.virtual.bmc on
 loopback, powering ``sleep 1000``) driven by the real ipmitool; CommandPower
 with real local commands; SSHRebootPower against a real sshd."""
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.access.power import (CommandPower, IPMIPower, NoPower, PowerAuthError,
+from xenhil.harness.access.power import (CommandPower, IPMIPower, NoPower, PowerAuthError,
                                   SSHRebootPower, power_for)
-from harness.access.ssh import SSHConnection
-from harness.errors import ConfigError, PowerError, TestBugError
-from harness.lab.model import CredentialRef, HostSpec, PowerConfig, SSHConfig
-from harness.lab.virtual.bmc import ProcessMachine, stop_bmc_pidfile
+from xenhil.harness.access.ssh import SSHConnection
+from xenhil.harness.errors import ConfigError, PowerError, TestBugError
+from xenhil.harness.lab.model import CredentialRef, HostSpec, PowerConfig, SSHConfig
+from xenhil.harness.lab.virtual.bmc import ProcessMachine, stop_bmc_pidfile
 from tests.support.bmc import (BMC_PASSWORD_ENV, free_udp_port, ipmitool_argv,  # noqa: F401
                                power_config, require_ipmitool, running_bmc, bmc_password,
                                virtual_bmc)
@@ -235,7 +235,7 @@ def test_stop_by_stale_pidfile_signals_nobody(tmp_path):
 
 def test_bmc_that_cannot_bind_reports_why(tmp_path, bmc_password):
     import socket
-    from harness.lab.virtual.bmc import BMCError, start_bmc_process
+    from xenhil.harness.lab.virtual.bmc import BMCError, start_bmc_process
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.5", 0))
         port = taken.getsockname()[1]
@@ -245,7 +245,7 @@ def test_bmc_that_cannot_bind_reports_why(tmp_path, bmc_password):
 
 
 def test_bmc_refuses_to_start_without_its_password_variable(tmp_path, monkeypatch):
-    from harness.lab.virtual.bmc import main
+    from xenhil.harness.lab.virtual.bmc import main
     monkeypatch.delenv("XENHIL_NO_SUCH_PASSWORD", raising=False)
     with pytest.raises(SystemExit) as caught:
         main(["--address", "127.0.0.5", "--user", "admin", "--password-env",
@@ -442,8 +442,8 @@ def toy_power_kind(monkeypatch):
     import importlib
     import sys
 
-    from harness.access.power import driver
-    from harness.lab import inventory
+    from xenhil.harness.access.power import driver
+    from xenhil.harness.lab import inventory
     monkeypatch.setattr(driver.POWER_KINDS, "_classes", dict(driver.POWER_KINDS._classes))
     inventory.inventory_schema.cache_clear()
     inventory._validator.cache_clear()
@@ -460,8 +460,8 @@ def test_a_new_power_kind_is_one_file_and_its_registration(toy_power_kind, tmp_p
     """The toy kind's file alone makes the inventory take its fields (and
     refuse them elsewhere, and name its missing ones with its fix) and makes
     power_for drive it, for real: a local `sleep` powered on, seen on, off."""
-    from harness.access.power import power_kinds
-    from harness.lab.inventory import InventoryError, load_inventory
+    from xenhil.harness.access.power import power_kinds
+    from xenhil.harness.lab.inventory import InventoryError, load_inventory
     assert "local-process" in power_kinds()
     pidfile = tmp_path / "host.pid"
     host = ("hosts:\n  - name: toy1\n    address: 127.0.0.1\n    ssh: none\n"
@@ -497,7 +497,7 @@ def test_a_new_power_kind_is_one_file_and_its_registration(toy_power_kind, tmp_p
 
 
 def test_the_registry_refuses_a_kind_twice_and_a_field_with_two_schemas(toy_power_kind):
-    from harness.access.power import PowerDriver, register_power_driver
+    from xenhil.harness.access.power import PowerDriver, register_power_driver
 
     class Again(toy_power_kind):
         pass

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.probe_dm import COUNTERS_FORMAT
-from harness.probe_dm import xenlibs
-from harness.probe_dm.__main__ import build_device, build_parser
-from harness.probe_dm.emulation import (
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.probe_dm import COUNTERS_FORMAT
+from xenhil.harness.probe_dm import xenlibs
+from xenhil.harness.probe_dm.__main__ import build_device, build_parser
+from xenhil.harness.probe_dm.emulation import (
     ID_MAGIC,
     PCI_BAR0,
     PCI_COMMAND,
@@ -31,9 +31,9 @@ from harness.probe_dm.emulation import (
     Request,
     pci_config_address,
 )
-from harness.probe_dm.host import PACKAGE_FILES, ProbeCounters, ProbeSpec, bundle
-from harness.probe_dm.server import write_json_atomically
-from harness.probe_dm.xenlibs import (
+from xenhil.harness.probe_dm.host import BUNDLE_PREFIX, PACKAGE_FILES, ProbeCounters, ProbeSpec, bundle
+from xenhil.harness.probe_dm.server import write_json_atomically
+from xenhil.harness.probe_dm.xenlibs import (
     IOREQ_READ,
     IOREQ_TYPE_COPY,
     IOREQ_TYPE_INVALIDATE,
@@ -419,13 +419,20 @@ def _run_module(cwd: Path, *argv: str, isolated: bool = False) -> subprocess.Com
     # -S -E: no site-packages (so not the editable install): only what cwd holds
     flags = ["-S", "-E"] if isolated else []
     env = {"PATH": os.environ.get("PATH", "")}
-    return subprocess.run([sys.executable, *flags, "-m", "harness.probe_dm", *argv], cwd=cwd,
+    return subprocess.run([sys.executable, *flags, "-m", "xenhil.harness.probe_dm", *argv], cwd=cwd,
                           capture_output=True, text=True, timeout=120, env=env)
 
 
+def _unpacked_bundle(tmp_path: Path) -> Path:
+    _, data = bundle()
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
+        assert sorted(tar.getnames()) == sorted(BUNDLE_PREFIX + name for name in PACKAGE_FILES)
+        tar.extractall(tmp_path / "pkg")
+    return tmp_path / "pkg"
+
+
 def test_bad_arguments_exit_2_with_the_reason(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
-    result = _run_module(repo, "--domid", "1", "--counters", str(tmp_path / "c.json"),
+    result = _run_module(_unpacked_bundle(tmp_path), "--domid", "1", "--counters", str(tmp_path / "c.json"),
                          "--ports", "0x10-0x1", isolated=True)
     assert result.returncode == 2
     assert "--ports" in result.stderr and "how to fix" in result.stderr
@@ -436,12 +443,9 @@ def test_bad_arguments_exit_2_with_the_reason(tmp_path):
 def test_the_dom0_bundle_is_self_contained_and_reports_failure(tmp_path):
     """Unpack the bundle alone (no repository, no site-packages) and run it:
     outside dom0 it must fail cleanly, leaving a 'failed' counters file."""
-    _, data = bundle()
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
-        assert sorted(tar.getnames()) == sorted(PACKAGE_FILES)
-        tar.extractall(tmp_path / "pkg")
+    pkg = _unpacked_bundle(tmp_path)
     counters = tmp_path / "c.json"
-    result = _run_module(tmp_path / "pkg", "--domid", "1", "--counters", str(counters),
+    result = _run_module(pkg, "--domid", "1", "--counters", str(counters),
                          "--ports", "0x6100-0x610f", "--mmio", "0xf0000000-0xf0000fff",
                          "--bdf", "00:05.0", isolated=True)
     assert result.returncode == 1, result.stderr

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness.guest import Guest
-from harness.probe_dm.host import ProbeHandle, start_probe
-from harness.xen.parsers.lspci import by_bdf, parse_pci_listing
-from harness.xen.parsers.qemu_trace import iter_trace_events, ioreqs_of_type
-from harness.xen.toolstack import Toolstack
+from xenhil.harness.guest import Guest
+from xenhil.harness.probe_dm.host import ProbeHandle, start_probe
+from xenhil.harness.xen.parsers.lspci import by_bdf, parse_pci_listing
+from xenhil.harness.xen.parsers.qemu_trace import iter_trace_events, ioreqs_of_type
+from xenhil.harness.xen.toolstack import Toolstack
 from tests.support.lab_host import leased_ready_host
 
 pytestmark = [pytest.mark.real_xen, pytest.mark.slow]
@@ -63,9 +63,9 @@ def probe_host(request):
 
 @pytest.fixture(scope="module")
 def probe_guest(probe_host, tmp_path_factory):
-    from harness.lab.virtual.guestkit import GUEST_PROMPT, READY_CONDITION
-    from harness.xen.catalog import load_catalog
-    from harness.xen.testguest import guest_model
+    from xenhil.harness.lab.virtual.guestkit import GUEST_PROMPT, READY_CONDITION
+    from xenhil.harness.xen.catalog import load_catalog
+    from xenhil.harness.xen.testguest import guest_model
 
     name = f"xh-probe-{os.getpid()}"
     trace = f"/var/log/xen/xenhil-{name}.trace"
@@ -237,8 +237,8 @@ def test_planted_faults_do_on_xen_what_the_mutants_need(probe_guest):
     second probe of this guest: claim-qemu-port makes Xen hand a range QEMU
     holds to the probe (the newer server), which answers the guest there;
     delay slows every round trip by at least the delay."""
-    from harness.checks.latency import time_in_command
-    from harness.xen.parsers.probe_output import TimeIn, parse_single
+    from xenhil.harness.checks.latency import time_in_command
+    from xenhil.harness.xen.parsers.probe_output import TimeIn, parse_single
     g = probe_guest
     domid = g.guest.domid
     claimer = start_probe(g.host, domid, [FAULT_PORTS], fault="claim-qemu-port")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 pytest_plugins = ["pytester"]
 
 
 def _parse(tmp_path: Path, **options):
-    from harness.run_config import parse_run_config
+    from xenhil.harness.run_config import parse_run_config
     return parse_run_config({"--reserve-timeout": 60, "--lease-ttl": 60,
                              "--artifacts": str(tmp_path / "artifacts"), **options})
 
@@ -31,8 +31,8 @@ def test_the_fault_is_planted_in_the_probe_of_every_probe_split_only(tmp_path: P
 
 
 def test_the_companion_starts_the_probe_with_the_runs_fault(tmp_path: Path) -> None:
-    from harness.probe_dm.companion import ProbeCompanion
-    from harness.probe_dm.host import ProbeSpec
+    from xenhil.harness.probe_dm.companion import ProbeCompanion
+    from xenhil.harness.probe_dm.host import ProbeSpec
     run = _parse(tmp_path, **{"--probe-fault": "ignore-invalidate", "--split": ["single+probe"]})
     companion = ProbeCompanion(run.catalog.get("single+probe").probe_settings)
     s = companion.settings
@@ -70,11 +70,11 @@ def test_every_record_of_the_run_names_its_fault(pytester: pytest.Pytester, tmp_
                (alluredir / "environment.properties").read_text().splitlines())
     assert env["xenhil.probe_fault"] == named
     assert json.loads((artifacts / "R1/run-main.json").read_text())["xenhil.probe_fault"] == named
-    from harness.results.store import ResultsStore
+    from xenhil.harness.results.store import ResultsStore
     store = ResultsStore(f"sqlite://{artifacts / 'results.sqlite'}", create=False)
     try:
         assert json.loads(store.run("R1")["facts"])["xenhil.probe_fault"] == named
-        from harness.report import triage_summary
+        from xenhil.harness.report import triage_summary
         triage = triage_summary(store, "R1").splitlines()
     finally:
         store.close()
@@ -94,7 +94,7 @@ def test_a_bad_fault_stops_pytest_before_any_test(pytester: pytest.Pytester, tmp
 def test_a_mutant_runs_guests_are_never_shared_with_a_clean_run(tmp_path: Path) -> None:
     """Guests are shared by split and build (fixtures/guest.py GuestPool):
     a clean run must not take over a guest whose probe carries a fault."""
-    from fixtures.guest import guest_build
+    from xenhil.fixtures.guest import guest_build
     clean = _parse(tmp_path, **{"--split": ["single+probe"]}).catalog
     mutant = _parse(tmp_path, **{"--probe-fault": "delay=200", "--split": ["single+probe"]}).catalog
     assert guest_build("b1", clean.get("single+probe")) == "b1"

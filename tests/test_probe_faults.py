@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.probe_dm.__main__ import build_device, build_parser
-from harness.probe_dm.emulation import Bdf, ProbeDevice, Request
-from harness.probe_dm.faults import (DEFAULT_QEMU_PORTS, FAULTS, MAX_DELAY_US, ProbeFault,
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.probe_dm.__main__ import build_device, build_parser
+from xenhil.harness.probe_dm.emulation import Bdf, ProbeDevice, Request
+from xenhil.harness.probe_dm.faults import (DEFAULT_QEMU_PORTS, FAULTS, MAX_DELAY_US, ProbeFault,
                                      parse_fault, registrations)
-from harness.probe_dm.host import PACKAGE_FILES, ProbeSpec
-from harness.probe_dm.server import ProbeServer
-from harness.probe_dm.xenlibs import IOREQ_READ, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PIO
+from xenhil.harness.probe_dm.host import PACKAGE_FILES, ProbeSpec
+from xenhil.harness.probe_dm.server import ProbeServer
+from xenhil.harness.probe_dm.xenlibs import IOREQ_READ, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PIO
 
 REPO = Path(__file__).resolve().parents[1]
 PORTS = [(0x6100, 0x610F)]
@@ -141,7 +141,7 @@ def test_a_claimed_range_overlapping_the_probes_own_ports_is_refused():
 
 
 def test_a_bad_fault_exits_2_in_dom0_before_any_xen_call(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "harness.probe_dm", "--domid", "1", "--ports",
+    result = subprocess.run([sys.executable, "-m", "xenhil.harness.probe_dm", "--domid", "1", "--ports",
                              "0x6100-0x610f", "--counters", str(tmp_path / "c.json"),
                              "--fault", "delay=forever"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -163,6 +163,6 @@ def test_the_dom0_bundle_carries_the_faults_module():
     assert "harness/probe_dm/faults.py" in PACKAGE_FILES
     source = (REPO / "harness/probe_dm/faults.py").read_text()
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
-    # dom0 has the standard library and harness.errors only
-    assert all(line.split()[1].split(".")[0] in ("__future__", "time", "dataclasses", "harness")
+    # dom0 has the standard library and the bundle's xenhil.harness.errors only
+    assert all(line.split()[1] in ("__future__", "time", "dataclasses", "xenhil.harness.errors")
                for line in imports), imports

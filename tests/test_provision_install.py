@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import XenhilError
-from harness.host import Host
-from harness.lab.model import HostSpec, PowerConfig
-from harness.xen import provision as prov
-from harness.xen.build import load_build
-from harness.xen.parsers.xl_info import parse_xl_info
+from xenhil.harness.errors import XenhilError
+from xenhil.harness.host import Host
+from xenhil.harness.lab.model import HostSpec, PowerConfig
+from xenhil.harness.xen import provision as prov
+from xenhil.harness.xen.build import load_build
+from xenhil.harness.xen.parsers.xl_info import parse_xl_info
 from tests.support.console_server import console_server_factory, scripted  # noqa: F401
 from tests.support.sshd import sshd_factory, sshd_server  # noqa: F401
 
@@ -375,7 +375,7 @@ def test_a_silent_console_during_the_reboot_is_named_when_verify_fails(
     """The serial line held by another client (CI's real-Xen layer): our
     link connects and reads nothing, no banner comes, the host is power-cycled
     and boots GRUB's default entry; verify() then says why."""
-    from harness.access.console import Console
+    from xenhil.harness.access.console import Console
     held = console_server_factory(scripted(b"(XEN) Xen version 4.17.5 (Debian)\r\n", hold=30),
                                   one_at_a_time=True)
     first = Console.tcp("h", "127.0.0.1", held.port, tmp_path / "first.log")

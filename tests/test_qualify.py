@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.mutants.catalog import load_mutant_catalog
-from harness.mutants.qualify import mutant_series
+from xenhil.harness.mutants.catalog import load_mutant_catalog
+from xenhil.harness.mutants.qualify import mutant_series
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 # fails as the suite it stands in for would.
 STAND_IN_SUITE = '''
 """STAND-IN suite for tests/test_qualify.py: not a Xen test."""
-from harness.errors import InfrastructureError, ProductError
+from xenhil.harness.errors import InfrastructureError, ProductError
 
 
 def _fault(catalog_split):
@@ -81,7 +81,7 @@ def stand_in(tmp_path: Path) -> Path:
 
 def qualify(folder: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "XENHIL_LAB"}
-    return subprocess.run([sys.executable, "-m", "harness.cli.main", "qualify",
+    return subprocess.run([sys.executable, "-m", "xenhil.harness.cli.main", "qualify",
                            "--catalog", str(folder / "mutants.yaml"), "--suites-root", str(folder),
                            "--lab", str(folder / "lab.yaml"), "--artifacts", str(folder / "artifacts"),
                            *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
@@ -137,7 +137,7 @@ def test_bad_input_exits_2_before_any_run(stand_in: Path) -> None:
 
 
 def test_the_plan_runs_the_unmutated_build_first_then_the_faults_on_its_build() -> None:
-    from harness.mutants.qualify import plan
+    from xenhil.harness.mutants.qualify import plan
     catalog = load_mutant_catalog()
     runs = plan(catalog.mutants)
     assert runs[0].name == "unmutated" and runs[0].mutant is None

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from harness.errors import ConfigError, InfrastructureError
-from harness.lab.leases import (EVENT_HEALTH_FAILED, EVENT_HEALTH_PASSED, EVENT_INFRA_FAILURE,
+from xenhil.harness.errors import ConfigError, InfrastructureError
+from xenhil.harness.lab.leases import (EVENT_HEALTH_FAILED, EVENT_HEALTH_PASSED, EVENT_INFRA_FAILURE,
                                 EVENT_QUARANTINED, EVENT_RELEASED, QUARANTINE_AFTER_INFRA_FAILURES,
                                 Holder, HostsQuarantined, ReservationTimeout, SQLLeaseStore,
                                 open_store)
@@ -111,7 +111,7 @@ def test_a_read_only_schema_1_store_reads_as_nothing_quarantined(tmp_path, monke
     # A store of an older xenhil this user may not write (so not upgrade):
     # opened read-only, it has no quarantine table, so nothing is quarantined,
     # and its leases still read (`xenhil lab status`).
-    import harness.lab.lease_sqlite as lease_sqlite
+    import xenhil.harness.lab.lease_sqlite as lease_sqlite
     db = str(tmp_path / "v1.sqlite")
     _write_v1_store(db)
     monkeypatch.setattr(lease_sqlite, "_writable", lambda path: False)
@@ -254,7 +254,7 @@ def test_what_the_store_keeps_is_scrubbed_of_registered_secrets(db):
     masked, in every form, and reads back masked."""
     import json as _json
 
-    from harness.secrets import register_secret
+    from xenhil.harness.secrets import register_secret
     secret = "lease-store-pw-" + os.urandom(6).hex()
     register_secret(secret)
     store = open_store(db)

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.errors import CapabilityProbeFailed, ConfigError, ProductError
+import xenhil.harness.report  # noqa: F401  (numpy and scipy before any pytester run, see test_report_render)
+from xenhil.harness.errors import CapabilityProbeFailed, ConfigError, ProductError
 
 pytest_plugins = ["pytester"]
 
@@ -101,7 +102,7 @@ DRY_RUN = 'Parsing config from /tmp/xenhil-capability-probe.cfg\n{\n    "c_info"
 
 
 def _supports(ssh) -> bool:
-    from harness.xen.toolstack import Toolstack
+    from xenhil.harness.xen.toolstack import Toolstack
     return Toolstack(ssh, "vhost1").supports_device_models()
 
 
@@ -124,16 +125,18 @@ def test_a_dry_run_that_says_nothing_about_the_option_is_a_failure(status, outpu
 
 
 def _probe_answer(monkeypatch, status: int, stderr: str = "") -> str | None:
-    from harness.probe_dm import companion
+    from xenhil.harness.probe_dm import companion
     monkeypatch.setattr(companion, "install", lambda host: "/var/lib/xenhil/probe/x")
     host = SimpleNamespace(name="vhost1", ssh=_SSH(status, "", stderr))
     return companion.probe_unavailable(host)
 
 
+# Written by hand, in the shape of the probe's stderr in a dom0 without
+# Xen's libraries (the bundle's files live under xenhil/, as installed).
 MISSING_LIB = """Traceback (most recent call last):
   File "<string>", line 1, in <module>
-  File "/var/lib/xenhil/probe/x/harness/probe_dm/xenlibs.py", line 195, in __init__
-harness.probe_dm.xenlibs.XenLibraryMissing: [test-bug] cannot load libxendevicemodel.so.1 (libxendevicemodel.so.1: cannot open shared object file: No such file or directory); it ships in the Debian package libxendevicemodel1
+  File "/var/lib/xenhil/probe/x/xenhil/harness/probe_dm/xenlibs.py", line 195, in __init__
+xenhil.harness.probe_dm.xenlibs.XenLibraryMissing: [test-bug] cannot load libxendevicemodel.so.1 (libxendevicemodel.so.1: cannot open shared object file: No such file or directory); it ships in the Debian package libxendevicemodel1
   how to fix: Run the probe in a Xen dom0 with Xen's tool libraries installed (Debian: apt-get install xen-utils-4.17, which pulls them in).
 """
 
@@ -143,7 +146,7 @@ def test_the_probe_capability_is_there_or_truly_missing(monkeypatch) -> None:
     assert _probe_answer(monkeypatch, 127, "bash: python3: command not found") == \
         "python3 is not installed in dom0"
     why = _probe_answer(monkeypatch, 1, MISSING_LIB)
-    assert why.startswith("harness.probe_dm.xenlibs.XenLibraryMissing: [test-bug] cannot load "
+    assert why.startswith("xenhil.harness.probe_dm.xenlibs.XenLibraryMissing: [test-bug] cannot load "
                           "libxendevicemodel.so.1"), why
 
 
@@ -154,8 +157,8 @@ def test_a_probe_check_that_crashes_otherwise_is_a_failure(monkeypatch) -> None:
 
 
 def test_a_probe_that_cannot_be_copied_to_dom0_is_a_failure(monkeypatch) -> None:
-    from harness.errors import RemoteCommandFailed
-    from harness.probe_dm import companion
+    from xenhil.harness.errors import RemoteCommandFailed
+    from xenhil.harness.probe_dm import companion
 
     def broken(host):
         raise RemoteCommandFailed("tar -xzf -", 2, "", "tar: write error: No space left", host="vhost1")
@@ -168,14 +171,14 @@ def test_a_probe_that_cannot_be_copied_to_dom0_is_a_failure(monkeypatch) -> None
 # --- a run that tests the series fails instead of skipping its splits ----------------------
 
 def _build(patches: dict, components: tuple[str, ...]):
-    from harness.xen.build import XenBuild, _manifest_fields
+    from xenhil.harness.xen.build import XenBuild, _manifest_fields
     manifest = {"xenhil_build": "k", "components": {c: {} for c in components}, "patches": patches,
                 "sources": {}, "packaged": []}
     return XenBuild("dist", None, "boot/xen.gz", **_manifest_fields("m.json", manifest))
 
 
 def test_only_a_build_with_toolstack_or_qemu_patches_carries_the_series() -> None:
-    from harness.xen.build import XenBuild
+    from xenhil.harness.xen.build import XenBuild
     assert not XenBuild("debian-default", None, "").carries_series
     assert not _build({"xen": [], "qemu": []}, ("xen",)).carries_series
     assert not _build({"xen": [{"name": "hello"}], "qemu": []}, ("xen",)).carries_series   # hypervisor only
@@ -184,8 +187,8 @@ def test_only_a_build_with_toolstack_or_qemu_patches_carries_the_series() -> Non
 
 
 def test_a_missing_capability_skips_unless_the_run_tests_the_series() -> None:
-    from fixtures.guest import capability_missing_in_series_run
-    from harness.xen.build import XenBuild
+    from xenhil.fixtures.guest import capability_missing_in_series_run
+    from xenhil.harness.xen.build import XenBuild
     debian = XenBuild("debian-default", None, "")
     reason = "split qnet+qall needs device_models, which vhost1's Xen (debian-default-x) does not have"
     assert capability_missing_in_series_run(None, debian, reason) is None
@@ -207,7 +210,7 @@ class _Xl:
 
 
 def test_a_guest_whose_device_model_died_is_replaced_with_a_counted_warning(monkeypatch, tmp_path) -> None:
-    import fixtures.guest as guest_fixtures
+    import xenhil.fixtures.guest as guest_fixtures
     monkeypatch.setattr(guest_fixtures, "guest_emulation_crashes", lambda guest: ["qemu segfault at 0"])
     pool = guest_fixtures.GuestPool("gw0", tmp_path)
     guest = SimpleNamespace(name="xh-gw0-single-1", domid=3, xl=_Xl(), host=SimpleNamespace(name="vhost1"))
@@ -218,7 +221,7 @@ def test_a_guest_whose_device_model_died_is_replaced_with_a_counted_warning(monk
 
 DIED = """
     import warnings
-    from fixtures.guest import DeviceModelDied, GuestBootRetried
+    from xenhil.fixtures.guest import DeviceModelDied, GuestBootRetried
 
     def test_first():
         pass
@@ -235,8 +238,8 @@ DIED = """
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist"])
 def test_counted_warnings_reach_the_summary_the_store_and_the_triage(pytester: pytest.Pytester,
                                                                       tmp_path: Path, workers) -> None:
-    from harness.report import triage_summary
-    from harness.results.store import ResultsStore
+    from xenhil.harness.report import triage_summary
+    from xenhil.harness.results.store import ResultsStore
     db = f"sqlite:///{tmp_path / 'results.sqlite'}"
     pytester.makepyfile(test_died=DIED)
     result = pytester.runpytest(f"--results-db={db}", "--run-id=run-w", *workers)
@@ -260,7 +263,7 @@ def test_counted_warnings_reach_the_summary_the_store_and_the_triage(pytester: p
 def test_lab_up_takes_an_address_base(monkeypatch) -> None:
     import argparse
 
-    from harness.lab.virtual import cli, launcher
+    from xenhil.harness.lab.virtual import cli, launcher
     parser = argparse.ArgumentParser()
     cli.add_up_arguments(parser)
     assert parser.parse_args(["--virtual", "1"]).address_base == launcher.ADDRESS_BASE == 10
@@ -271,7 +274,7 @@ def test_lab_up_takes_an_address_base(monkeypatch) -> None:
 
 
 def test_the_smoke_finds_the_virtual_lab_behind_an_inventory(tmp_path) -> None:
-    from harness.lab.virtual import launcher
+    from xenhil.harness.lab.virtual import launcher
     from tests.test_virtual_lab import _virtual_lab_behind
     state = tmp_path / "state"
     state.mkdir()

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.xen.parsers.lspci import parse_pci_listing
-from harness.xen.parsers.qemu_trace import ioreq_server_ids, parse_trace_log
-from harness.xen.parsers.rangesets import expand_pci, overlaps, owner_of_port, parse_ioreq_rangesets
-from harness.xen.parsers.xl_info import parse_xl_info
-from harness.xen.savefile import CorruptSaveFile, parse_savefile_bytes
+from xenhil.harness.xen.parsers.lspci import parse_pci_listing
+from xenhil.harness.xen.parsers.qemu_trace import ioreq_server_ids, parse_trace_log
+from xenhil.harness.xen.parsers.rangesets import expand_pci, overlaps, owner_of_port, parse_ioreq_rangesets
+from xenhil.harness.xen.parsers.xl_info import parse_xl_info
+from xenhil.harness.xen.savefile import CorruptSaveFile, parse_savefile_bytes
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 

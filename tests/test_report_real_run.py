@@ -19,9 +19,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-import harness.results.plots  # noqa: F401  (numpy before any pytester run, see test_report_render)
-from harness.report import PROJECT_ROOT, render_html
-from harness.results.categories import write_categories
+import xenhil.harness.results.plots  # noqa: F401  (numpy before any pytester run, see test_report_render)
+from xenhil.harness.report import PROJECT_ROOT, render_html
+from xenhil.harness.results.categories import write_categories
 from tests.support.browser import HeadlessChromium, ReportServer, chromium  # noqa: F401
 
 RECORDED = Path(__file__).parent / "data" / "recorded" / "allure-virtual-lab"

@@ -18,17 +18,17 @@ import pytest
 
 # numpy is imported here, before pytester: an in-process pytester run drops
 # the modules it imported, and numpy cannot be loaded twice in one process.
-import harness.results.plots  # noqa: F401
-from harness.attach import (
+import xenhil.harness.results.plots  # noqa: F401
+from xenhil.harness.attach import (
     attach_file,
     attach_latency,
     attach_text,
     set_test_artifact_dir,
     test_artifact_dir,
 )
-from harness.errors import TestBugError
-from harness.secrets import register_secret
-from harness.report import PROJECT_ROOT, render_html
+from xenhil.harness.errors import TestBugError
+from xenhil.harness.secrets import register_secret
+from xenhil.harness.report import PROJECT_ROOT, render_html
 from tests.support.browser import HeadlessChromium, ReportServer, chromium  # noqa: F401
 
 pytest_plugins = ["pytester"]
@@ -38,11 +38,11 @@ SCREENSHOTS = PROJECT_ROOT / "artifacts" / "report-screenshots"
 RUN = """
     import random
 
-    from harness.access.console import Console
-    from harness.attach import attach_console_slice, attach_file, attach_latency
-    from harness.errors import ConfigError, InfrastructureError, ProductError
-    from harness.results.latency import summarize
-    from harness.results.plots import latency_distribution_png
+    from xenhil.harness.access.console import Console
+    from xenhil.harness.attach import attach_console_slice, attach_file, attach_latency
+    from xenhil.harness.errors import ConfigError, InfrastructureError, ProductError
+    from xenhil.harness.results.latency import summarize
+    from xenhil.harness.results.plots import latency_distribution_png
     from tests.support.console_server import ConsoleServer, scripted
 
     BOOT = (b"(XEN) Xen version 4.20.0 (root@lab) (gcc 12.2.0)\\r\\n"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.results.latency import (LatencyRule, build_class, find_latency_regressions,
+from xenhil.harness.results.latency import (LatencyRule, build_class, find_latency_regressions,
                                      latency_regressions, latency_rule, mann_whitney_greater,
                                      subsample, summarize)
-from harness.results.plots import latency_distribution_png
-from harness.results.store import Outcome, ResultsStore
-from harness.results.verdicts import KnownIssue, load_known_issues, verdict
-from harness.errors import ConfigError
+from xenhil.harness.results.plots import latency_distribution_png
+from xenhil.harness.results.store import Outcome, ResultsStore
+from xenhil.harness.results.verdicts import KnownIssue, load_known_issues, verdict
+from xenhil.harness.errors import ConfigError
 from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 
 pytest_plugins = ["pytester"]
@@ -251,7 +251,7 @@ def test_two_runs_give_a_regression_in_the_triage_summary(pytester: pytest.Pytes
                                                           tmp_path: Path, results_db: str) -> None:
     import socket
 
-    from harness.report import triage_summary
+    from xenhil.harness.report import triage_summary
     db = results_db
     pytester.makepyfile(test_flip="""
         import os

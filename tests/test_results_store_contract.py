@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError, InfrastructureError
-from harness.results.store import ResultsStore
+from xenhil.harness.errors import ConfigError, InfrastructureError
+from xenhil.harness.results.store import ResultsStore
 from tests.support.at_once import errors_of_processes_at_once
 from tests.support.postgres import postgres_url  # noqa: F401   (module-scoped fixture)
 
@@ -324,8 +324,8 @@ def test_two_runners_share_one_history(url):
     were recorded, and each run says which runner wrote it."""
     import random
 
-    from harness.results.latency import latency_regressions, summarize
-    from harness.results.verdicts import verdict
+    from xenhil.harness.results.latency import latency_regressions, summarize
+    from xenhil.harness.results.verdicts import verdict
 
     runner_a, runner_b = ResultsStore(url), ResultsStore(url)
     rng = random.Random(11)
@@ -359,7 +359,7 @@ def test_two_runners_share_one_history(url):
 
 
 def test_secrets_never_reach_the_store(url):
-    from harness.secrets import register_secret
+    from xenhil.harness.secrets import register_secret
     secret = "contract-secret-" + os.urandom(6).hex()
     register_secret(secret)
     store = ResultsStore(url)
@@ -578,7 +578,7 @@ def open_lease_or_results_store(url: str, kind: str, barrier, results) -> None:
     barrier.wait()
     try:
         if kind == "leases":
-            from harness.lab.lease_postgres import PostgresLeaseStore
+            from xenhil.harness.lab.lease_postgres import PostgresLeaseStore
             PostgresLeaseStore(url).close()
         else:
             ResultsStore(url).close()
@@ -599,7 +599,7 @@ def test_the_lease_and_results_stores_create_one_database_at_once(postgres_url):
 
 
 def test_results_db_option_takes_postgres_urls_without_a_password():
-    from harness.options import check_pytest_options, check_store_url
+    from xenhil.harness.options import check_pytest_options, check_store_url
     assert check_store_url("--results-db", "postgresql://ci@db.example/results") == \
         "postgresql://ci@db.example/results"
     with pytest.raises(ConfigError, match="the URL holds a password") as info:
@@ -670,7 +670,7 @@ def test_xenhil_report_scans_a_postgres_lease_store_through_its_rows(postgres_ur
     """The run writes into the lab's lease store too (holders, quarantine
     reasons, guests' failures); on PostgreSQL it is no file, so the scan
     reads its rows, and a secret that reached it is a leak."""
-    from harness.lab.leases import Holder, open_store
+    from xenhil.harness.lab.leases import Holder, open_store
     results_url = new_database(postgres_url, "report")
     store = ResultsStore(results_url)
     store.record_run("run-1", build="b1", runner="runner-a")

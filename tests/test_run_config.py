@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 pytest_plugins = ["pytester"]
 
@@ -29,7 +29,7 @@ def _inventory(tmp_path: Path, *hosts: dict) -> Path:
 
 
 def _parse(tmp_path: Path, **options):
-    from harness.run_config import parse_run_config
+    from xenhil.harness.run_config import parse_run_config
     return parse_run_config({"--reserve-timeout": 60, "--lease-ttl": 60,
                              "--artifacts": str(tmp_path / "artifacts"), **options})
 
@@ -76,8 +76,8 @@ def test_the_catalog_and_the_inventory_are_read_once_per_run(pytester: pytest.Py
     """They used to be read again for every test module (the split
     parametrisation), every test (catalog_split) and every hook that
     needed the hosts."""
-    import harness.lab.inventory
-    import harness.xen.catalog
+    import xenhil.harness.lab.inventory
+    import xenhil.harness.xen.catalog
     reads = {"catalog": 0, "inventory": 0}
 
     def counting(name, real):
@@ -86,10 +86,10 @@ def test_the_catalog_and_the_inventory_are_read_once_per_run(pytester: pytest.Py
             return real(*args, **kwargs)
         return read
     # Counted where every read passes, however a module imported the loader.
-    monkeypatch.setattr(harness.xen.catalog.Catalog, "__init__",
-                        counting("catalog", harness.xen.catalog.Catalog.__init__))
-    monkeypatch.setattr(harness.lab.inventory, "_check",
-                        counting("inventory", harness.lab.inventory._check))
+    monkeypatch.setattr(xenhil.harness.xen.catalog.Catalog, "__init__",
+                        counting("catalog", xenhil.harness.xen.catalog.Catalog.__init__))
+    monkeypatch.setattr(xenhil.harness.lab.inventory, "_check",
+                        counting("inventory", xenhil.harness.lab.inventory._check))
     lab = _inventory(tmp_path, _host("vh1", "127.0.0.11", emulated=True))
     test = "def test_{0}(split, catalog_split):\n    assert catalog_split.id == split\n"
     pytester.makepyfile(test_one=test.format("one"), test_two=test.format("two"))
@@ -120,9 +120,9 @@ def test_split_ids_keep_the_catalogs_order_and_every_unknown_one_is_named(tmp_pa
 
 def test_the_cli_and_the_plugin_declare_the_lab_options_once(pytester: pytest.Pytester) -> None:
     """`pytest --help` and every `xenhil` verb taking a lab show the same
-    --lab and --lab-db, from harness.run_config.LAB_OPTIONS."""
-    from harness.cli.main import build_parser
-    from harness.run_config import LAB_OPTIONS
+    --lab and --lab-db, from xenhil.harness.run_config.LAB_OPTIONS."""
+    from xenhil.harness.cli.main import build_parser
+    from xenhil.harness.run_config import LAB_OPTIONS
     helps = {name: " ".join(d["help"].split()) for name, d in LAB_OPTIONS.items()}
     result = pytester.runpytest("--help")
     text = " ".join(result.stdout.str().split())
@@ -138,8 +138,8 @@ def test_the_cli_and_the_plugin_declare_the_lab_options_once(pytester: pytest.Py
 def test_a_lab_opens_its_lease_store_only_when_asked(tmp_path: Path) -> None:
     """`xenhil host run` and the budgets need the inventory, not the store:
     a Lab made for them does not create one."""
-    from harness.lab.inventory import load_inventory
-    from harness.lab.lab import Lab
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.lab.lab import Lab
     lab_file = _inventory(tmp_path, _host("vh1", "127.0.0.11"))
     lab = Lab(load_inventory(lab_file), artifacts=tmp_path / "art")
     assert lab.host_object("vh1").name == "vh1" and lab.host_object("vh1") is lab.reached("vh1")

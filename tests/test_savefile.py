@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli.main import main as xenhil_main
-from harness.errors import ConfigError, ProductError
-from harness.xen import savefile as sf
-from harness.xen.savefile import CorruptSaveFile, NotASaveFile, parse_savefile, parse_savefile_bytes
+from xenhil.harness.cli.main import main as xenhil_main
+from xenhil.harness.errors import ConfigError, ProductError
+from xenhil.harness.xen import savefile as sf
+from xenhil.harness.xen.savefile import CorruptSaveFile, NotASaveFile, parse_savefile, parse_savefile_bytes
 from tests.support.savefile_builder import SaveFileBuilder, emulator_record, libxc_stream, record
 
 # Save files written by a real xl (tests/data/recorded/README.md): named
@@ -182,7 +182,7 @@ def test_cli_exit_codes_a_file_that_is_not_what_it_claims_is_bad_input(tmp_path,
     """Issue 15's convention: at the command line a damaged save file is bad
     input (exit 2, one line with the offset); read by a suite, the same damage
     is a malformed stream the product wrote (CorruptSaveFile, a ProductError)."""
-    from harness.errors import ProductError
+    from xenhil.harness.errors import ProductError
     other = tmp_path / "notes.txt"
     other.write_text("hello")
     assert xenhil_main(["savefile", "inspect", str(other)]) == 2

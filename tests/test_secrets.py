@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.secrets import (
+from xenhil.harness.secrets import (
     MASK,
     ScrubbingLogFilter,
     inline_secret_kind,
@@ -50,10 +50,10 @@ LEAKY_TESTS = """
     import allure
     import pytest
 
-    from harness.attach import attach_file, attach_text
-    from harness.errors import InfrastructureError
-    from harness.lab.inventory import load_inventory
-    from harness.step import step
+    from xenhil.harness.attach import attach_file, attach_text
+    from xenhil.harness.errors import InfrastructureError
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.step import step
 
     log = logging.getLogger("suite.leaky")
     KEY_FILE = Path(os.environ["LEAKY_KEY_FILE"])
@@ -175,7 +175,7 @@ def test_planted_secrets_never_reach_results_artifacts_or_logs(
 
     key_failed = results["test_private_key_in_harness_error"]
     assert key_failed["statusDetails"]["message"].startswith(
-        "harness.errors.InfrastructureError: [infrastructure] ssh refused key\n***")
+        "xenhil.harness.errors.InfrastructureError: [infrastructure] ssh refused key\n***")
     key_attachment = {a["name"]: a for a in key_failed["attachments"]}["ssh key"]
     assert (alluredir / key_attachment["source"]).read_text().strip() == MASK
 
@@ -251,8 +251,8 @@ def test_log_filter_scrubs_message_arguments_and_exception_text() -> None:
 
 def test_secret_scan_finds_an_inventorys_secrets_under_result_folders(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_key: Path) -> None:
-    from harness.lab.inventory import load_inventory
-    from harness.results.secret_scan import inventory_secrets, scan
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.results.secret_scan import inventory_secrets, scan
 
     password = "ipmi-" + secrets.token_urlsafe(12)
     monkeypatch.setenv(PASSWORD_VAR, password)
@@ -370,9 +370,9 @@ def test_a_postgresql_stores_password_is_a_secret_of_the_run(
     """The store URL holds no password (refused when it does): libpq takes it
     from $PGPASSWORD or the password file, so those are masked and scanned
     for when a store is PostgreSQL, and nothing is asked when it is not."""
-    from harness.lab.credentials import libpq_passwords, resolve_all
-    from harness.lab.inventory import load_inventory
-    from harness.results.secret_scan import inventory_secrets, scan
+    from xenhil.harness.lab.credentials import libpq_passwords, resolve_all
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.results.secret_scan import inventory_secrets, scan
 
     env_pw, file_pw = "pg-" + secrets.token_hex(6), "a:b\\c-" + secrets.token_hex(6)
     passfile = tmp_path / "pgpass"
@@ -407,7 +407,7 @@ def test_a_quarantine_reason_is_kept_and_shown_masked(
     """A reason is free text kept in the lease store and shown to everyone
     by `lab status`: a secret typed into it (registered, or inline) is masked
     before it is stored."""
-    from harness.cli.main import main
+    from xenhil.harness.cli.main import main
     password = "bmc-" + secrets.token_hex(8)
     monkeypatch.setenv(PASSWORD_VAR, password)
     lab, store = tmp_path / "lab.yaml", tmp_path / "leases.sqlite"
@@ -455,8 +455,8 @@ def test_the_end_of_run_sweep_renames_files_and_folders_named_after_a_secret(tmp
     after its id, can carry a secret in its name, which a report's file list
     shows: the sweep renames it (deepest first), keeps its content (scrubbed)
     and never overwrites a file that has the masked name already."""
-    from harness.attach import scrub_files
-    from harness.secrets import MASK, register_secret
+    from xenhil.harness.attach import scrub_files
+    from xenhil.harness.secrets import MASK, register_secret
     secret = "sweep-name-" + os.urandom(6).hex()
     register_secret(secret)
     folder = tmp_path / f"test_login[{secret}]"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.secrets import MASK
+from xenhil.harness.secrets import MASK
 
 PASSWORD_VAR = "XENHIL_RUN_SECRET_BMC_PASSWORD"
 XENHIL = str(Path(sys.executable).with_name("xenhil"))
@@ -56,7 +56,7 @@ from pathlib import Path
 import allure
 import pytest
 
-from harness.attach import attach_text, current_test_artifact_dir
+from xenhil.harness.attach import attach_text, current_test_artifact_dir
 
 log = logging.getLogger("suite.leaky")
 
@@ -236,8 +236,8 @@ def test_a_run_printing_every_secret_leaves_none_and_a_planted_copy_is_found(
     assert f"as-is: {MASK}" in out
 
     # One copy back into each kind of file: the scan fails naming that file.
-    from harness.lab.inventory import load_inventory
-    from harness.results.secret_scan import inventory_secrets, scan as scan_files
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.results.secret_scan import inventory_secrets, scan as scan_files
     monkeypatch.setenv(PASSWORD_VAR, lab["password"])
     found = inventory_secrets(load_inventory(lab["inventory"]))
     targets = [alluredir, report, db, artifacts]

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.cli.main import main as xenhil
-from harness.errors import ConfigError
-from harness.xen import splits
-from harness.xen.catalog import load_catalog
-from harness.xen.splits import DeviceModel, Split, SplitError, parse_split
-from harness.xen.xlconfig import parse_xl_config
+from xenhil.harness.cli.main import main as xenhil
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.xen import splits
+from xenhil.harness.xen.catalog import load_catalog
+from xenhil.harness.xen.splits import DeviceModel, Split, SplitError, parse_split
+from xenhil.harness.xen.xlconfig import parse_xl_config
 from tests.support.libxlutil import INSTALL_HINT, LIBXLUTIL
 
 COVER_LETTER = ["name=qnet,vifs=nic1", "name=qall,ui,ide"]

@@ -1,4 +1,4 @@
-"""harness.access.ssh against a real OpenSSH sshd (tests/support/sshd.py)."""
+"""xenhil.harness.access.ssh against a real OpenSSH sshd (tests/support/sshd.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +13,7 @@ import warnings
 import paramiko
 import pytest
 
-from harness.access.ssh import (
+from xenhil.harness.access.ssh import (
     CommandResult,
     CommandTimeout,
     SSHConnection,
@@ -22,7 +22,7 @@ from harness.access.ssh import (
     connection_for,
     fetch_host_key,
 )
-from harness.errors import (
+from xenhil.harness.errors import (
     ConfigError,
     ConnectionLost,
     HostKeyMismatch,
@@ -31,7 +31,7 @@ from harness.errors import (
     SSHError,
     TestBugError,
 )
-from harness.lab.model import CredentialRef
+from xenhil.harness.lab.model import CredentialRef
 from tests.support.sshd import (  # noqa: F401  (fixtures)
     fresh_sshd_server,
     keygen,

@@ -12,7 +12,7 @@ import threading
 
 from paramiko.common import MSG_CHANNEL_CLOSE, MSG_CHANNEL_EOF
 
-from harness.access.ssh import SSHConnection
+from xenhil.harness.access.ssh import SSHConnection
 from tests.support.sshd import sshd_factory, sshd_server  # noqa: F401  (fixtures)
 
 THREADS = 4
@@ -59,8 +59,8 @@ def test_a_host_takes_a_new_connection_when_another_host_object_closed_the_share
     (connection_for); one of them closing it at its end must not leave the
     others with a closed connection (CI: after the smoke test closed its Host,
     the next test's host failed every command with "used after close()")."""
-    from harness.host import Host
-    from harness.lab.model import HostSpec, PowerConfig
+    from xenhil.harness.host import Host
+    from xenhil.harness.lab.model import HostSpec, PowerConfig
 
     spec = HostSpec(name="shared-host", address="127.0.0.1", ssh=sshd_server.ssh_config(),
                     serial=None, power=PowerConfig(kind="none"))

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.lab.leases import Holder, LeaseStoreError, SQLLeaseStore, open_store
-from harness.results.store import ResultsStore
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.leases import Holder, LeaseStoreError, SQLLeaseStore, open_store
+from xenhil.harness.results.store import ResultsStore
 from tests.support.leases import make_pool
 from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 
@@ -242,7 +242,7 @@ def test_a_read_only_results_store_is_read_for_the_report(tmp_path, what):
         if what == "folder":
             modes[folder] = folder.stat().st_mode
             folder.chmod(0o555)
-        code = ("import sys; from harness.results.store import ResultsStore; "
+        code = ("import sys; from xenhil.harness.results.store import ResultsStore; "
                 "s = ResultsStore(sys.argv[1], create=False); "
                 "print(s.read_only, s.outcomes('r1')[0]['message'])")
         proc = subprocess.run(_as_unprivileged([sys.executable, "-c", code, f"sqlite://{path}"]),
@@ -294,7 +294,7 @@ def test_a_store_damaged_past_its_first_pages_is_bad_input_not_a_bug(tmp_path):
 
 
 def test_a_results_store_on_a_full_disk_says_so(tmp_path):
-    from harness.errors import InfrastructureError
+    from xenhil.harness.errors import InfrastructureError
     store = ResultsStore(f"sqlite://{tmp_path / 'results.sqlite'}")
     store.record_run("r1")
     pages = store.db.execute("PRAGMA page_count").fetchone()[0]

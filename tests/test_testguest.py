@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.lab.virtual import guestkit
-from harness.xen.catalog import load_catalog
-from harness.xen.testguest import GUEST_CMDLINE, TRACE_EVENTS, guest_model
-from harness.xen.xlconfig import HvmGuest, XlConfigError, parse_xl_config
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.virtual import guestkit
+from xenhil.harness.xen.catalog import load_catalog
+from xenhil.harness.xen.testguest import GUEST_CMDLINE, TRACE_EVENTS, guest_model
+from xenhil.harness.xen.xlconfig import HvmGuest, XlConfigError, parse_xl_config
 from tests.support.libxlutil import INSTALL_HINT, LIBXLUTIL
 
 needs_libxlutil = pytest.mark.skipif(LIBXLUTIL is None, reason=f"xl's parser library is missing: {INSTALL_HINT}")
@@ -38,13 +38,13 @@ def _as_xl_reads(value):
 
 
 def test_the_description_is_shared_with_the_fixtures():
-    from fixtures.guest import guest_model as fixtures_guest_model
+    from xenhil.fixtures.guest import guest_model as fixtures_guest_model
     assert fixtures_guest_model is guest_model
 
 
 def test_the_guest_kit_has_no_second_config_writer():
     assert not hasattr(guestkit, "guest_config")
-    from harness.lab.virtual.builder import recipe_dir
+    from xenhil.harness.lab.virtual.builder import recipe_dir
     assert not (recipe_dir() / "guest" / "guest.cfg.in").exists()
 
 

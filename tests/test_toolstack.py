@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.errors import ConnectionLost, RemoteCommandFailed
-from harness.xen.toolstack import Toolstack
+from xenhil.harness.errors import ConnectionLost, RemoteCommandFailed
+from xenhil.harness.xen.toolstack import Toolstack
 
 HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
 DOM0 = "Domain-0                                     0  1024     2     r-----     120.1\n"

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.lab.virtual import builder, guestkit, launcher, quirks
-from harness.xen.catalog import load_catalog
-from harness.xen.testguest import guest_model
-from harness.xen.xlconfig import parse_xl_config
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.virtual import builder, guestkit, launcher, quirks
+from xenhil.harness.xen.catalog import load_catalog
+from xenhil.harness.xen.testguest import guest_model
+from xenhil.harness.xen.xlconfig import parse_xl_config
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 
@@ -58,8 +58,8 @@ def _fake_qemu(tmp_path: Path, banner: str) -> str:
     ("QEMU emulator version 11.1.0", None),
 ])
 def test_the_lab_refuses_a_qemu_older_than_the_one_that_holds_still(tmp_path, banner, refused):
-    from harness.errors import ConfigError
-    from harness.lab.virtual.launcher import check_qemu_version
+    from xenhil.harness.errors import ConfigError
+    from xenhil.harness.lab.virtual.launcher import check_qemu_version
     binary = _fake_qemu(tmp_path, banner)
     if refused is None:
         assert check_qemu_version(binary) >= quirks.QEMU_MIN_VERSION
@@ -72,7 +72,7 @@ def test_the_lab_refuses_a_qemu_older_than_the_one_that_holds_still(tmp_path, ba
 def test_the_installed_lab_qemu_is_new_enough():
     """scripts/setup installs the lab's QEMU from bookworm-backports: a
     machine set up by it passes the check (CI's does)."""
-    from harness.lab.virtual.launcher import check_qemu_version
+    from xenhil.harness.lab.virtual.launcher import check_qemu_version
     if shutil.which(quirks.QEMU_BINARY) is None:
         pytest.fail(f"{quirks.QEMU_BINARY} missing: scripts/setup installs it")
     assert check_qemu_version() >= quirks.QEMU_MIN_VERSION
@@ -211,7 +211,7 @@ def test_plan_hosts_gives_each_host_its_own_address(tmp_path):
 
 
 def test_inventory_of_the_virtual_lab_validates(tmp_path):
-    from harness.lab.inventory import load_inventory
+    from xenhil.harness.lab.inventory import load_inventory
     keys = builder.ensure_keys(tmp_path / "keys")
     image = builder.BuiltImage(tmp_path, "h", keys, "6.1", "xen.gz")
     hosts = launcher.plan_hosts(2, tmp_path / "state", address_base=40)
@@ -274,7 +274,7 @@ def _virtual_lab_behind(inventory: str | None) -> tuple[Path, launcher.VirtualHo
     if not inventory:
         return None
     import yaml
-    from harness.dburl import sqlite_path
+    from xenhil.harness.dburl import sqlite_path
     try:
         url = (yaml.safe_load(Path(inventory).read_text()) or {}).get("lease_db", "")
         state_dir = sqlite_path(url, "lease store").parent if url.startswith("sqlite:") else None
@@ -326,7 +326,7 @@ def vlab(request):
         hosts = launcher.up(1, state, inventory=inventory, image=image, address_base=40,
                             progress=print)
         timings["up_to_dom0_ssh_s"] = time.monotonic() - t0
-        from harness.lab.inventory import load_inventory
+        from xenhil.harness.lab.inventory import load_inventory
         yield {"host": hosts[0], "spec": load_inventory(inventory).host("vhost1"),
                "state": state, "timings": timings, "keys": image.keys, "shared": False}
     finally:
@@ -351,8 +351,8 @@ def test_virtual_host_end_to_end(vlab):
     with hvm, an HVM guest answering on its console and listing its PCI
     devices, a power cycle through the BMC back to SSH, and `down` leaving
     no process."""
-    from harness.access.power import power_for
-    from harness.access.ssh import SSHConnection
+    from xenhil.harness.access.power import power_for
+    from xenhil.harness.access.ssh import SSHConnection
 
     host, spec, timings = vlab["host"], vlab["spec"], vlab["timings"]
 
@@ -376,8 +376,8 @@ def test_virtual_host_end_to_end(vlab):
         # An HVM guest from the kit in the image, with the ioreq trace on,
         # through the same Guest class the suites use (it attaches the
         # console again if `xl console` exits while the guest boots).
-        from harness.guest import Guest
-        from harness.host import Host
+        from xenhil.harness.guest import Guest
+        from xenhil.harness.host import Host
         # The suites' guest (one description), without a disk and with the
         # two trace events the recorded trace below holds.
         model = guest_model("smoke", load_catalog().get("single"), spec.capabilities,
@@ -402,8 +402,8 @@ def test_virtual_host_end_to_end(vlab):
 
         # SSH into the guest through dom0 (direct-tcpip inside the host's
         # connection), pinning the host key baked into the guest kit.
-        from harness.errors import HostKeyMismatch
-        from harness.lab.model import SSHConfig
+        from xenhil.harness.errors import HostKeyMismatch
+        from xenhil.harness.lab.model import SSHConfig
         keys = vlab["keys"]
         pin = " ".join(keys.public(keys.guest_host_key).split()[:2])
         guest_ssh = guest.ssh(SSHConfig(address=guestkit.GUEST_ADDRESS, user="root",

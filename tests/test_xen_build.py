@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.xen.build import XenBuildError, as_booted_on, load_build
-from harness.xen.provision import grub_entry
+from xenhil.harness.xen.build import XenBuildError, as_booted_on, load_build
+from xenhil.harness.xen.provision import grub_entry
 
 
 def _dist(root: Path, xen: bytes = b"xen-image") -> Path:
@@ -128,7 +128,7 @@ def test_real_hardware_boots_the_build_as_given() -> None:
 
 
 def test_the_virtual_hosts_own_entry_switches_fpu_state_eagerly() -> None:
-    from harness.lab.virtual import builder
+    from xenhil.harness.lab.virtual import builder
     template = builder.recipe_dir() / "dom0" / "grub.cfg.in"
     rendered = builder.render_grub_cfg(template.read_text(), "6.1.0-50-amd64", "xen-4.17-amd64.gz")
     assert "multiboot2 /boot/xen-4.17-amd64.gz" in rendered

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import InfrastructureError
-from harness.host import HostState
-from harness.xen.build import DEFAULT_XEN_CMDLINE, load_build
-from harness.xen.catalog import load_catalog
-from harness.xen.provision import provision, running_build
-from harness.xen.toolstack import Toolstack
-from harness.xen.xlconfig import DirectKernelBoot, HvmGuest, Vif
+from xenhil.harness.errors import InfrastructureError
+from xenhil.harness.host import HostState
+from xenhil.harness.xen.build import DEFAULT_XEN_CMDLINE, load_build
+from xenhil.harness.xen.catalog import load_catalog
+from xenhil.harness.xen.provision import provision, running_build
+from xenhil.harness.xen.toolstack import Toolstack
+from xenhil.harness.xen.xlconfig import DirectKernelBoot, HvmGuest, Vif
 from tests.support.lab_host import leased_ready_host
 
 pytestmark = [pytest.mark.real_xen, pytest.mark.slow]
@@ -64,7 +64,7 @@ def dry_run(host, name: str, text: str) -> dict:
 
 
 def test_every_catalog_guest_renders_to_a_config_real_xl_parses(lab_host):
-    from harness.xen.testguest import guest_model
+    from xenhil.harness.xen.testguest import guest_model
     for entry in load_catalog():
         name = f"xh-dry-{entry.id.replace('+', '-')}"
         model = guest_model(name, entry, lab_host.spec.capabilities, f"/tmp/{name}.img")
@@ -81,7 +81,7 @@ def test_capability_probes_answer_on_real_xen(lab_host):
     """Both probes give an answer, not an error (CapabilityProbeFailed), on a
     real host: Debian's Xen 4.17 xl ignores the series' device_models (the
     dry run's config has none), and dom0 runs the probe ioreq server."""
-    from harness.probe_dm.companion import probe_unavailable
+    from xenhil.harness.probe_dm.companion import probe_unavailable
     assert Toolstack(lab_host.ssh, lab_host.name).supports_device_models() is False
     assert probe_unavailable(lab_host) is None
 
@@ -95,7 +95,7 @@ def test_awkward_strings_survive_rendering_into_real_xl(lab_host):
     assert parsed["b_info"]["cmdline"] == " ".join(AWKWARD)
     assert parsed["b_info"]["extra"] == ["-append-note", *AWKWARD]
     # The same through the test guest's description (what every caller boots).
-    from harness.xen.testguest import guest_model
+    from xenhil.harness.xen.testguest import guest_model
     target = "/tmp/xh dry,a=b $HOME#1 größe.img"
     model = guest_model("xh-dry-awkward-kit", load_catalog().get("single"),
                         lab_host.spec.capabilities, target, trace_events=(),
@@ -148,7 +148,7 @@ def test_dom0_processes_keep_their_vector_registers_while_a_guest_runs(lab_host,
     subprocess.run(["gcc", "-O2", "-static", "-o", str(binary), str(source)], check=True)
     lab_host.ssh.put_bytes(binary.read_bytes(), "/tmp/xenhil-xmm-hold", mode=0o755)
     config = "/tmp/xenhil-xmm-guest.cfg"
-    from harness.xen.testguest import guest_model
+    from xenhil.harness.xen.testguest import guest_model
     model = guest_model("xh-xmm", load_catalog().get("single"), lab_host.spec.capabilities,
                         trace_events=())
     lab_host.ssh.put_bytes(model.render(), config)

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.errors import ConfigError
-from harness.xen.splits import parse_split
-from harness.xen.xlconfig import (Disk, DirectKernelBoot, DiskBoot, HvmGuest, Vif, XlConfigError,
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.xen.splits import parse_split
+from xenhil.harness.xen.xlconfig import (Disk, DirectKernelBoot, DiskBoot, HvmGuest, Vif, XlConfigError,
                                   XlSyntaxError, parse_xl_config, xl_list, xl_string, xl_value)
 from tests.support.libxlutil import INSTALL_HINT, LIBXLUTIL, XlParseFailed
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from harness.errors import ConfigError, TestBugError
+from xenhil.harness.errors import ConfigError, TestBugError
 
 Driver = TypeVar("Driver", bound=type)
 

@@ -52,8 +52,8 @@ from typing import Iterator, Mapping, NoReturn, Sequence
 
 import paramiko
 
-from harness import budgets
-from harness.errors import (
+from xenhil.harness import budgets
+from xenhil.harness.errors import (
     ConfigError,
     ConnectionLost,
     HostKeyMismatch,
@@ -63,9 +63,9 @@ from harness.errors import (
     TestBugError,
     TimeLimitExceeded,
 )
-from harness.lab.model import SSHConfig
-from harness.secrets import register_private_key
-from harness.step import step, step_context
+from xenhil.harness.lab.model import SSHConfig
+from xenhil.harness.secrets import register_private_key
+from xenhil.harness.step import step, step_context
 
 # paramiko logs a traceback at ERROR for every failed attempt while a host
 # reboots; the attempts and their outcome are reported by this module instead.

@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from harness.build import cache as bcache
-from harness.build import recipes as R
-from harness.build import sources
-from harness.build.series import Patch
-from harness.errors import ConfigError, ProductError
+from xenhil.harness.build import cache as bcache
+from xenhil.harness.build import recipes as R
+from xenhil.harness.build import sources
+from xenhil.harness.build.series import Patch
+from xenhil.harness.errors import ConfigError, ProductError
 
 MANIFEST_IN_TREE = "var/lib/xenhil/build-manifest.json"
 MANIFEST_FORMAT = 1
@@ -274,7 +274,7 @@ def named_components(text: str) -> list[str] | None:
     chosen = [c.strip() for c in text.split(",") if c.strip()]
     bad = [c for c in chosen if c not in R.COMPONENTS]
     if bad or not chosen:
-        from harness.options import shown
+        from xenhil.harness.options import shown
         raise ConfigError(f"--components {shown(text)}: unknown {shown(','.join(bad))}",
                           help=f"use auto, all, or a comma list of {', '.join(R.COMPONENTS)}")
     return chosen

@@ -26,7 +26,7 @@ from pathlib import Path
 from unidiff import PatchSet
 from unidiff.errors import UnidiffParseError
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 
 class BadSeries(ConfigError):
@@ -109,7 +109,7 @@ def _slug(subject: str) -> str:
 def _read(path: Path, what: str = "patch series") -> str:
     """A series file read bounded, and refused (BadSeries, exit 2) when it is
     a FIFO, a device or larger than any series (harness.safeio)."""
-    from harness.safeio import read_bytes
+    from xenhil.harness.safeio import read_bytes
     try:
         return read_bytes(path, what, fix="give a regular file: a quilt folder's `series` and its "
                           "patches, an mbox or a .patch").decode("utf-8", errors="replace")

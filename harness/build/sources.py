@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import ConfigError, InfrastructureError
+from xenhil.harness.errors import ConfigError, InfrastructureError
 
 PACKAGES = ("xen", "qemu")
 

@@ -11,6 +11,6 @@ what was seen, and where the evidence is.
 - ``saverestore``: save file records; the OSSTest-style cycle
 - ``latency``: per-server round-trip rows against the Xen-internal baseline
 """
-from harness.checks.failure import CheckFailed, Mismatch
+from xenhil.harness.checks.failure import CheckFailed, Mismatch
 
 __all__ = ["CheckFailed", "Mismatch"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NoReturn, Sequence
 
-from harness.errors import ProductError
+from xenhil.harness.errors import ProductError
 
 log = logging.getLogger("xenhil.checks")
 

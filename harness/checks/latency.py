@@ -9,12 +9,12 @@ import shlex
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from harness.checks.failure import Evidence, Mismatch, fail_if, save_evidence
-from harness.errors import TestBugError, XenhilWarning
-from harness.results.latency import BASELINE_SERVER, find_latency_regressions, subsample
-from harness.step import step
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.probe_output import SOURCE, TimeIn, parse_probe_output
+from xenhil.harness.checks.failure import Evidence, Mismatch, fail_if, save_evidence
+from xenhil.harness.errors import TestBugError, XenhilWarning
+from xenhil.harness.results.latency import BASELINE_SERVER, find_latency_regressions, subsample
+from xenhil.harness.step import step
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.probe_output import SOURCE, TimeIn, parse_probe_output
 
 BASELINE_PORT = 0x40          # PIT counter 0: Xen-internal, never reaches a model
 DEFAULT_COUNT = 2000

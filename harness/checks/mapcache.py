@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from harness.checks.failure import Evidence, Mismatch, fail, fail_if, quote, save_evidence
-from harness.errors import InfrastructureError
-from harness.step import step
-from harness.xen.parsers.qemu_trace import IOREQ_TYPE_INVALIDATE, TraceEvent, parse_trace_log
+from xenhil.harness.checks.failure import Evidence, Mismatch, fail, fail_if, quote, save_evidence
+from xenhil.harness.errors import InfrastructureError
+from xenhil.harness.step import step
+from xenhil.harness.xen.parsers.qemu_trace import IOREQ_TYPE_INVALIDATE, TraceEvent, parse_trace_log
 
 #: Xen's message when a server did not answer an invalidate (xen/common/ioreq.c).
 INVALIDATE_FAILURE = "Unsuccessful map-cache invalidate"

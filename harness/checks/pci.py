@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from harness.checks.failure import CheckFailed, Evidence, Mismatch, fail, fail_if
-from harness.checks.topology import ExpectedTopology
-from harness.xen.parsers.lspci import PciDevice
-from harness.xen.parsers.probe_output import PciConfigAccess, PciFunction, PortRead
-from harness.xen.parsers.qemu_trace import TraceEvent
-from harness.xen.parsers.rangesets import (DomainServers, expand_pci, owners, sbdf_to_str,
+from xenhil.harness.checks.failure import CheckFailed, Evidence, Mismatch, fail, fail_if
+from xenhil.harness.checks.topology import ExpectedTopology
+from xenhil.harness.xen.parsers.lspci import PciDevice
+from xenhil.harness.xen.parsers.probe_output import PciConfigAccess, PciFunction, PortRead
+from xenhil.harness.xen.parsers.qemu_trace import TraceEvent
+from xenhil.harness.xen.parsers.rangesets import (DomainServers, expand_pci, owners, sbdf_to_str,
                                            str_to_sbdf)
 
 #: What a config read of a BDF nobody owns returns (docs/xen-ioreq-facts.md section 2).
@@ -287,9 +287,9 @@ SYSFS_LISTING = ("for d in /sys/bus/pci/devices/*; do "
 def gather_pci_views(guest, *, probe: str = "xhprobe") -> tuple[dict[str, list], dict[str, str]]:
     """The guest's three views of its PCI bus (lspci -n, sysfs, xhprobe
     pci-scan), parsed, and the evidence files they were saved to."""
-    from harness.checks.failure import save_evidence
-    from harness.xen.parsers.lspci import parse_pci_listing
-    from harness.xen.parsers.probe_output import PciScan, parse_single
+    from xenhil.harness.checks.failure import save_evidence
+    from xenhil.harness.xen.parsers.lspci import parse_pci_listing
+    from xenhil.harness.xen.parsers.probe_output import PciScan, parse_single
 
     out_dir = guest.artifacts_dir / "pci"
     evidence: dict[str, str] = {}
@@ -306,7 +306,7 @@ def gather_pci_views(guest, *, probe: str = "xhprobe") -> tuple[dict[str, list],
 
 def read_model_traces(host, model_logs: Mapping[str, str]) -> tuple[dict[str, list[TraceEvent]], dict[str, str]]:
     """Parse each model's trace log on the host (model -> path)."""
-    from harness.xen.parsers.qemu_trace import parse_trace_log
+    from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log
 
     traces: dict[str, list[TraceEvent]] = {}
     evidence: dict[str, str] = {}
@@ -321,7 +321,7 @@ def probe_unowned_bdfs(guest, expected: ExpectedTopology, *, probe: str = "xhpro
     """``xhprobe pci-read BDF 0 2`` on BDFs nobody owns; (results, output)."""
     import shlex
 
-    from harness.xen.parsers.probe_output import parse_probe_output
+    from xenhil.harness.xen.parsers.probe_output import parse_probe_output
 
     cmds = [shlex.join([probe, "pci-read", bdf, "0", "2"]) for bdf in unowned_bdfs_to_probe(expected, count)]
     text = guest.run(" && ".join(cmds), timeout=120)

@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from harness.checks.failure import Evidence, Mismatch, fail_if
-from harness.checks.topology import PLATFORM, PROBE_CLASS, ExpectedTopology
-from harness.probe_dm.companion import PROBE_MODEL
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.qemu_trace import (IOREQ_TYPE_COPY, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO,
+from xenhil.harness.checks.failure import Evidence, Mismatch, fail_if
+from xenhil.harness.checks.topology import PLATFORM, PROBE_CLASS, ExpectedTopology
+from xenhil.harness.probe_dm.companion import PROBE_MODEL
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.qemu_trace import (IOREQ_TYPE_COPY, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO,
                                             TraceEvent)
-from harness.xen.parsers.rangesets import DomainServers, Range, overlaps, sbdf_to_str, str_to_sbdf
-from harness.xen import splits
+from xenhil.harness.xen.parsers.rangesets import DomainServers, Range, overlaps, sbdf_to_str, str_to_sbdf
+from xenhil.harness.xen import splits
 
 
 @dataclass(frozen=True)

@@ -13,20 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from harness.checks.failure import (CheckFailed, Evidence, Mismatch, fail, fail_if, quote,
+from xenhil.harness.checks.failure import (CheckFailed, Evidence, Mismatch, fail, fail_if, quote,
                                     save_evidence)
-from harness.checks.mapcache import DataPattern, check_pattern_intact
-from harness.checks.pci import companion_servers, server_ids_by_model
-from harness.errors import ProductError, RemoteCommandFailed, TestBugError, XenhilError
-from harness.step import step
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.lspci import PciDevice, parse_pci_listing
-from harness.xen.parsers.qemu_trace import parse_trace_log
-from harness.xen.parsers.rangesets import (DomainServers, ServerRanges, format_ranges,
+from xenhil.harness.checks.mapcache import DataPattern, check_pattern_intact
+from xenhil.harness.checks.pci import companion_servers, server_ids_by_model
+from xenhil.harness.errors import ProductError, RemoteCommandFailed, TestBugError, XenhilError
+from xenhil.harness.step import step
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.lspci import PciDevice, parse_pci_listing
+from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log
+from xenhil.harness.xen.parsers.rangesets import (DomainServers, ServerRanges, format_ranges,
                                            parse_ioreq_rangesets)
-from harness.xen.savefile import (LIBXL_REC_EMULATOR_CONTEXT, LIBXL_REC_EMULATOR_XENSTORE_DATA,
+from xenhil.harness.xen.savefile import (LIBXL_REC_EMULATOR_CONTEXT, LIBXL_REC_EMULATOR_XENSTORE_DATA,
                                   SaveFile, parse_savefile)
-from harness.xen.splits import Split
+from xenhil.harness.xen.splits import Split
 
 
 #: libxl's device-model state key (docs/xen-ioreq-facts.md section 4).

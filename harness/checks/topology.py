@@ -37,11 +37,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from harness.checks.failure import CheckFailed, Evidence, Mismatch, fail_if
-from harness.errors import TestBugError
-from harness.xen import splits
-from harness.xen.parsers.rangesets import sbdf_to_str, str_to_sbdf
-from harness.xen.splits import Split
+from xenhil.harness.checks.failure import CheckFailed, Evidence, Mismatch, fail_if
+from xenhil.harness.errors import TestBugError
+from xenhil.harness.xen import splits
+from xenhil.harness.xen.parsers.rangesets import sbdf_to_str, str_to_sbdf
+from xenhil.harness.xen.splits import Split
 
 # --------------------------------------------------------------------------
 # Tables
@@ -484,7 +484,7 @@ def with_probe(topology: ExpectedTopology, settings, evidence: Evidence | None =
     """``topology`` plus the probe's PCI function (``settings``: a
     :class:`harness.probe_dm.companion.ProbeSettings`), owned by model "probe".
     A QEMU device on the probe's BDF is a contradiction in the split's set-up."""
-    from harness.probe_dm.companion import PROBE_MODEL
+    from xenhil.harness.probe_dm.companion import PROBE_MODEL
     bdf = sbdf_to_str(str_to_sbdf(settings.bdf))
     clash = topology.by_bdf().get(bdf)
     if clash is not None:

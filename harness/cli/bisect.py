@@ -21,9 +21,9 @@ import datetime
 import secrets
 from pathlib import Path
 
-from harness.cli.common import add_build_and_run_options, add_lab_options, lab_path, load_lab
-from harness.errors import FAILURE_CLASSES, PRODUCT, ConfigError
-from harness.options import argparse_number
+from xenhil.harness.cli.common import add_build_and_run_options, add_lab_options, lab_path, load_lab
+from xenhil.harness.errors import FAILURE_CLASSES, PRODUCT, ConfigError
+from xenhil.harness.options import argparse_number
 
 HALVES = ("xen", "qemu")
 
@@ -82,11 +82,11 @@ def _halves(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def bisect_command(args: argparse.Namespace) -> int:
-    from harness.bisect import Bisection, max_builds, report
-    from harness.build.series import parse_series
-    from harness.mutants.catalog import test_id_problem
-    from harness.options import check_output_folder
-    from harness.xen.catalog import load_catalog
+    from xenhil.harness.bisect import Bisection, max_builds, report
+    from xenhil.harness.build.series import parse_series
+    from xenhil.harness.mutants.catalog import test_id_problem
+    from xenhil.harness.options import check_output_folder
+    from xenhil.harness.xen.catalog import load_catalog
 
     # Everything checked before anything is built or any host touched.
     half, other = _halves(args)

@@ -11,16 +11,16 @@ import os
 import sys
 from pathlib import Path
 
-from harness.build import cache as bcache
-from harness.build import engine, sources
-from harness.build.recipes import COMPONENTS
-from harness.build.series import BadSeries, parse_series
-from harness.errors import ConfigError
-from harness.options import argparse_number
+from xenhil.harness.build import cache as bcache
+from xenhil.harness.build import engine, sources
+from xenhil.harness.build.recipes import COMPONENTS
+from xenhil.harness.build.series import BadSeries, parse_series
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.options import argparse_number
 
 
 def default_cache() -> Path:
-    from harness.lab.virtual.builder import cache_dir
+    from xenhil.harness.lab.virtual.builder import cache_dir
     return cache_dir()
 
 
@@ -92,7 +92,7 @@ def _checked(args: argparse.Namespace) -> tuple[Path, float]:
     """The cache folder and its limit in GB, every input checked before
     anything is fetched, built or pruned: an output path that cannot be
     written fails now, not after an hour of compiling."""
-    from harness.options import check_output_folder, number, shown
+    from xenhil.harness.options import check_output_folder, number, shown
     cache = args.cache or default_cache()
     check_output_folder("--cache", cache)
     if args.max_size is not None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.errors import ConfigError
-from harness.run_config import LAB_OPTIONS, lab_option
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.run_config import LAB_OPTIONS, lab_option
 
 
 def add_lab_options(parser: argparse.ArgumentParser) -> None:
@@ -20,9 +20,9 @@ def load_lab(args: argparse.Namespace):
     """The inventory named by --lab/$XENHIL_LAB, checked, with every secret
     it references registered for masking before the verb does anything
     (harness.lab.credentials); --lab-db is checked too."""
-    from harness.lab.credentials import register_inventory_secrets
-    from harness.lab.inventory import load_inventory
-    from harness.options import check_input_path, check_store_url
+    from xenhil.harness.lab.credentials import register_inventory_secrets
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.options import check_input_path, check_store_url
 
     path = lab_path(args)
     if getattr(args, "lab_db", None) is not None:
@@ -37,7 +37,7 @@ def open_lab(args: argparse.Namespace, ttl: float = 60.0, inventory=None, holder
     """The lab named by --lab/$XENHIL_LAB and --lab-db (the inventory read
     with :func:`load_lab` unless given); its lease store opens on first use
     of ``.pool``."""
-    from harness.lab.lab import Lab
+    from xenhil.harness.lab.lab import Lab
     inventory = inventory if inventory is not None else load_lab(args)
     return Lab(inventory, lab_db=getattr(args, "lab_db", None), ttl=ttl, holder=holder)
 
@@ -53,8 +53,8 @@ def lab_path(args: argparse.Namespace) -> Path:
 def add_build_and_run_options(parser: argparse.ArgumentParser, ids: str) -> None:
     """--suites-root and -j, for the verbs that build series and run suites
     on them (qualify, bisect); ``ids``: what the test ids are, in the help."""
-    from harness.mutants.catalog import REPO
-    from harness.options import argparse_number
+    from xenhil.harness.mutants.catalog import REPO
+    from xenhil.harness.options import argparse_number
     parser.add_argument("--suites-root", type=Path, default=REPO,
                         help=f"the folder {ids} are relative to (pytest's rootdir; default "
                              "this checkout)")

@@ -14,7 +14,7 @@ import sys
 import termios
 import tty
 
-from harness.access.console import Console, ConsoleClosed
+from xenhil.harness.access.console import Console, ConsoleClosed
 
 ESCAPE = b"\x1d"  # Ctrl-]
 

@@ -7,9 +7,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.cli.common import add_lab_options, load_lab
-from harness.errors import ConfigError
-from harness.options import argparse_number
+from xenhil.harness.cli.common import add_lab_options, load_lab
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.options import argparse_number
 
 
 def _host_spec(args: argparse.Namespace):
@@ -17,13 +17,13 @@ def _host_spec(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness.host import Host
+    from xenhil.harness.host import Host
 
     command = list(args.command) + list(getattr(args, "passthrough", []))
     if not command:
         raise ConfigError("no command given", help="xenhil host run HOST -- CMD [ARG...]")
     spec = _host_spec(args)
-    from harness.options import check_output_folder
+    from xenhil.harness.options import check_output_folder
     check_output_folder("--artifacts", args.artifacts)
     if spec.ssh is None:                     # the inventory says so: before anything is made
         raise ConfigError(f"host {spec.name} has `ssh: none` in the inventory (hosts[{spec.name}].ssh)",
@@ -42,10 +42,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _console(args: argparse.Namespace) -> int:
-    from harness.access.console import console_for
-    from harness.cli.console_interactive import interactive
+    from xenhil.harness.access.console import console_for
+    from xenhil.harness.cli.console_interactive import interactive
 
-    from harness.options import check_output_folder
+    from xenhil.harness.options import check_output_folder
     spec = _host_spec(args)
     transcripts = check_output_folder("--transcripts", args.transcripts)
     transcripts.mkdir(parents=True, exist_ok=True)

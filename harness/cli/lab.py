@@ -3,42 +3,42 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.common import add_lab_options
-from harness.run_config import LAB_OPTIONS
+from xenhil.harness.cli.common import add_lab_options
+from xenhil.harness.run_config import LAB_OPTIONS
 
 
 def _check(args: argparse.Namespace) -> int:
-    from harness.cli.lab_check import check_command
+    from xenhil.harness.cli.lab_check import check_command
     return check_command(args)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from harness.cli.lab_status import status_command
+    from xenhil.harness.cli.lab_status import status_command
     return status_command(args)
 
 
 def _health(args: argparse.Namespace) -> int:
-    from harness.cli.lab_health import health_command
+    from xenhil.harness.cli.lab_health import health_command
     return health_command(args)
 
 
 def _quarantine(args: argparse.Namespace) -> int:
-    from harness.cli.lab_health import quarantine_command
+    from xenhil.harness.cli.lab_health import quarantine_command
     return quarantine_command(args)
 
 
 def _unquarantine(args: argparse.Namespace) -> int:
-    from harness.cli.lab_health import unquarantine_command
+    from xenhil.harness.cli.lab_health import unquarantine_command
     return unquarantine_command(args)
 
 
 def _up(args: argparse.Namespace) -> int:
-    from harness.lab.virtual.cli import up_command
+    from xenhil.harness.lab.virtual.cli import up_command
     return up_command(args)
 
 
 def _down(args: argparse.Namespace) -> int:
-    from harness.lab.virtual.cli import down_command
+    from xenhil.harness.lab.virtual.cli import down_command
     return down_command(args)
 
 
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_lab_options(status)
     status.set_defaults(func=_status)
 
-    from harness.cli.lab_health import add_health_arguments, add_quarantine_arguments
+    from xenhil.harness.cli.lab_health import add_health_arguments, add_quarantine_arguments
 
     health = verbs.add_parser("health", help="health-check hosts: a failing one is quarantined, "
                                              "a passing one returns (exit 1 when a host failed)")
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_quarantine_arguments(unquarantine)
     unquarantine.set_defaults(func=_unquarantine)
 
-    from harness.lab.virtual.cli import add_down_arguments, add_up_arguments
+    from xenhil.harness.lab.virtual.cli import add_down_arguments, add_up_arguments
 
     up = verbs.add_parser("up", help="start virtual hosts (real Xen under QEMU) and write their inventory")
     add_up_arguments(up)

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from harness.cli.common import lab_path
-from harness.lab.inventory import (InventoryError, Problem, check_inventory, load_inventory,
+from xenhil.harness.cli.common import lab_path
+from xenhil.harness.lab.inventory import (InventoryError, Problem, check_inventory, load_inventory,
                                    parse_host_key)
-from harness.lab.inventory_learn import fingerprint
+from xenhil.harness.lab.inventory_learn import fingerprint
 
 EXIT_OK = 0
 EXIT_INVALID = 2

@@ -15,8 +15,8 @@ import datetime
 import sys
 from pathlib import Path
 
-from harness.cli.common import add_lab_options, load_lab, open_lab
-from harness.options import argparse_number, argparse_type, reason
+from xenhil.harness.cli.common import add_lab_options, load_lab, open_lab
+from xenhil.harness.options import argparse_number, argparse_type, reason
 
 INTERACTIVE_RUN = "interactive"
 
@@ -45,11 +45,11 @@ def add_quarantine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def health_command(args: argparse.Namespace) -> int:
-    from harness.errors import ConfigError, XenhilError
-    from harness.lab.health import check_host
-    from harness.lab.leases import Holder, format_time
+    from xenhil.harness.errors import ConfigError, XenhilError
+    from xenhil.harness.lab.health import check_host
+    from xenhil.harness.lab.leases import Holder, format_time
 
-    from harness.options import check_output_folder
+    from xenhil.harness.options import check_output_folder
     inventory = load_lab(args)
     for name in args.hosts:
         inventory.host(name)             # an unknown name, before anything is touched
@@ -98,7 +98,7 @@ def health_command(args: argparse.Namespace) -> int:
 def _pool_and_person(args: argparse.Namespace):
     """The lab's pool (the host checked against the inventory first) and the
     person at the keyboard, for the by-hand quarantine commands."""
-    from harness.lab.leases import Holder
+    from xenhil.harness.lab.leases import Holder
 
     inventory = load_lab(args)
     inventory.host(args.host)
@@ -116,7 +116,7 @@ def quarantine_command(args: argparse.Namespace) -> int:
 
 
 def unquarantine_command(args: argparse.Namespace) -> int:
-    from harness.lab.leases import format_time
+    from xenhil.harness.lab.leases import format_time
 
     pool, me = _pool_and_person(args)
     q = pool.unquarantine_host(args.host, args.reason, by=me)

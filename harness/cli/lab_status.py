@@ -12,8 +12,8 @@ def status_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.cli.common import open_lab
-    from harness.lab.leases import format_duration, format_time
+    from xenhil.harness.cli.common import open_lab
+    from xenhil.harness.lab.leases import format_duration, format_time
 
     pool = open_lab(args).pool
     now = pool.store.now()

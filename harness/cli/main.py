@@ -17,7 +17,7 @@ import importlib
 import logging
 import sys
 
-from harness.errors import ConfigError, XenhilError
+from xenhil.harness.errors import ConfigError, XenhilError
 
 # Verb modules under harness.cli, each with register(subparsers).
 VERB_MODULES = ["lab", "reserve", "host", "power", "split", "savefile", "report", "build", "nightly", "qualify",
@@ -33,7 +33,7 @@ class Parser(argparse.ArgumentParser):
     bad input; sub-commands get the same class."""
 
     def error(self, message: str):  # type: ignore[override]
-        from harness.secrets import redact_inline
+        from xenhil.harness.secrets import redact_inline
         fix = "" if "; fix:" in message else f"; fix: see `{self.prog} --help`"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {redact_inline(message)}{fix}\n")
 
@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name in VERB_MODULES:
         try:
-            module = importlib.import_module(f"harness.cli.{name}")
+            module = importlib.import_module(f"xenhil.harness.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"harness.cli.{name}":
+            if exc.name == f"xenhil.harness.cli.{name}":
                 continue  # verb not built yet
             raise
         module.register(sub)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args.passthrough = passthrough
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    from harness.secrets import ScrubbingLogFilter
+    from xenhil.harness.secrets import ScrubbingLogFilter
     for handler in logging.getLogger().handlers:
         handler.addFilter(ScrubbingLogFilter())
     try:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({type(exc).__name__}); fix: give a smaller input", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # a bug: one line, the traceback with -v
-        from harness.secrets import redact_inline
+        from xenhil.harness.secrets import redact_inline
         if args.verbose:
             import traceback
             print(redact_inline(traceback.format_exc()), file=sys.stderr, end="")
@@ -105,7 +105,7 @@ def _register_lab_secrets(argv: list[str]) -> None:
     effort: a verb that needs the lab reports its problems itself."""
     import os
 
-    from harness.lab.credentials import register_lab_secrets_early
+    from xenhil.harness.lab.credentials import register_lab_secrets_early
 
     def given(option: str) -> str | None:
         for i, arg in enumerate(argv):
@@ -121,8 +121,8 @@ def _register_lab_secrets(argv: list[str]) -> None:
 def _print_error(exc: ConfigError) -> None:
     """Bad input: one line per problem (an inventory's every problem), each
     naming the field and its fix, secrets masked."""
-    from harness.options import detail_lines, one_line
-    from harness.secrets import redact_inline
+    from xenhil.harness.options import detail_lines, one_line
+    from xenhil.harness.secrets import redact_inline
     problems = getattr(exc, "problems", None)
     if problems:   # an inventory's or a split's: one line each, a split's with its pointer
         for problem in problems:
@@ -137,7 +137,7 @@ def _print_error(exc: ConfigError) -> None:
 
 
 def _print_failure(exc: XenhilError) -> None:
-    from harness.secrets import redact_inline
+    from xenhil.harness.secrets import redact_inline
     print(redact_inline(f"xenhil: {exc.failure_class} failure: {exc}"), file=sys.stderr)
 
 

@@ -16,14 +16,14 @@ from pathlib import Path
 
 
 def _say(text: str) -> None:
-    from harness.secrets import scrub
+    from xenhil.harness.secrets import scrub
     stamp = datetime.datetime.now().strftime("%H:%M:%S")
     print(scrub(f"{stamp} nightly: {text}"), flush=True)
 
 
 def _nightly(args: argparse.Namespace) -> int:
-    from harness.nightly.config import load_nightly_config
-    from harness.nightly.runner import check_before_running, run_night
+    from xenhil.harness.nightly.config import load_nightly_config
+    from xenhil.harness.nightly.runner import check_before_running, run_night
 
     config = load_nightly_config(args.config)
     if args.install_units:
@@ -38,7 +38,7 @@ def _nightly(args: argparse.Namespace) -> int:
 
 
 def _install(config: Path, args: argparse.Namespace) -> int:
-    from harness.nightly.units import SERVICE, TIMER, install_units, reload_systemd
+    from xenhil.harness.nightly.units import SERVICE, TIMER, install_units, reload_systemd
     unit_dir = Path(args.unit_dir)
     user = args.user or os.environ.get("SUDO_USER") or getpass.getuser()
     for path in install_units(config, unit_dir, user):
@@ -52,7 +52,7 @@ def _install(config: Path, args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from harness.nightly.units import SYSTEM_UNIT_DIR
+    from xenhil.harness.nightly.units import SYSTEM_UNIT_DIR
     nightly = sub.add_parser("nightly", help="run every build of a nightly configuration "
                              "against its lab, with Allure history and retention")
     nightly.add_argument("config", metavar="CONFIG", help="the nightly configuration (YAML)")

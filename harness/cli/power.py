@@ -4,15 +4,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.cli.common import add_lab_options, load_lab
+from xenhil.harness.cli.common import add_lab_options, load_lab
 
 
 def _power(args: argparse.Namespace) -> int:
-    from harness.host import Host
+    from xenhil.harness.host import Host
 
-    from harness.errors import ConfigError
+    from xenhil.harness.errors import ConfigError
     spec = load_lab(args).host(args.host)
-    from harness.access.power import power_driver_class, power_kinds
+    from xenhil.harness.access.power import power_driver_class, power_kinds
     if not power_driver_class(spec.power.kind).can_power:
         # The inventory says so: nothing to try, nothing to make.
         others = [k for k in power_kinds() if power_driver_class(k).can_power]

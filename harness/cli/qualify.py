@@ -21,11 +21,11 @@ import secrets
 import time
 from pathlib import Path
 
-from harness.cli.common import add_build_and_run_options, add_lab_options, lab_path, load_lab
+from xenhil.harness.cli.common import add_build_and_run_options, add_lab_options, lab_path, load_lab
 
 
 def register(subparsers) -> None:
-    from harness.mutants.catalog import DEFAULT_CATALOG
+    from xenhil.harness.mutants.catalog import DEFAULT_CATALOG
     parser = subparsers.add_parser(
         "qualify", help="run the mutant catalog: every planted bug must be caught",
         description=__doc__.split("\n\n")[0].replace("``", "") + " Exit 0: all caught and the "
@@ -55,9 +55,9 @@ def _qualification_id() -> str:
 
 
 def qualify_command(args: argparse.Namespace) -> int:
-    from harness.mutants.catalog import load_mutant_catalog
-    from harness.mutants.qualify import Qualification, passed, summary, table
-    from harness.options import check_output_folder, check_store_url
+    from xenhil.harness.mutants.catalog import load_mutant_catalog
+    from xenhil.harness.mutants.qualify import Qualification, passed, summary, table
+    from xenhil.harness.options import check_output_folder, check_store_url
 
     # Everything checked before anything is built or any host touched.
     catalog = load_mutant_catalog(args.catalog, root=args.suites_root)

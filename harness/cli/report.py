@@ -19,15 +19,15 @@ import argparse
 from typing import Any, Callable
 from pathlib import Path
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 
 def _inputs(args: argparse.Namespace) -> dict:
     """Every input checked, nothing written yet."""
-    from harness.dburl import is_postgres, sqlite_path
-    from harness.options import check_input_path, check_output_folder, check_store_url
-    from harness.report import run_id_of, run_state_of
-    from harness.results.verdicts import load_known_issues
+    from xenhil.harness.dburl import is_postgres, sqlite_path
+    from xenhil.harness.options import check_input_path, check_output_folder, check_store_url
+    from xenhil.harness.report import run_id_of, run_state_of
+    from xenhil.harness.results.verdicts import load_known_issues
 
     results = check_input_path("RESULTS_DIR", args.results_dir, folder=True)
     if not any(results.glob("*-result.json")):
@@ -60,8 +60,8 @@ def _inputs(args: argparse.Namespace) -> dict:
                           help="pass --run RUN_ID")
     scan = None
     if args.scan_secrets:
-        from harness.lab.inventory import load_inventory
-        from harness.results.secret_scan import inventory_secrets
+        from xenhil.harness.lab.inventory import load_inventory
+        from xenhil.harness.results.secret_scan import inventory_secrets
         inventory_path = check_input_path("--scan-secrets", args.scan_secrets, folder=False)
         also = [check_input_path("--scan-also", p) for p in args.scan_also]
         lab = load_inventory(inventory_path)
@@ -79,7 +79,7 @@ def _inputs(args: argparse.Namespace) -> dict:
 def _history_file(value: str) -> Path:
     """--history: Allure's history file, created when missing (then its
     folder must be writable), else a regular file Allure appends to."""
-    from harness.options import check_input_path, check_output_folder
+    from xenhil.harness.options import check_input_path, check_output_folder
     path = Path(value)
     if path.exists() or path.is_symlink():
         return check_input_path("--history", path, folder=False)
@@ -92,8 +92,8 @@ def _lease_store_files(inventory) -> list[Path]:
     wrote into it too (holders, quarantine reasons, guests' failures, events),
     and `xenhil lab status` shows it to everyone.  A PostgreSQL lease store
     is scanned through its rows (_stores_scanned_by_rows)."""
-    from harness.dburl import is_postgres, sqlite_path
-    from harness.lab.leases import resolve_store_url
+    from xenhil.harness.dburl import is_postgres, sqlite_path
+    from xenhil.harness.lab.leases import resolve_store_url
     url = resolve_store_url(None, inventory)
     if is_postgres(url):
         return []
@@ -108,9 +108,9 @@ def _store_companions(db_path: Path) -> list[Path]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from harness.report import render_html, triage_summary
-    from harness.results.store import ResultsStore
-    from harness.secrets import scrub
+    from xenhil.harness.report import render_html, triage_summary
+    from xenhil.harness.results.store import ResultsStore
+    from xenhil.harness.secrets import scrub
 
     inputs = _inputs(args)
     store = ResultsStore(inputs["db"], create=False)
@@ -136,9 +136,9 @@ def _stores_scanned_by_rows(results_db: str, inventory) -> list[tuple[str, Calla
     """The stores that are not files (PostgreSQL: the results store, the
     lab's lease store), as (what, opener): each is scanned through a copy of
     its text values."""
-    from harness.dburl import is_postgres
-    from harness.lab.leases import open_store, resolve_store_url
-    from harness.results.store import ResultsStore
+    from xenhil.harness.dburl import is_postgres
+    from xenhil.harness.lab.leases import open_store, resolve_store_url
+    from xenhil.harness.results.store import ResultsStore
 
     stores: list[tuple[str, Callable[[], Any]]] = []
     if is_postgres(results_db):
@@ -173,8 +173,8 @@ def _scan_secrets(inventory_path: Path, secrets: dict[str, str], targets: list[P
 
 def _scan_targets(inventory_path: Path, secrets: dict[str, str], targets: list[Path],
                   names: dict[Path, str]) -> int:
-    from harness.results.secret_scan import scan, scanned_files
-    from harness.secrets import scrub
+    from xenhil.harness.results.secret_scan import scan, scanned_files
+    from xenhil.harness.secrets import scrub
 
     leaks = scan(targets, secrets)
     shown = ", ".join(names.get(f, str(f)) for f in targets)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli.common import add_lab_options, load_lab, open_lab
-from harness.errors import ConfigError
-from harness.lab.model import KNOWN_CAPABILITIES
-from harness.options import argparse_number, argparse_type, shown, tag
+from xenhil.harness.cli.common import add_lab_options, load_lab, open_lab
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.model import KNOWN_CAPABILITIES
+from xenhil.harness.options import argparse_number, argparse_type, shown, tag
 
 INTERACTIVE_RUN = "interactive"
 DEFAULT_INTERACTIVE_TTL = 4 * 3600.0
@@ -81,7 +81,7 @@ def parse_capabilities(items: list[str]) -> dict[str, object]:
 
 
 def reserve_command(args: argparse.Namespace) -> int:
-    from harness.lab.leases import Holder, format_time
+    from xenhil.harness.lab.leases import Holder, format_time
 
     if args.ttl <= 0:
         raise ConfigError(f"--ttl {args.ttl:g}: must be positive", help="pass --ttl SECONDS, e.g. 14400")
@@ -121,7 +121,7 @@ def reserve_command(args: argparse.Namespace) -> int:
 
 
 def release_command(args: argparse.Namespace) -> int:
-    from harness.lab.leases import Holder
+    from xenhil.harness.lab.leases import Holder
 
     inventory = load_lab(args)
     inventory.host(args.host)                # an unknown name, before the store is opened

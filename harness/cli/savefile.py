@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from harness.errors import ConfigError
-from harness.xen.savefile import CorruptSaveFile, format_savefile, parse_savefile
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.xen.savefile import CorruptSaveFile, format_savefile, parse_savefile
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

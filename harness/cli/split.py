@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from harness.options import argparse_type
-from harness.xen import splits
-from harness.xen.catalog import load_catalog
-from harness.xen.splits import Split, parse_split
+from xenhil.harness.options import argparse_type
+from xenhil.harness.xen import splits
+from xenhil.harness.xen.catalog import load_catalog
+from xenhil.harness.xen.splits import Split, parse_split
 
 
 def register(subparsers) -> None:

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import ConfigError
-from harness.lab.model import CredentialRef, Inventory
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.model import CredentialRef, Inventory
 
 #: Lines of a private key file shorter than this are not secrets (the PEM
 #: BEGIN/END lines, blank lines); each longer body line is one.
@@ -38,11 +38,11 @@ class Credential:
             value = self.ref.resolve()
             return {value: self.what} if value else {}
         if self.postgres:
-            from harness.secrets import register_secret
+            from xenhil.harness.secrets import register_secret
             return {register_secret(value): f"{self.what} ({where})"
                     for value, where in libpq_passwords().items()}
-        from harness.safeio import read_text
-        from harness.secrets import register_private_key
+        from xenhil.harness.safeio import read_text
+        from xenhil.harness.secrets import register_private_key
         text = read_text(self.key_file, "key file",
                          fix=f"make {self.key_file} readable here, or fix {self.field}")
         register_private_key(text)
@@ -63,7 +63,7 @@ def libpq_passwords() -> dict[str, str]:
         found[os.environ["PGPASSWORD"]] = "$PGPASSWORD"
     path = Path(os.environ.get("PGPASSFILE") or Path.home() / ".pgpass")
     try:
-        from harness.safeio import read_text
+        from xenhil.harness.safeio import read_text
         text = read_text(path, "PostgreSQL password file") if path.is_file() else ""
     except ConfigError:
         text = ""          # libpq would not read it either (not a regular file, too large)
@@ -85,7 +85,7 @@ def referenced(inventory: Inventory, store_urls: tuple[str | None, ...] = ()) ->
     """Every credential reference and key file of ``inventory``, in host
     order, and the password of a PostgreSQL store (its ``lease_db``, or one
     of ``store_urls``: a run's --lab-db and --results-db)."""
-    from harness.dburl import is_postgres
+    from xenhil.harness.dburl import is_postgres
     found: list[Credential] = []
     if any(url and is_postgres(url) for url in (inventory.lease_db, *store_urls)):
         found.append(Credential("PostgreSQL store password", "lease_db / --lab-db / --results-db",
@@ -143,7 +143,7 @@ def register_lab_secrets_early(path: str | Path | None, store_urls: tuple[str | 
     if not path:
         return None
     try:
-        from harness.lab.inventory import load_inventory
+        from xenhil.harness.lab.inventory import load_inventory
         inventory = load_inventory(path)
         register_inventory_secrets(inventory, store_urls)
     except Exception:  # the lab's own check reports it, with its fix

@@ -56,10 +56,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness import budgets
-from harness.errors import INFRASTRUCTURE, XenhilError
-from harness.lab.model import HEALTH_STEPS, HostSpec
-from harness.step import step_context
+from xenhil.harness import budgets
+from xenhil.harness.errors import INFRASTRUCTURE, XenhilError
+from xenhil.harness.lab.model import HEALTH_STEPS, HostSpec
+from xenhil.harness.step import step_context
 
 log = logging.getLogger("xenhil.health")
 
@@ -281,7 +281,7 @@ class HealthCheck:
             raise _NotApplicable("no serial console in the inventory")
         if self._console_error is not None:
             raise StepFailed(f"the serial console did not open: {_first_line(self._console_error)}")
-        from harness.xen.provision import XEN_BANNER, _follow_to_banner
+        from xenhil.harness.xen.provision import XEN_BANNER, _follow_to_banner
         boot = self.artifacts_dir / f"{self.spec.name}.health-boot.console.txt"
         evidence = {"boot console": str(boot), "transcript": str(self._console.transcript_path)}
         try:
@@ -316,12 +316,12 @@ class HealthCheck:
         return f"SSH {how} ({kernel}, up {evidence['uptime s']}s)", evidence
 
     def _toolstack(self):
-        from harness.lab.virtual.quirks import is_emulated
-        from harness.xen.toolstack import Toolstack
+        from xenhil.harness.lab.virtual.quirks import is_emulated
+        from xenhil.harness.xen.toolstack import Toolstack
         return Toolstack(self.host.ssh, self.spec.name, emulated=is_emulated(self.spec.capabilities))
 
     def _xl_info(self):
-        from harness.xen.parsers.xl_info import parse_xl_info
+        from xenhil.harness.xen.parsers.xl_info import parse_xl_info
         text = self._toolstack().read("info", timeout=120).stdout
         saved = self.artifacts_dir / f"{self.spec.name}.health-xl-info.txt"
         saved.write_text(text)
@@ -334,8 +334,8 @@ class HealthCheck:
                 {"xl info": str(saved), "xen_commandline": info.xen_commandline or ""})
 
     def _guest(self):
-        from harness.lab.virtual.quirks import guest_quirks
-        from harness.xen.xlconfig import DiskBoot, HvmGuest
+        from xenhil.harness.lab.virtual.quirks import guest_quirks
+        from xenhil.harness.xen.xlconfig import DiskBoot, HvmGuest
         caps = self.spec.capabilities
         xl = self._toolstack()
         name = f"xenhil-health-{secrets.token_hex(3)}"
@@ -465,7 +465,7 @@ def check_host(pool, name: str, holder, artifacts_dir: Path, *, boot_timeout: fl
     holding the lease: a pass returns the host from quarantine, a failure
     quarantines it.  ``report.quarantine`` is the store's row (the new or
     updated quarantine, or the one the pass ended; None otherwise)."""
-    from harness.host import Host
+    from xenhil.harness.host import Host
     spec = pool.inventory.host(name)
     folder = Path(artifacts_dir) / name
     with pool.lease(holder, host=name, timeout=claim_timeout, allow_quarantined=True):
@@ -487,9 +487,9 @@ def counts_against_host(exc: BaseException | None, phase: str = "call") -> bool:
     latch already counted).  Product failures and test bugs never count."""
     if exc is None:
         return False
-    from harness.errors import HostBroken, ReservationTimeout
-    from harness.lab.leases import HostsQuarantined, LeaseLost, LeaseStoreError
-    from harness.results.classify import failure_class_of
+    from xenhil.harness.errors import HostBroken, ReservationTimeout
+    from xenhil.harness.lab.leases import HostsQuarantined, LeaseLost, LeaseStoreError
+    from xenhil.harness.results.classify import failure_class_of
     if isinstance(exc, (HostBroken, ReservationTimeout, HostsQuarantined, LeaseLost,
                         LeaseStoreError)):
         return False

@@ -57,10 +57,10 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-from harness import safeyaml
-from harness.errors import ConfigError
-from harness.secrets import inline_secret_kind, redact_inline
-from harness.lab.model import (DEFAULT_IPMI_PORT, KNOWN_CAPABILITIES, CredentialRef, HostSpec,
+from xenhil.harness import safeyaml
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.secrets import inline_secret_kind, redact_inline
+from xenhil.harness.lab.model import (DEFAULT_IPMI_PORT, KNOWN_CAPABILITIES, CredentialRef, HostSpec,
                                Inventory, PowerConfig, SerialConfig, SSHConfig, section_port)
 
 log = logging.getLogger("xenhil.lab.inventory")
@@ -311,7 +311,7 @@ def _read_yaml(path: Path, shown: str) -> _Document | list[Problem]:
     def fail(message: str, fix: str, line: int | None = None) -> list[Problem]:
         return [Problem(file=shown, message=message, fix=fix, line=line)]
 
-    from harness.safeio import LIMITS, file_type
+    from xenhil.harness.safeio import LIMITS, file_type
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -429,9 +429,9 @@ def inventory_schema() -> dict:
     """The inventory JSON Schema (Draft 2020-12), shipped as package data,
     with its ``power`` and ``serial`` definitions made by the registered
     drivers (each owns its fields: harness.access.power, harness.access.serial)."""
-    from harness.access.power import power_schema
-    from harness.access.serial import SERIAL_KINDS
-    text = resources.files("harness.lab").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    from xenhil.harness.access.power import power_schema
+    from xenhil.harness.access.serial import SERIAL_KINDS
+    text = resources.files("xenhil.harness.lab").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
     schema = json.loads(text)
     schema["$defs"]["power"] = power_schema()
     schema["$defs"]["serial"] = SERIAL_KINDS.schema()
@@ -649,13 +649,13 @@ def _translate(error: jsonschema.ValidationError, ctx: _Context) -> list[Problem
 
 def _serial_driver_of(section: Any):
     """The registered driver class of a serial section's kind, or None."""
-    from harness.access.serial import SERIAL_KINDS
+    from xenhil.harness.access.serial import SERIAL_KINDS
     return SERIAL_KINDS.of(section)
 
 
 def _power_driver_of(section: Any):
     """The registered driver class of a power section's kind, or None."""
-    from harness.access.power import POWER_KINDS
+    from xenhil.harness.access.power import POWER_KINDS
     return POWER_KINDS.of(section)
 
 
@@ -912,8 +912,8 @@ def _check_duplicates(ctx: _Context, hosts: list[tuple[int, dict]]) -> list[Prob
 # --- --learn -------------------------------------------------------------
 
 def _learn_host_keys(problems: list[Problem], unpinned: list, ctx: _Context) -> list[Problem]:
-    from harness.lab.inventory_learn import fetch_host_key
-    from harness.errors import XenhilError
+    from xenhil.harness.lab.inventory_learn import fetch_host_key
+    from xenhil.harness.errors import XenhilError
 
     result = list(problems)
     for index, label, address, port in unpinned:

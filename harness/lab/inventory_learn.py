@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import paramiko
 
-from harness.errors import SSHError
-from harness.step import step
+from xenhil.harness.errors import SSHError
+from xenhil.harness.step import step
 
 log = logging.getLogger("xenhil.lab.inventory")
 

@@ -48,7 +48,7 @@ class Lab:
     def pool(self):
         """The lease pool (harness.lab.leases.Pool), its store opened on first use."""
         if self._pool is None:
-            from harness.lab.leases import Pool, open_store, resolve_store_url
+            from xenhil.harness.lab.leases import Pool, open_store, resolve_store_url
             self._pool = Pool(open_store(resolve_store_url(self.lab_db, self.inventory)),
                               self.inventory, ttl=self.ttl)
         return self._pool
@@ -57,7 +57,7 @@ class Lab:
     def host_object(self, name: str):
         """The Host of ``name`` (made on first use; its connections are kept)."""
         if name not in self._hosts:
-            from harness.host import Host
+            from xenhil.harness.host import Host
             self._hosts[name] = Host(self.inventory.host(name), self.artifacts / "hosts" / name)
         return self._hosts[name]
 
@@ -72,7 +72,7 @@ class Lab:
         one) and keep it alive with a heartbeat.  ``prefer``: the guest the
         caller needs (harness.lab.leases.GuestWish): a free host already
         running it, or its build, is taken first."""
-        from harness.lab.leases import Heartbeat
+        from xenhil.harness.lab.leases import Heartbeat
 
         lease = self.pool.claim(self.holder, tags=tuple(sorted(tags)),
                                 capabilities=capabilities, timeout=timeout, host=host,

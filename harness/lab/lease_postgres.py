@@ -17,9 +17,9 @@ import contextlib
 import threading
 from typing import Any, Iterator
 
-from harness.dburl import POSTGRES_LOCK_KEY
-from harness.errors import ConfigError
-from harness.lab.leases import LeaseStoreError, SQLLeaseStore
+from xenhil.harness.dburl import POSTGRES_LOCK_KEY
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.leases import LeaseStoreError, SQLLeaseStore
 
 # pg_advisory_xact_lock key of every xenhil store (they share xenhil_schema).
 LOCK_KEY = POSTGRES_LOCK_KEY
@@ -28,7 +28,7 @@ LOCK_KEY = POSTGRES_LOCK_KEY
 def redact(url: str) -> str:
     """The URL without its password (user:PASSWORD@, to the last '@', and
     password=...): harness.secrets.redact_inline."""
-    from harness.secrets import redact_inline
+    from xenhil.harness.secrets import redact_inline
     return redact_inline(url)
 
 

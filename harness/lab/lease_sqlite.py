@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
 
-from harness.dburl import enable_wal
-from harness.errors import ConfigError
-from harness.lab.leases import LeaseStoreError, SQLLeaseStore
+from xenhil.harness.dburl import enable_wal
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.leases import LeaseStoreError, SQLLeaseStore
 
 
 _DAMAGED_HELP = ("move the damaged file aside (a new store is created; leases it held are lost) "

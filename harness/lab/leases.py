@@ -53,10 +53,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from harness.errors import ConfigError, InfrastructureError, ReservationTimeout
-from harness.lab.model import HostSpec, Inventory, os_user
-from harness.secrets import scrub as scrub_secrets
-from harness.step import step
+from xenhil.harness.errors import ConfigError, InfrastructureError, ReservationTimeout
+from xenhil.harness.lab.model import HostSpec, Inventory, os_user
+from xenhil.harness.secrets import scrub as scrub_secrets
+from xenhil.harness.step import step
 
 log = logging.getLogger("xenhil.leases")
 
@@ -555,7 +555,7 @@ class SQLLeaseStore(LeaseStore):
 
     def text_values(self) -> Iterator[str]:
         """Every text value in the store (harness.dburl.text_values)."""
-        from harness.dburl import text_values
+        from xenhil.harness.dburl import text_values
         found = max(self.schema_found, 1)     # 0: written before versions, as 1
         return text_values([t for t, v in self.ROW_TABLES.items() if v <= found], self._page)
 
@@ -956,11 +956,11 @@ def resolve_store_url(explicit: str | None, inventory: Inventory) -> str:
 
 def open_store(url: str | Path) -> LeaseStore:
     """``sqlite:///abs/path``, a plain file path, or ``postgresql://...``."""
-    from harness.dburl import is_postgres, sqlite_path
+    from xenhil.harness.dburl import is_postgres, sqlite_path
     if is_postgres(str(url)):
-        from harness.lab.lease_postgres import PostgresLeaseStore
+        from xenhil.harness.lab.lease_postgres import PostgresLeaseStore
         return PostgresLeaseStore(str(url))
-    from harness.lab.lease_sqlite import SQLiteLeaseStore
+    from xenhil.harness.lab.lease_sqlite import SQLiteLeaseStore
     return SQLiteLeaseStore(sqlite_path(url, "lease store"))
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from pathlib import Path
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 # Capabilities a host may declare, with their type.  Unknown names are errors
 # (a typo such as "iomu: true" must not silently make a host unmatchable).
@@ -61,7 +61,7 @@ class CredentialRef:
         """The secret's value, registered with harness.attach so that it is
         scrubbed from every attachment, Allure result and log record."""
         # Imported here: the lab layer must not pull in allure at import time.
-        from harness.secrets import register_secret
+        from xenhil.harness.secrets import register_secret
 
         if self.env:
             value = os.environ.get(self.env)
@@ -70,7 +70,7 @@ class CredentialRef:
                                   help=f"export {self.env}=... before running, or reference a file")
             return register_secret(value)
         if self.file:
-            from harness.safeio import read_text
+            from xenhil.harness.safeio import read_text
             # Bounded and never blocking: a FIFO or /dev/zero is refused, not read.
             return register_secret(read_text(self.file, "credential file",
                                              fix="create the file with the secret (mode 0600) "
@@ -164,7 +164,7 @@ class Inventory:
         try:
             return self.hosts[name]
         except KeyError:
-            from harness.options import shown
+            from xenhil.harness.options import shown
             known = ", ".join(sorted(self.hosts)) or "none"
             raise ConfigError(f"{self.path}: no host named {shown(name)}",
                               help=f"use one of: {known}") from None

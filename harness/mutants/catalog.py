@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import INFRASTRUCTURE, PRODUCT, TEST_BUG, ConfigError
+from xenhil.harness.errors import INFRASTRUCTURE, PRODUCT, TEST_BUG, ConfigError
 
 # --------------------------------------------------------------------------
 # Tables: the rules.  Change them here only.
@@ -267,7 +267,7 @@ class _Parser:
         return half, path
 
     def fault(self, where: str, raw: object) -> str | None:
-        from harness.probe_dm.faults import parse_fault
+        from xenhil.harness.probe_dm.faults import parse_fault
         try:
             return parse_fault(str(raw), "probe_fault").text
         except ConfigError as exc:
@@ -297,9 +297,9 @@ def load_mutant_catalog(path: str | Path | None = None, *, root: str | Path = RE
     MutantCatalogError listing every problem.  ``root``: the folder the
     tests' ids are relative to (pytest's rootdir); ``split_catalog``: the
     splits (default fixtures/splits.yaml)."""
-    from harness import safeyaml
-    from harness.safeio import read_text
-    from harness.xen.catalog import load_catalog
+    from xenhil.harness import safeyaml
+    from xenhil.harness.safeio import read_text
+    from xenhil.harness.xen.catalog import load_catalog
 
     path = Path(path) if path is not None else DEFAULT_CATALOG
     text = read_text(path, "mutant catalog", fix="give the path of lab/mutants/mutants.yaml")

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from harness.errors import ConfigError
-from harness.mutants.catalog import Mutant, MutantCatalog
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.mutants.catalog import Mutant, MutantCatalog
 
 #: The name of the unmutated run in run ids and tables.
 UNMUTATED = "unmutated"
@@ -115,7 +115,7 @@ def xenhil_build(xen_series: Path | None, qemu_series: Path | None, log: Path,
                  jobs: int | None = None) -> Build:
     """`xenhil build` of the series (cached builds answer in a second), as
     a user runs it, niced: the machine may be running the virtual lab."""
-    command = ["nice", "-n", "19", sys.executable, "-m", "harness.cli.main", "build", "--json"]
+    command = ["nice", "-n", "19", sys.executable, "-m", "xenhil.harness.cli.main", "build", "--json"]
     if xen_series is not None:
         command += ["--xen-series", str(xen_series)]
     if qemu_series is not None:
@@ -169,7 +169,7 @@ def run_pytest(run: Run, command: list[str], cwd: Path, log: Path) -> None:
 
 
 def read_outcomes(results_db: str, run: Run) -> None:
-    from harness.results.store import ResultsStore
+    from xenhil.harness.results.store import ResultsStore
     try:
         store = ResultsStore(results_db, create=False)
     except ConfigError:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -200,7 +200,7 @@ def _from_option(exc: ConfigError, option: str, field: str) -> _Wrong:
 
 
 def _file(field: str, value: Any, base: Path) -> Path:
-    from harness.options import check_input_path
+    from xenhil.harness.options import check_input_path
     try:
         return check_input_path(field, _path(value, base), folder=False)
     except ConfigError as exc:
@@ -208,7 +208,7 @@ def _file(field: str, value: Any, base: Path) -> Path:
 
 
 def _folder_out(field: str, value: Any, base: Path) -> Path:
-    from harness.options import check_output_folder
+    from xenhil.harness.options import check_output_folder
     folder = _path(value, base)
     try:
         check_output_folder(field, folder)
@@ -228,8 +228,8 @@ def _count(field: str, value: Any, base: Path, rule: Rule) -> int:
 
 
 def _store(field: str, value: Any, base: Path) -> str:
-    from harness.dburl import is_postgres
-    from harness.options import check_store_url
+    from xenhil.harness.dburl import is_postgres
+    from xenhil.harness.options import check_store_url
     if not isinstance(value, str):
         raise _Wrong(f"{_shown(value)} is not a URL")
     if not is_postgres(value) and "://" not in value and not Path(value).is_absolute():
@@ -242,7 +242,7 @@ def _store(field: str, value: Any, base: Path) -> str:
 
 
 def _paths(field: str, value: Any, base: Path) -> tuple[Path, ...]:
-    from harness.options import check_input_path
+    from xenhil.harness.options import check_input_path
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
@@ -292,7 +292,7 @@ def _name(field: str, value: Any, base: Path) -> str:
 
 
 def _build(field: str, value: Any, base: Path) -> Path:
-    from harness.xen.build import load_build
+    from xenhil.harness.xen.build import load_build
     path = _path(value, base)
     try:
         load_build(path)           # the same checks as pytest --xen-build, now
@@ -303,7 +303,7 @@ def _build(field: str, value: Any, base: Path) -> Path:
 
 
 def _series(field: str, value: Any, base: Path) -> str:
-    from harness.options import check_series
+    from xenhil.harness.options import check_series
     if not isinstance(value, str):
         raise _Wrong(f"{_shown(value)} is not text")
     try:
@@ -313,7 +313,7 @@ def _series(field: str, value: Any, base: Path) -> str:
 
 
 def _patches(field: str, value: Any, base: Path) -> str:
-    from harness.build.series import parse_series
+    from xenhil.harness.build.series import parse_series
     if not isinstance(value, str) or not value.strip():
         raise _Wrong(f"{_shown(value)} is not a patch series")
     spec = value if value.startswith("git:") else str(_path(value, base))
@@ -337,9 +337,9 @@ CHECKERS: dict[str, Callable[..., Any]] = {
 def load_nightly_config(path: str | Path) -> NightlyConfig:
     """The configuration at ``path``, checked; NightlyConfigError listing
     every problem (ConfigError when the file itself cannot be read)."""
-    from harness import safeyaml
-    from harness.options import check_input_path
-    from harness.safeio import read_text
+    from xenhil.harness import safeyaml
+    from xenhil.harness.options import check_input_path
+    from xenhil.harness.safeio import read_text
 
     fix = "write the nightly configuration as README's \"Nightly runs\" shows"
     path = check_input_path("CONFIG", path, folder=False)
@@ -434,7 +434,7 @@ def _builds(value: Any, base: Path, problem) -> tuple[Build, ...]:
 
 
 def _shown(value: Any) -> str:
-    from harness.options import shown
+    from xenhil.harness.options import shown
     return shown(value)
 
 

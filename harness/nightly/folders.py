@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from harness.errors import InfrastructureError
+from xenhil.harness.errors import InfrastructureError
 
 #: How long a run waits for the report lock.  Its holder does one build's
 #: report (allure generate is given 600 s, the secret scan reads the run's

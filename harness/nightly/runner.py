@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import ConfigError
-from harness.nightly import folders
-from harness.nightly.config import Build, NightlyConfig
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.nightly import folders
+from xenhil.harness.nightly.config import Build, NightlyConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -76,9 +76,9 @@ def check_before_running(config: NightlyConfig) -> None:
     reads, each of its secrets resolves here (the secret scan of every
     report needs them: found missing after hours of tests, it would fail
     every build), and the Allure command line is installed."""
-    from harness.lab.credentials import register_inventory_secrets
-    from harness.lab.inventory import load_inventory
-    from harness.report import find_allure
+    from xenhil.harness.lab.credentials import register_inventory_secrets
+    from xenhil.harness.lab.inventory import load_inventory
+    from xenhil.harness.report import find_allure
 
     inventory = load_inventory(config.lab)
     unresolved = register_inventory_secrets(inventory, (config.lab_db, config.results_db))
@@ -179,7 +179,7 @@ def _run_build(config: NightlyConfig, night: folders.Night, build: Build, outcom
 
 
 def _build_argv(build: Build, output: Path) -> list[str]:
-    argv = [sys.executable, "-m", "harness.cli.main", "build", "-o", str(output)]
+    argv = [sys.executable, "-m", "xenhil.harness.cli.main", "build", "-o", str(output)]
     if build.xen_series is not None:
         argv += ["--xen-series", build.xen_series]
     if build.qemu_series is not None:
@@ -208,7 +208,7 @@ def _report(config: NightlyConfig, night: folders.Night, build: Build, run_id: s
             folder: Path, history: Path, stop: _Stop) -> tuple[int, bool]:
     """``xenhil report`` of the build's run: (its exit status, whether its
     secret scan found a leak)."""
-    argv = [sys.executable, "-m", "harness.cli.main", "report", str(folder / "allure-results"),
+    argv = [sys.executable, "-m", "xenhil.harness.cli.main", "report", str(folder / "allure-results"),
             "-o", str(folder / "report"), "--results-db", config.results_db, "--run", run_id,
             "--history", str(history), "--title", f"{build.name} {night.id}",
             "--scan-secrets", str(config.lab), "--scan-also", str(folder / "pytest.log")]
@@ -225,7 +225,7 @@ def _report(config: NightlyConfig, night: folders.Night, build: Build, run_id: s
 def _tee(argv: list[str], log: Path, build: str, stop: _Stop) -> int:
     """``argv`` run from the checkout, its output kept in ``log`` and
     shown line by line led by the build's name; its exit status."""
-    from harness.secrets import scrub
+    from xenhil.harness.secrets import scrub
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER",)}
     with open(log, "w", encoding="utf-8", errors="replace") as out:
         proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,

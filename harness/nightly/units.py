@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 SHIPPED = PROJECT_ROOT / "lab" / "systemd"
@@ -49,7 +49,7 @@ def xenhil_command() -> list[str]:
     script = Path(sys.executable).parent / "xenhil"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-m", "harness.cli.main"]
+    return [sys.executable, "-m", "xenhil.harness.cli.main"]
 
 
 def _safe(what: str, path: Path) -> str:
@@ -74,7 +74,7 @@ def check_user(user: str) -> str:
 def install_units(config: Path, unit_dir: Path, user: str) -> list[Path]:
     """The shipped units and their drop-in written into ``unit_dir``;
     the files written.  ``config``: the checked configuration file."""
-    from harness.options import check_output_folder
+    from xenhil.harness.options import check_output_folder
     check_output_folder("--unit-dir", unit_dir)
     check_user(user)
     command = [_safe("xenhil", Path(part)) if part.startswith("/") else part

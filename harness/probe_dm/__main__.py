@@ -1,10 +1,10 @@
-"""``python3 -m harness.probe_dm``: run the probe ioreq server in dom0.
+"""``python3 -m xenhil.harness.probe_dm``: run the probe ioreq server in dom0.
 
-    python3 -m harness.probe_dm --domid N --ports 0x6100-0x610f \\
+    python3 -m xenhil.harness.probe_dm --domid N --ports 0x6100-0x610f \\
         --mmio 0xf0000000-0xf0000fff --bdf 00:05.0 \\
         --counters /run/xenhil-probe-N.json [--log FILE] [--restore-state FILE] \\
         [--fault FAULT]
-    python3 -m harness.probe_dm --domid N --reap SERVER_ID --counters FILE
+    python3 -m xenhil.harness.probe_dm --domid N --reap SERVER_ID --counters FILE
 
 Two processes: a small *supervisor* (this process) forks the *server*.  If
 the server dies from a signal (SIGKILL, a crash) it cannot destroy its ioreq
@@ -31,15 +31,15 @@ import time
 import traceback
 from pathlib import Path
 
-from harness.errors import ConfigError, XenhilError
-from harness.probe_dm.emulation import (
+from xenhil.harness.errors import ConfigError, XenhilError
+from xenhil.harness.probe_dm.emulation import (
     DEFAULT_DEVICE,
     DEFAULT_VENDOR,
     Bdf,
     ProbeDevice,
     parse_range,
 )
-from harness.probe_dm.faults import FAULTS, ProbeFault, parse_fault
+from xenhil.harness.probe_dm.faults import FAULTS, ProbeFault, parse_fault
 
 log = logging.getLogger("xenhil.probe_dm")
 
@@ -54,7 +54,7 @@ def _hex16(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m harness.probe_dm",
+    p = argparse.ArgumentParser(prog="python3 -m xenhil.harness.probe_dm",
                                 description="xenhil's probe device model: a second ioreq server")
     p.add_argument("--domid", type=int, required=True, help="the HVM domain to serve")
     p.add_argument("--ports", action="append", default=[],
@@ -121,7 +121,7 @@ def fault_of(args: argparse.Namespace, ports: list) -> ProbeFault | None:
 
 
 def serve(args: argparse.Namespace, supervisor_pid: int | None, on_created=None) -> int:
-    from harness.probe_dm.server import ProbeServer, run_server
+    from xenhil.harness.probe_dm.server import ProbeServer, run_server
     log_file = open(args.log, "a", buffering=1) if args.log else None
     try:
         device, ports, bdf = build_device(args, log_file)
@@ -136,7 +136,7 @@ def serve(args: argparse.Namespace, supervisor_pid: int | None, on_created=None)
 
 
 def reap(domid: int, server_id: int, counters: Path | None) -> int:
-    from harness.probe_dm.server import reap_server
+    from xenhil.harness.probe_dm.server import reap_server
     outcome = reap_server(domid, server_id)
     log.warning("ioreq server %d of domain %d: %s", server_id, domid, outcome)
     if counters is not None:
@@ -145,7 +145,7 @@ def reap(domid: int, server_id: int, counters: Path | None) -> int:
 
 
 def _mark(counters: Path, state: str, error: str) -> None:
-    from harness.probe_dm.server import write_json_atomically
+    from xenhil.harness.probe_dm.server import write_json_atomically
     try:
         data = json.loads(counters.read_text())
     except (OSError, ValueError):
@@ -186,7 +186,7 @@ def supervise(args: argparse.Namespace) -> int:
     why = f"server process {child} killed by signal {signum} ({signal.Signals(signum).name})"
     log.error("%s", why)
     if announced.strip():
-        from harness.probe_dm.server import reap_server
+        from xenhil.harness.probe_dm.server import reap_server
         server_id = int(announced.split()[0])
         try:
             why += f"; server {server_id} {reap_server(args.domid, server_id)}"

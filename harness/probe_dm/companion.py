@@ -11,9 +11,9 @@ import logging
 import shlex
 from dataclasses import dataclass
 
-from harness.errors import XenhilError
-from harness.probe_dm.host import ProbeCounters, ProbeHandle, ProbeSpec, install, start_probe
-from harness.step import step
+from xenhil.harness.errors import XenhilError
+from xenhil.harness.probe_dm.host import ProbeCounters, ProbeHandle, ProbeSpec, install, start_probe
+from xenhil.harness.step import step
 
 log = logging.getLogger("xenhil.probe_dm.companion")
 
@@ -148,10 +148,10 @@ def probe_unavailable(host) -> str | None:
     failure, a failed copy of the probe, or the check crashing in another
     way raises (CapabilityProbeFailed, or the access error itself), since a
     "capability missing" skip would hide that nothing was tested."""
-    from harness.errors import CapabilityProbeFailed
+    from xenhil.harness.errors import CapabilityProbeFailed
     directory = install(host)
     check = ("cd " + shlex.quote(directory) + " && python3 -c "
-             + shlex.quote("from harness.probe_dm.xenlibs import XenLibs; XenLibs()"))
+             + shlex.quote("from xenhil.harness.probe_dm.xenlibs import XenLibs; XenLibs()"))
     result = host.ssh.run(check, timeout=60)
     if result.exit_status == 0:
         return None

@@ -53,9 +53,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
-from harness.errors import ConfigError
-from harness.probe_dm.faults import ProbeFault, hold, ignores_invalidate
-from harness.probe_dm.xenlibs import (
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.probe_dm.faults import ProbeFault, hold, ignores_invalidate
+from xenhil.harness.probe_dm.xenlibs import (
     IOREQ_READ,
     IOREQ_TYPE_COPY,
     IOREQ_TYPE_INVALIDATE,

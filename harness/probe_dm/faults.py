@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 # --------------------------------------------------------------------------
 # Tables: the faults.  Change them here only.

@@ -30,15 +30,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import InfrastructureError
-from harness.probe_dm.emulation import Bdf
-from harness.step import step
+from xenhil.harness.errors import InfrastructureError
+from xenhil.harness.probe_dm.emulation import Bdf
+from xenhil.harness.step import step
 
 log = logging.getLogger("xenhil.probe_dm.host")
 
 REMOTE_ROOT = "/var/lib/xenhil/probe_dm"
 _REPO = Path(__file__).resolve().parents[2]
-# What dom0 needs: the package minus this file, and the failure classes.
+# What dom0 needs: the package minus this file, and the failure classes.  The
+# files keep their place under xenhil/ (a namespace, no __init__.py), so dom0
+# runs the same module names as here: python3 -m xenhil.harness.probe_dm.
+BUNDLE_PREFIX = "xenhil/"
 PACKAGE_FILES = ("harness/__init__.py", "harness/errors.py", "harness/probe_dm/__init__.py",
                  "harness/probe_dm/xenlibs.py", "harness/probe_dm/faults.py",
                  "harness/probe_dm/emulation.py",
@@ -64,7 +67,7 @@ def bundle() -> tuple[str, bytes]:
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in PACKAGE_FILES:
             data = (_REPO / name).read_bytes()
-            info = tarfile.TarInfo(name)
+            info = tarfile.TarInfo(BUNDLE_PREFIX + name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
     digest = hashlib.sha256(raw.getvalue()).hexdigest()[:16]
@@ -108,7 +111,7 @@ class ProbeSpec:
         if self.device is not None:
             args += ["--device", f"{self.device:04x}"]
         if self.fault:
-            from harness.probe_dm.faults import parse_fault
+            from xenhil.harness.probe_dm.faults import parse_fault
             args += ["--fault", parse_fault(self.fault).text]  # a bad fault fails here, not in dom0
         return args
 
@@ -227,7 +230,7 @@ class ProbeHandle:
         if server is None:
             return
         self.host.ssh.run(
-            f"cd {shlex.quote(self.directory)} && python3 -m harness.probe_dm "
+            f"cd {shlex.quote(self.directory)} && python3 -m xenhil.harness.probe_dm "
             + shlex.join(["--domid", str(self.domid), "--reap", str(server),
                           "--counters", self.counters_path]), timeout=60)
 
@@ -264,7 +267,7 @@ def start_probe(host, domid: int, ports=(), mmio: tuple[int, int] | None = None,
         args += ["--restore-state", restore_state]
     q = shlex.quote
     host.ssh.run(["rm", "-f", handle.counters_path], timeout=30, check=True)
-    host.ssh.run(f"cd {q(directory)} && (setsid nohup python3 -m harness.probe_dm "
+    host.ssh.run(f"cd {q(directory)} && (setsid nohup python3 -m xenhil.harness.probe_dm "
                  f"{shlex.join(args)} >{q(handle.stderr_path)} 2>&1 </dev/null &)",
                  timeout=30, check=True)
     seen = handle.wait_for_state(("enabled", "failed", "crashed", "stopped"), timeout)

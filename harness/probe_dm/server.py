@@ -82,11 +82,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.errors import InfrastructureError, XenhilError
-from harness.probe_dm import COUNTERS_FORMAT
-from harness.probe_dm.emulation import Bdf, ProbeDevice
-from harness.probe_dm.faults import ProbeFault, registrations
-from harness.probe_dm.xenlibs import (
+from xenhil.harness.errors import InfrastructureError, XenhilError
+from xenhil.harness.probe_dm import COUNTERS_FORMAT
+from xenhil.harness.probe_dm.emulation import Bdf, ProbeDevice
+from xenhil.harness.probe_dm.faults import ProbeFault, registrations
+from xenhil.harness.probe_dm.xenlibs import (
     IOREQ_READ,
     STATE_IOREQ_INPROCESS,
     STATE_IOREQ_READY,

@@ -37,7 +37,7 @@ import errno as errno_mod
 import os
 from typing import Callable
 
-from harness.errors import ConfigError, InfrastructureError, TestBugError
+from xenhil.harness.errors import ConfigError, InfrastructureError, TestBugError
 
 # --- the ABI ---------------------------------------------------------------
 

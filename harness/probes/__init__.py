@@ -11,8 +11,8 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from harness.errors import ConfigError, InfrastructureError
-from harness.step import step
+from xenhil.harness.errors import ConfigError, InfrastructureError
+from xenhil.harness.step import step
 
 
 def xhprobe_source() -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.errors import INFRASTRUCTURE, PRODUCT, TEST_BUG
+from xenhil.harness.errors import INFRASTRUCTURE, PRODUCT, TEST_BUG
 
 # [\s\S]* rather than .* with flags: the pattern must full-match multi-line
 # messages both in Allure 2 (Java) and Allure 3 (JavaScript).
@@ -52,7 +52,7 @@ def write_environment(results_dir: Path, facts: dict[str, str]) -> Path:
     """Allure's environment.properties (key=value, one per line), scrubbed of
     the registered secrets (harness.secrets): it is written at the run's
     start, long before the final scrub of its files."""
-    from harness.secrets import scrub
+    from xenhil.harness.secrets import scrub
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "environment.properties"
     lines = [f"{key}={str(value).replace(chr(10), ' ')}" for key, value in sorted(facts.items())]

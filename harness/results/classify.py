@@ -2,8 +2,8 @@
 exceptions the harness did not raise itself."""
 from __future__ import annotations
 
-from harness.budgets import pytest_timeout_limit
-from harness.errors import INFRASTRUCTURE, PRODUCT, TEST_BUG, XenhilError
+from xenhil.harness.budgets import pytest_timeout_limit
+from xenhil.harness.errors import INFRASTRUCTURE, PRODUCT, TEST_BUG, XenhilError
 
 
 def failure_class_of(exc: BaseException, phase: str) -> str:

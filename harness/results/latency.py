@@ -113,7 +113,7 @@ def latency_rule(emulated: bool) -> LatencyRule:
     recorded on the virtual lab (harness.lab.virtual.quirks)."""
     if not emulated:
         return LatencyRule()
-    from harness.lab.virtual.quirks import LATENCY_COST_SPREAD_EMULATED, LATENCY_SHARE_SPREAD_EMULATED
+    from xenhil.harness.lab.virtual.quirks import LATENCY_COST_SPREAD_EMULATED, LATENCY_SHARE_SPREAD_EMULATED
     return replace(LatencyRule(), cost_floor=LATENCY_COST_SPREAD_EMULATED,
                    share_floor=LATENCY_SHARE_SPREAD_EMULATED)
 

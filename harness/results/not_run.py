@@ -104,7 +104,7 @@ def write_placeholder(results_dir: Path, nodeid: str, text: str,
         path = Path(results_dir) / f"{result['uuid']}-result.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    from harness.secrets import scrub
+    from xenhil.harness.secrets import scrub
     tmp.write_text(scrub(json.dumps(result)))
     tmp.replace(path)        # a report read meanwhile sees the old file or the new one
     return path

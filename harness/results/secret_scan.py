@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from harness.errors import ConfigError
-from harness.secrets import SECRET_FORMS, secret_forms
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.secrets import SECRET_FORMS, secret_forms
 
 CHUNK = 4 << 20
 SQLITE_MAGIC = b"SQLite format 3\0"
@@ -48,7 +48,7 @@ def inventory_secrets(inventory, store_urls: tuple[str | None, ...] = ()) -> dic
     PostgreSQL store's password, its lease_db's or one of ``store_urls``'s).
     Raises :class:`ScanIncomplete` naming each reference that cannot be
     resolved here: a secret the scan cannot know is a secret it cannot look for."""
-    from harness.lab.credentials import resolve_all
+    from xenhil.harness.lab.credentials import resolve_all
     values, unresolved = resolve_all(inventory, store_urls)
     if unresolved:
         raise ScanIncomplete(f"cannot check {len(unresolved)} secret(s) of {inventory.path}: "

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from harness.dburl import (POSTGRES_LOCK_KEY, enable_wal, is_postgres, postgres_connect,
+from xenhil.harness.dburl import (POSTGRES_LOCK_KEY, enable_wal, is_postgres, postgres_connect,
                            postgres_schema_version, redacted, set_postgres_schema_version,
                            sqlite_path, text_values)
-from harness.errors import ConfigError, InfrastructureError
-from harness.secrets import scrub
+from xenhil.harness.errors import ConfigError, InfrastructureError
+from xenhil.harness.secrets import scrub
 
 #: The version of the tables :func:`schema` makes.  A SQLite store keeps its
 #: version in ``PRAGMA user_version``, a PostgreSQL one in the
@@ -254,7 +254,7 @@ class ResultsStore:
         Mutant runs (a probe fault planted, lab/mutants) are never history:
         a run after the delay mutant would be compared with a slowed server.
         ``emulated``: only rows measured on a host of that kind."""
-        from harness.results.latency import build_class as class_of
+        from xenhil.harness.results.latency import build_class as class_of
         seq = self.run_seq(run_id)
         kind = "" if emulated is None else " AND l.emulated = ?"
         earlier = self._x(

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from harness.errors import ConfigError
-from harness.results.store import Outcome
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.results.store import Outcome
 
 FAILED = ("failed", "broken")
 
@@ -45,10 +45,10 @@ def load_known_issues(path: Path | None) -> list[KnownIssue]:
     """``known-issues.yaml``: a list of {test, reason, link}."""
     if path is None or not path.exists():
         return []
-    from harness.safeio import read_text
+    from xenhil.harness.safeio import read_text
     text = read_text(path, "known issues file", fix="pass --known-issues a YAML list of "
                      "{test, reason, link}")
-    from harness import safeyaml
+    from xenhil.harness import safeyaml
     data = safeyaml.load(text, f"known issues file {path}",
                          fix="fix the YAML at that line: a flat list of {test, reason, link}") or []
     if not isinstance(data, list):

@@ -30,8 +30,8 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness.access.ssh import sha256_file
-from harness.errors import ConfigError
+from xenhil.harness.access.ssh import sha256_file
+from xenhil.harness.errors import ConfigError
 
 DEFAULT_XEN_CMDLINE = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all noreboot"
 DEFAULT_DOM0_CMDLINE = "ro console=hvc0 earlyprintk=xen"
@@ -92,7 +92,7 @@ def as_booted_on(build: XenBuild, capabilities) -> XenBuild:
     line plus the options such a host needs (an emulated host: see
     harness.lab.virtual.quirks.XEN_CMDLINE_EMULATED).  The result has its own
     build id, since what boots differs; on real hardware it is ``build``."""
-    from harness.lab.virtual.quirks import xen_cmdline_quirks
+    from xenhil.harness.lab.virtual.quirks import xen_cmdline_quirks
     present = build.xen_cmdline.split()
     extra = [option for option in xen_cmdline_quirks(capabilities) if option not in present]
     if not extra:
@@ -137,7 +137,7 @@ def _from_dist(tree: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
     if not hypervisors:
         raise XenBuildError(f"--xen-build {tree}: no hypervisor: expected boot/xen-*.gz "
                             f"under {root}", help="run `make dist` (or `make dist-xen`) first")
-    from harness.safeio import read_bytes
+    from xenhil.harness.safeio import read_bytes
     manifest = _read_manifest(tree, read_bytes(root / MANIFEST, "build manifest")
                               if (root / MANIFEST).is_file() else None)
     names = {str(p.relative_to(root)) for p in root.rglob("xl")}
@@ -184,7 +184,7 @@ def _manifest_fields(path, manifest: dict | None) -> dict:
         facts = components.get(component) if isinstance(components, dict) else None
         value = facts.get(key) if isinstance(facts, dict) else None
         return value if isinstance(value, str) else ""
-    from harness.build.recipes import XEN_LEAF
+    from xenhil.harness.build.recipes import XEN_LEAF
     xl_sha256 = built("tools", "xl_sha256")
     return {"manifest": str(path), "xenhil_build": str(manifest["xenhil_build"]),
             "patched_components": patched,
@@ -213,7 +213,7 @@ MANIFEST_MAX = 4 << 20
 
 
 def _from_tarball(tarball: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
-    from harness.options import shown
+    from xenhil.harness.options import shown
     names: list[str] = []
     files = []
     manifest_bytes = None
@@ -284,7 +284,7 @@ def _from_debs(folder: Path, xen_cmdline: str, dom0_cmdline: str) -> XenBuild:
         raise XenBuildError(f"--xen-build {folder}: no xen-hypervisor-*.deb among {len(debs)} .deb files")
     if not utils:
         raise XenBuildError(f"--xen-build {folder}: no xen-utils-<version>*.deb (the tools)")
-    from harness.safeio import open_regular
+    from xenhil.harness.safeio import open_regular
     for deb in debs:
         with open_regular(deb, "Debian package", fix="give a folder of .deb files") as f:
             header = f.read(8)

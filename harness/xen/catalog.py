@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from harness.errors import ConfigError
-from harness.probe_dm.companion import ProbeSettings
-from harness.xen.splits import DEVICE_MODELS_CAPABILITY, SPLIT_ID_JOINER, Split, parse_split
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.probe_dm.companion import ProbeSettings
+from xenhil.harness.xen.splits import DEVICE_MODELS_CAPABILITY, SPLIT_ID_JOINER, Split, parse_split
 
 #: Capabilities a catalog entry may require (host capability detection
 #: provides them).  ``probe``: the framework's own ioreq server (harness.probe_dm).
@@ -88,8 +88,8 @@ class Catalog:
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
     path = Path(path) if path is not None else default_catalog_path()
-    from harness import safeyaml
-    from harness.safeio import read_text
+    from xenhil.harness import safeyaml
+    from xenhil.harness.safeio import read_text
     # Bounded: a FIFO, /dev/zero or an alias bomb given as --catalog is refused.
     text = read_text(path, "split catalog", fix="pass the path of fixtures/splits.yaml")
     data = safeyaml.load(text, f"split catalog {path}", fix="fix the YAML at that line "
@@ -215,7 +215,7 @@ def _probe_settings(raw: bool | dict, fail) -> ProbeSettings:
                  "a BAR is a power of two in size, aligned to it (e.g. 0xf0000000-0xf0000fff)")
         values["mmio"] = (lo, hi)
     if "bdf" in raw:
-        from harness.probe_dm.emulation import Bdf
+        from xenhil.harness.probe_dm.emulation import Bdf
         if not isinstance(raw["bdf"], str):  # YAML 1.1 reads 00:40.0 as base-60 40.0
             fail(f"probe.bdf: YAML read it as the number {raw['bdf']!r}, not BUS:DEV.FN",
                  'quote it, e.g. bdf: "00:05.0"')

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from harness.errors import XenhilError
-from harness.lab.virtual.quirks import is_emulated
+from xenhil.harness.errors import XenhilError
+from xenhil.harness.lab.virtual.quirks import is_emulated
 
 # "[  300.363933] xen-qemu-system[633]: segfault at 0 ip ... error 6 in libc.so.6[...]"
 # "[  412.001000] traps: awk[3623] general protection fault ip:... in libc.so.6[...]"

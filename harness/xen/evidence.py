@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from harness.errors import XenhilError
+from xenhil.harness.errors import XenhilError
 
 log = logging.getLogger("xenhil.evidence")
 

@@ -32,14 +32,14 @@ import stat
 import time
 from pathlib import Path
 
-from harness import budgets
-from harness.access.console import ConsoleClosed, ConsoleStalled
-from harness.access.ssh import sha256_file
-from harness.errors import InfrastructureError, TestBugError, XenhilError
-from harness.host import HostState
-from harness.step import step, step_context
-from harness.xen.build import XenBuild
-from harness.xen.toolstack import Toolstack
+from xenhil.harness import budgets
+from xenhil.harness.access.console import ConsoleClosed, ConsoleStalled
+from xenhil.harness.access.ssh import sha256_file
+from xenhil.harness.errors import InfrastructureError, TestBugError, XenhilError
+from xenhil.harness.host import HostState
+from xenhil.harness.step import step, step_context
+from xenhil.harness.xen.build import XenBuild
+from xenhil.harness.xen.toolstack import Toolstack
 
 log = logging.getLogger("xenhil.provision")
 
@@ -216,7 +216,7 @@ def _debian_files(host, root: str, action: str, tree: str | None = None) -> str:
     """Keep the Debian files ``tree`` (on the host) will replace, or put all
     kept ones back ("restore"): a Debian build after a source build then runs
     Debian's tools and QEMU, not the source build's.  Its one-line report."""
-    from harness.xen import debian_files
+    from xenhil.harness.xen import debian_files
     script = _at(root, DEBIAN_FILES_SCRIPT)
     host.ssh.run(["mkdir", "-p", _at(root, "/var/lib/xenhil")], check=True)
     host.ssh.put_bytes(Path(debian_files.__file__).read_text(), script)

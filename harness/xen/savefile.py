@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from harness.errors import ConfigError, ProductError
+from xenhil.harness.errors import ConfigError, ProductError
 
 XL_MAGIC = b"Xen saved domain, xl format\n \0 \r"
 assert len(XL_MAGIC) == 32
@@ -301,7 +301,7 @@ def _pad(length: int) -> int:
 
 
 def _open(path: Path) -> BinaryIO:
-    from harness.safeio import open_regular
+    from xenhil.harness.safeio import open_regular
     f = open_regular(path, "save file", fix="pass the path `xl save DOMAIN PATH` wrote")
     if f.read(2) == b"\x1f\x8b":
         f.seek(0)

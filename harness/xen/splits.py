@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from harness.errors import ConfigError
+from xenhil.harness.errors import ConfigError
 
 # --------------------------------------------------------------------------
 # Tables: the grammar and the device classes.  Change rules here only.
@@ -154,7 +154,7 @@ def check_vif_id(option: str, vif_id: str) -> str:
     saying what is wrong with it, the value shown short."""
     problem = _VIF_ID_RULE.problem(vif_id)
     if problem is not None:
-        from harness.options import shown
+        from xenhil.harness.options import shown
         raise ConfigError(f"{option} {shown(vif_id)}: not a vif id ({problem[1]})",
                           help=f"give the id= of one of the guest's vif entries: letters, digits, "
                                f"'_', '.' or '-', at most {GRAMMAR.max_identifier_length}")
@@ -346,7 +346,7 @@ class Split:
         (the option must then be absent, not empty)."""
         if self.is_single:
             return ""
-        from harness.xen.xlconfig import xl_list  # xlconfig imports this module
+        from xenhil.harness.xen.xlconfig import xl_list  # xlconfig imports this module
 
         return f"device_models = {xl_list(self.specs(), prefer_quote=chr(39))}"
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from harness.lab.virtual.guestkit import GUEST_KIT_DIR
-from harness.lab.virtual.quirks import guest_cmdline_quirks, guest_quirks
-from harness.xen.catalog import CatalogSplit
-from harness.xen.xlconfig import DirectKernelBoot, Disk, HvmGuest, Vif
+from xenhil.harness.lab.virtual.guestkit import GUEST_KIT_DIR
+from xenhil.harness.lab.virtual.quirks import guest_cmdline_quirks, guest_quirks
+from xenhil.harness.xen.catalog import CatalogSplit
+from xenhil.harness.xen.xlconfig import DirectKernelBoot, Disk, HvmGuest, Vif
 
 # What the guest's kernel always gets (host options are appended).
 GUEST_CMDLINE = "console=ttyS0,115200 xen_emul_unplug=never"

@@ -6,12 +6,12 @@ import json
 import logging
 import shlex
 
-from harness.errors import ConnectionLost, ProductError, RemoteCommandFailed
-from harness.step import step
-from harness.xen.dom0_crashes import process_death_in_output
-from harness.xen.parsers.rangesets import parse_ioreq_rangesets
-from harness.xen.parsers.xl_info import XlInfo, parse_xl_info
-from harness.xen.parsers.xl_list import DomainEntry, parse_xl_list
+from xenhil.harness.errors import ConnectionLost, ProductError, RemoteCommandFailed
+from xenhil.harness.step import step
+from xenhil.harness.xen.dom0_crashes import process_death_in_output
+from xenhil.harness.xen.parsers.rangesets import parse_ioreq_rangesets
+from xenhil.harness.xen.parsers.xl_info import XlInfo, parse_xl_info
+from xenhil.harness.xen.parsers.xl_list import DomainEntry, parse_xl_list
 
 log = logging.getLogger("xenhil.toolstack")
 
@@ -107,7 +107,7 @@ class Toolstack:
         CapabilityProbeFailed (an SSH failure raises its own error): xl
         exiting non-zero or printing no domain config says nothing about the
         option, and a skip for "capability missing" would hide it."""
-        from harness.errors import CapabilityProbeFailed
+        from xenhil.harness.errors import CapabilityProbeFailed
         path = "/tmp/xenhil-capability-probe.cfg"
         self.ssh.put_bytes(_PROBE_CONFIG, path)
         command = f"xl -N create {shlex.quote(path)}"

@@ -28,9 +28,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence, Union
 
-from harness.errors import ConfigError
-from harness.xen import splits
-from harness.xen.splits import Split
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.xen import splits
+from xenhil.harness.xen.splits import Split
 
 log = logging.getLogger("xenhil.xlconfig")
 
@@ -513,7 +513,7 @@ class HvmGuest:
                 except ConfigError as exc:
                     bad(f"extra[{key!r}]", str(exc).splitlines()[0], "give a string, integer or list")
         if not isinstance(self.split, Split):
-            bad("split", f"{self.split!r} is not a Split", "use harness.xen.splits.parse_split(...)")
+            bad("split", f"{self.split!r} is not a Split", "use xenhil.harness.xen.splits.parse_split(...)")
         elif not self.split.is_single:
             if self.device_model_version != "qemu-xen":
                 bad("split", f"split {self.split.id} needs device_model_version qemu-xen",

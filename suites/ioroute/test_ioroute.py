@@ -3,11 +3,11 @@ that owns the class and no other; the servers' ranges cover what their
 devices need and no range is claimed twice.  With the probe ioreq server in
 the split, its registers and BAR are driven too: its own counters must see
 that I/O, and no QEMU trace any of it."""
-from harness.checks.pci import companion_servers, read_model_traces, server_ids_by_model
-from harness.checks.failure import save_evidence
-from harness.checks.routing import (check_io_routing, check_probe_io, check_server_ranges,
+from xenhil.harness.checks.pci import companion_servers, read_model_traces, server_ids_by_model
+from xenhil.harness.checks.failure import save_evidence
+from xenhil.harness.checks.routing import (check_io_routing, check_probe_io, check_server_ranges,
                                     class_owners, io_needs, needs_by_model, probe_needs, read_bars)
-from harness.checks.topology import PROBE_CLASS
+from xenhil.harness.checks.topology import PROBE_CLASS
 
 # Guest workloads per device class: each touches the class's ports or its
 # PCI function, through the guest kernel's drivers and the probe.

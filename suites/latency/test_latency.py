@@ -5,12 +5,12 @@ and compared with the history of the same host, split and build class
 (harness.results.latency: the rule and its figures)."""
 import warnings
 
-from harness.attach import attach_latency
-from harness.checks.failure import fail
-from harness.checks.latency import (LatencyRegressionNotConfirmed, confirmed_latency_regressions,
+from xenhil.harness.attach import attach_latency
+from xenhil.harness.checks.failure import fail
+from xenhil.harness.checks.latency import (LatencyRegressionNotConfirmed, confirmed_latency_regressions,
                                     measure_latency)
-from harness.lab.virtual.quirks import is_emulated, latency_samples
-from harness.results.plots import latency_distribution_png
+from xenhil.harness.lab.virtual.quirks import is_emulated, latency_samples
+from xenhil.harness.results.plots import latency_distribution_png
 
 # A port each model owns that is harmless to read: the keyboard controller's
 # status port belongs to the model with `ui`, the first IDE status port to

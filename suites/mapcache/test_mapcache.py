@@ -3,7 +3,7 @@ server (each QEMU and, in probe splits, the probe) invalidate its map cache, Xen
 the guest's disk survives it."""
 import pytest
 
-from harness.checks.mapcache import mapcache_cycle
+from xenhil.harness.checks.mapcache import mapcache_cycle
 
 # Two steps down from the guest's 256 MiB: two invalidate events per server.
 TARGETS_MIB = [224, 192]

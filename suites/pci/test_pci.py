@@ -1,12 +1,12 @@
 """PCI enumeration: the guest sees exactly the devices its split's models
 emulate, each BDF is owned by the right ioreq server, and the Xen platform
 device answers from the expected model."""
-from harness.checks.pci import (check_pci_ownership, check_pci_views, check_platform_device,
+from xenhil.harness.checks.pci import (check_pci_ownership, check_pci_views, check_platform_device,
                                 check_unowned_bdfs_read_ones, companion_servers, gather_pci_views,
                                 identify_platform_model, probe_unowned_bdfs, read_model_traces,
                                 server_ids_by_model)
-from harness.checks.failure import save_evidence
-from harness.xen.parsers.probe_output import PortRead, parse_single
+from xenhil.harness.checks.failure import save_evidence
+from xenhil.harness.xen.parsers.probe_output import PortRead, parse_single
 
 
 def test_guest_sees_exactly_the_expected_devices(guest, topology):

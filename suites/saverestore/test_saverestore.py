@@ -3,7 +3,7 @@ guest answers with uptime continued, data intact, the same PCI topology and
 server ownership, every model running; then several cycles in a row."""
 import pytest
 
-from harness.checks.saverestore import save_restore_cycle
+from xenhil.harness.checks.saverestore import save_restore_cycle
 
 
 @pytest.mark.disruptive

@@ -21,9 +21,9 @@ import urllib.parse
 
 import allure
 
-from harness.attach import attach_text, current_test_artifact_dir
-from harness.lab.inventory import load_inventory
-from harness.results.secret_scan import inventory_secrets
+from xenhil.harness.attach import attach_text, current_test_artifact_dir
+from xenhil.harness.lab.inventory import load_inventory
+from xenhil.harness.results.secret_scan import inventory_secrets
 
 log = logging.getLogger("main_job.leaky")
 

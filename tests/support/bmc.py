@@ -26,8 +26,8 @@ from typing import Iterator
 
 import pytest
 
-from harness.lab.model import CredentialRef, PowerConfig
-from harness.lab.virtual.bmc import BMCProcess, start_bmc_process
+from xenhil.harness.lab.model import CredentialRef, PowerConfig
+from xenhil.harness.lab.virtual.bmc import BMCProcess, start_bmc_process
 
 BMC_ADDRESS = "127.0.0.5"
 BMC_USER = "admin"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.checks.failure import CheckFailed
-from harness.errors import PRODUCT
+from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.errors import PRODUCT
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "checks"
 

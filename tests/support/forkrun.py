@@ -43,7 +43,7 @@ def _child(case: dict) -> None:
             import pytest
             rc = int(pytest.main(list(case["argv"])))
         else:
-            from harness.cli.main import main
+            from xenhil.harness.cli.main import main
             rc = int(main(list(case["argv"])))
     except SystemExit as exc:
         rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -87,13 +87,13 @@ def _run(case: dict) -> dict:
 
 def main() -> None:
     # Imported once here, so each child starts with them loaded.
-    import harness.cli.main  # noqa: F401
-    import harness.lab.inventory  # noqa: F401
-    import harness.xen.savefile  # noqa: F401
+    import xenhil.harness.cli.main  # noqa: F401
+    import xenhil.harness.lab.inventory  # noqa: F401
+    import xenhil.harness.xen.savefile  # noqa: F401
     import pytest  # noqa: F401
     for module in ("reserve", "lab_check", "lab_status", "report", "savefile", "split", "host", "power"):
-        __import__(f"harness.cli.{module}")
-    harness.cli.main.build_parser()
+        __import__(f"xenhil.harness.cli.{module}")
+    xenhil.harness.cli.main.build_parser()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         if not line.strip():

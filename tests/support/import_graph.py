@@ -1,9 +1,12 @@
 """The import graph of xenhil's own packages, for tests/test_import_graph.py.
 
-Run as a script on a source tree (``python import_graph.py ROOT``): it
-prints, as JSON, what the test checks.  A subprocess, with ROOT first on
-its path, so that the graph is that of ROOT's files (a planted cycle in a
-temporary copy included), never of the modules this process imported.
+Run as a script on a source tree (``python import_graph.py ROOT``, where
+ROOT/xenhil/ holds harness/ and fixtures/, the installed layout): it prints,
+as JSON, what the test checks.  A subprocess, with ROOT first on its path,
+so that the graph is that of ROOT's files (a planted cycle in a temporary
+copy included), never of the modules this process imported.  Module names
+are reported without the ``xenhil.`` namespace, as the packages are named
+in the tree.
 
 The graph is grimp's (every import statement, a function's lazy imports
 too) plus the modules a plugin loads by name (``pytest_plugins = [...]``),
@@ -16,8 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-#: The packages of the tree.
-PACKAGES = ("harness", "fixtures")
+#: The namespace xenhil installs its packages under (pyproject.toml).
+NAMESPACE = "xenhil."
+#: The packages of the tree, as imported.
+PACKAGES = ("xenhil.harness", "xenhil.fixtures")
 #: The pytest plugin: the entry point (pyproject's pytest11), the one
 #: module of harness/ that may import pytest, and the root that loads the
 #: fixtures.
@@ -26,9 +31,18 @@ PLUGIN = "harness.plugin"
 PYTEST = ("pytest", "_pytest", "pluggy", "xdist")
 
 
+def short(module: str) -> str:
+    """A module's name in the tree: ``xenhil.harness.x`` is ``harness.x``."""
+    return module.removeprefix(NAMESPACE)
+
+
+def ours(module: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in PACKAGES)
+
+
 def layer(module: str) -> str:
-    """The node of the package graph a module belongs to: the plugin, the
-    fixtures, or the rest of harness."""
+    """The node of the package graph a module (short name) belongs to: the
+    plugin, the fixtures, or the rest of harness."""
     if module == PLUGIN:
         return "plugin"
     return module.split(".")[0]
@@ -49,19 +63,20 @@ def loaded_plugins(path: Path) -> list[str]:
 
 
 def module_edges(root: Path) -> tuple[dict[str, set[str]], set[str]]:
-    """(module -> the xenhil modules it imports, the modules importing pytest)."""
+    """(module -> the xenhil modules it imports, the modules importing pytest),
+    by short name."""
     import grimp
     graph = grimp.build_graph(*PACKAGES, include_external_packages=True, cache_dir=None)
-    ours = {m for m in graph.modules if m.split(".")[0] in PACKAGES}
-    edges = {m: {i for i in graph.find_modules_directly_imported_by(m) if i in ours}
-             for m in ours}
-    for module in ours:
+    mine = {m for m in graph.modules if ours(m)}
+    edges = {short(m): {short(i) for i in graph.find_modules_directly_imported_by(m) if i in mine}
+             for m in mine}
+    for module in mine:
         spec_path = root.joinpath(*module.split("."))
         path = spec_path / "__init__.py" if spec_path.is_dir() else spec_path.with_suffix(".py")
         for name in loaded_plugins(path):
-            if name.split(".")[0] in PACKAGES:
-                edges[module].add(name)
-    pytest_importers = {m for m in ours
+            if ours(name):
+                edges[short(module)].add(short(name))
+    pytest_importers = {short(m) for m in mine
                         if {i.split(".")[0] for i in graph.find_modules_directly_imported_by(m)}
                         & set(PYTEST)}
     return edges, pytest_importers

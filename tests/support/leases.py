@@ -13,8 +13,8 @@ import signal
 import time
 from pathlib import Path
 
-from harness.lab.leases import Heartbeat, Holder, Pool, open_store, release_all_on_exit
-from harness.lab.model import HostSpec, Inventory, PowerConfig, SSHConfig
+from xenhil.harness.lab.leases import Heartbeat, Holder, Pool, open_store, release_all_on_exit
+from xenhil.harness.lab.model import HostSpec, Inventory, PowerConfig, SSHConfig
 
 # name -> (tags, capabilities)
 HostTable = dict[str, tuple[tuple[str, ...], dict]]

@@ -16,7 +16,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 
-from harness.xen import savefile as sf
+from xenhil.harness.xen import savefile as sf
 
 PAGE = 4096
 

@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from harness.lab.model import SSHConfig
+from xenhil.harness.lab.model import SSHConfig
 
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "ssh-keygen"

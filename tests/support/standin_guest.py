@@ -10,7 +10,7 @@ benchmarks/bench_guest_affinity.py measure.
 A run uses it by putting the class in the plugin's stash from its conftest::
 
     def pytest_configure(config):
-        from fixtures.guest import GUEST_TYPE
+        from xenhil.fixtures.guest import GUEST_TYPE
         config.stash[GUEST_TYPE] = StandInGuest
 
 and by overriding ``xen_host`` (no Xen to provision: :data:`CONFTEST`).
@@ -28,7 +28,7 @@ import shlex
 import time
 from pathlib import Path
 
-from harness.errors import InfrastructureError, ProductError
+from xenhil.harness.errors import InfrastructureError, ProductError
 
 #: The conftest of a run on stand-in guests: no Xen to provision, every
 #: split runnable; the host's build recorded as provisioning would.
@@ -38,15 +38,15 @@ from tests.support.standin_guest import StandInGuest
 
 
 def pytest_configure(config):
-    from fixtures.guest import GUEST_TYPE
+    from xenhil.fixtures.guest import GUEST_TYPE
     config.stash[GUEST_TYPE] = StandInGuest
 
 
 @pytest.fixture
 def xen_host(request, host, lab, xen_build):
     """No Xen on an sshd host: the host as it is, able to run every split."""
-    from fixtures.guest import note_provisioned
-    from fixtures.run import run_config
+    from xenhil.fixtures.guest import note_provisioned
+    from xenhil.fixtures.run import run_config
     host.facts[f"capabilities:{xen_build.build_id}"] = {"device_models", "probe"}
     label = run_config(request.config).build_label_on(host.spec.capabilities)   # as booted
     if host.facts.get("standin_build") != label:
@@ -142,7 +142,7 @@ class StandInGuest:
     def destroy(self) -> None:
         holder = None
         if os.environ.get("XH_LEASE_DB"):
-            from harness.lab.leases import open_store
+            from xenhil.harness.lab.leases import open_store
             store = open_store(os.environ["XH_LEASE_DB"])
             try:
                 lease = store.leases().get(self.host.name)

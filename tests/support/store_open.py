@@ -6,8 +6,8 @@ from __future__ import annotations
 def open_both_stores(directory: str, barrier, results) -> None:
     """Open a lease store and a results store in ``directory`` the moment
     every sibling is ready; put None, or the error's text."""
-    from harness.lab.lease_sqlite import SQLiteLeaseStore
-    from harness.results.store import ResultsStore
+    from xenhil.harness.lab.lease_sqlite import SQLiteLeaseStore
+    from xenhil.harness.results.store import ResultsStore
     barrier.wait()
     try:
         SQLiteLeaseStore(f"{directory}/leases.sqlite")

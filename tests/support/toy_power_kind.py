@@ -14,7 +14,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from harness.access.power.driver import OFF, ON, PowerDriver, register_power_driver
+from xenhil.harness.access.power.driver import OFF, ON, PowerDriver, register_power_driver
 
 
 @register_power_driver

@@ -57,14 +57,14 @@ import shlex
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from harness.access.console import links
-from harness.access.console.errors import ConsoleClosed, ConsoleStalled, ConsoleUnavailable
-from harness.access.console.links import TelnetFilter
-from harness.access.console.shell import ShellSession
-from harness.access.console.stream import TAIL_LINES, ConsoleState, ConsoleStream, Marker
-from harness.access.console.text import DEFAULT_FATAL_PATTERNS, strip_console_noise
-from harness.errors import ConfigError
-from harness.lab.model import CredentialRef, HostSpec
+from xenhil.harness.access.console import links
+from xenhil.harness.access.console.errors import ConsoleClosed, ConsoleStalled, ConsoleUnavailable
+from xenhil.harness.access.console.links import TelnetFilter
+from xenhil.harness.access.console.shell import ShellSession
+from xenhil.harness.access.console.stream import TAIL_LINES, ConsoleState, ConsoleStream, Marker
+from xenhil.harness.access.console.text import DEFAULT_FATAL_PATTERNS, strip_console_noise
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.model import CredentialRef, HostSpec
 
 
 class Console(ShellSession, ConsoleStream):
@@ -124,7 +124,7 @@ class Console(ShellSession, ConsoleStream):
 def console_for(host: HostSpec, transcript_dir: Path, **kw) -> Console:
     """The console of an inventory host (closed; call open()): built by the
     driver of its serial kind (harness.access.serial)."""
-    from harness.access.serial import console_for as serial_console_for
+    from xenhil.harness.access.serial import console_for as serial_console_for
     return serial_console_for(host, transcript_dir, **kw)
 
 

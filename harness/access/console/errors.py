@@ -2,7 +2,7 @@
 FatalConsoleOutput."""
 from __future__ import annotations
 
-from harness.errors import ConnectionLost, InfrastructureError
+from xenhil.harness.errors import ConnectionLost, InfrastructureError
 
 
 class ConsoleClosed(ConnectionLost):

@@ -12,8 +12,8 @@ from typing import Mapping, Sequence
 import pexpect
 import pexpect.socket_pexpect
 
-from harness.access.console.errors import ConsoleUnavailable
-from harness.lab.model import CredentialRef
+from xenhil.harness.access.console.errors import ConsoleUnavailable
+from xenhil.harness.lab.model import CredentialRef
 
 
 class LinkEOF(Exception):

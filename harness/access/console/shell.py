@@ -9,11 +9,11 @@ import shlex
 import time
 from typing import Callable
 
-from harness.access.console.errors import ConsoleClosed, ConsoleStalled
-from harness.access.console.text import at_continuation_prompt
-from harness.errors import ConsoleTimeout
-from harness.lab.model import CredentialRef
-from harness.step import step
+from xenhil.harness.access.console.errors import ConsoleClosed, ConsoleStalled
+from xenhil.harness.access.console.text import at_continuation_prompt
+from xenhil.harness.errors import ConsoleTimeout
+from xenhil.harness.lab.model import CredentialRef
+from xenhil.harness.step import step
 
 
 class ShellSession:

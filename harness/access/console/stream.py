@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from harness.access.console.errors import ConsoleClosed, ConsoleUnavailable
-from harness.access.console.links import LinkEOF
-from harness.access.console.text import DEFAULT_FATAL_PATTERNS, strip_console_noise
-from harness.errors import ConsoleTimeout, FatalConsoleOutput, TestBugError
-from harness.step import step
+from xenhil.harness.access.console.errors import ConsoleClosed, ConsoleUnavailable
+from xenhil.harness.access.console.links import LinkEOF
+from xenhil.harness.access.console.text import DEFAULT_FATAL_PATTERNS, strip_console_noise
+from xenhil.harness.errors import ConsoleTimeout, FatalConsoleOutput, TestBugError
+from xenhil.harness.step import step
 
 TAIL_LINES = 20
 _TAIL_CHARS = 16 * 1024

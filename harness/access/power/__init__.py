@@ -11,15 +11,15 @@ has the base class, the registry and the schema the drivers make):
 
 A new kind is a new module here plus its line below.
 """
-from harness.access.power.driver import (OFF, ON, POWER_ACTIONS, POWER_KINDS, UNKNOWN, PowerAuthError,
+from xenhil.harness.access.power.driver import (OFF, ON, POWER_ACTIONS, POWER_KINDS, UNKNOWN, PowerAuthError,
                                          PowerDriver, SSHRunner, parse_on_off, power_driver_class,
                                          power_for, power_kinds, power_schema,
                                          register_power_driver, run_local, scrub)
 # The registrations: importing a driver's module registers its kind.
-from harness.access.power.ipmi import IPMI_PASSWORD_MAX, IPMIPower
-from harness.access.power.ssh_reboot import SSHRebootPower
-from harness.access.power.command import CommandPower
-from harness.access.power.nopower import NoPower
+from xenhil.harness.access.power.ipmi import IPMI_PASSWORD_MAX, IPMIPower
+from xenhil.harness.access.power.ssh_reboot import SSHRebootPower
+from xenhil.harness.access.power.command import CommandPower
+from xenhil.harness.access.power.nopower import NoPower
 
 __all__ = ["OFF", "ON", "POWER_ACTIONS", "POWER_KINDS", "UNKNOWN", "PowerAuthError", "PowerDriver", "SSHRunner",
            "parse_on_off", "power_driver_class", "power_for", "power_kinds", "power_schema",

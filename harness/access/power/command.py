@@ -4,10 +4,10 @@ from __future__ import annotations
 import shlex
 from typing import Any, Callable, Mapping
 
-from harness.access.power.driver import (POWER_ACTIONS, PowerDriver, SSHRunner, parse_on_off,
+from xenhil.harness.access.power.driver import (POWER_ACTIONS, PowerDriver, SSHRunner, parse_on_off,
                                          register_power_driver, run_local)
-from harness.errors import ConfigError, PowerError
-from harness.lab.model import HostSpec
+from xenhil.harness.errors import ConfigError, PowerError
+from xenhil.harness.lab.model import HostSpec
 
 @register_power_driver
 class CommandPower(PowerDriver):

@@ -28,10 +28,10 @@ import subprocess
 import time
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
-from harness.access.kinds import KindRegistry
-from harness.errors import ConfigError, PowerError
-from harness.lab.model import HostSpec
-from harness.step import step
+from xenhil.harness.access.kinds import KindRegistry
+from xenhil.harness.errors import ConfigError, PowerError
+from xenhil.harness.lab.model import HostSpec
+from xenhil.harness.step import step
 
 log = logging.getLogger("xenhil.power")
 

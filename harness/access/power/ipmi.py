@@ -6,10 +6,10 @@ import os
 import re
 from typing import Callable
 
-from harness.access.power.driver import (OFF, PowerAuthError, PowerDriver, SSHRunner,
+from xenhil.harness.access.power.driver import (OFF, PowerAuthError, PowerDriver, SSHRunner,
                                          _TransientFailure, register_power_driver, run_local)
-from harness.errors import ConfigError
-from harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, PowerConfig, section_port
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, PowerConfig, section_port
 
 log = logging.getLogger("xenhil.power")
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from harness.access.power.driver import PowerDriver, SSHRunner, register_power_driver
-from harness.errors import PowerError
-from harness.lab.model import HostSpec
+from xenhil.harness.access.power.driver import PowerDriver, SSHRunner, register_power_driver
+from xenhil.harness.errors import PowerError
+from xenhil.harness.lab.model import HostSpec
 
 @register_power_driver
 class NoPower(PowerDriver):

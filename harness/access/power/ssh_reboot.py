@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from harness.access.power.driver import (ON, UNKNOWN, PowerDriver, SSHRunner, _tail,
+from xenhil.harness.access.power.driver import (ON, UNKNOWN, PowerDriver, SSHRunner, _tail,
                                          register_power_driver)
-from harness.errors import (ConnectionLost, InfrastructureError, PowerError, RemoteCommandFailed,
+from xenhil.harness.errors import (ConnectionLost, InfrastructureError, PowerError, RemoteCommandFailed,
                             SSHError, TestBugError)
-from harness.lab.model import HostSpec
+from xenhil.harness.lab.model import HostSpec
 
 log = logging.getLogger("xenhil.power")
 

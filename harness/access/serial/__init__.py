@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.access.serial.driver import (SERIAL_KINDS, SerialDriver, register_serial_driver)
+from xenhil.harness.access.serial.driver import (SERIAL_KINDS, SerialDriver, register_serial_driver)
 # The registrations: importing a driver's module registers its kind.
-from harness.access.serial import network, ipmi_sol, command  # noqa: F401  (this order: the kinds in messages)
-from harness.errors import ConfigError
-from harness.lab.model import HostSpec
+from xenhil.harness.access.serial import network, ipmi_sol, command  # noqa: F401  (this order: the kinds in messages)
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.model import HostSpec
 
 
 def console_for(host: HostSpec, transcript_dir: Path, **kw):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from harness.access.serial.driver import SerialDriver, register_serial_driver
-from harness.errors import ConfigError
-from harness.lab.model import HostSpec
+from xenhil.harness.access.serial.driver import SerialDriver, register_serial_driver
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.model import HostSpec
 
 
 @register_serial_driver
@@ -22,7 +22,7 @@ class CommandConsole(SerialDriver):
 
     @classmethod
     def console(cls, host: HostSpec, transcript: Path, **kw):
-        from harness.access.console import Console
+        from xenhil.harness.access.console import Console
         where = f"host {host.name}: serial"
         if not host.serial.command:
             raise ConfigError(f"{where}: kind command needs command",

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from harness.access.kinds import KindRegistry
-from harness.lab.model import HostSpec, SerialConfig
+from xenhil.harness.access.kinds import KindRegistry
+from xenhil.harness.lab.model import HostSpec, SerialConfig
 
 #: ((field path under the host), message, fix) of one inventory problem.
 HostProblem = tuple[tuple[str, ...], str, str]

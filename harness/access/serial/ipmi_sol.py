@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.access.power.ipmi import BMC_LOGIN_FIELDS
-from harness.access.serial.driver import SerialDriver, register_serial_driver
-from harness.errors import ConfigError
-from harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, SerialConfig, section_port
+from xenhil.harness.access.power.ipmi import BMC_LOGIN_FIELDS
+from xenhil.harness.access.serial.driver import SerialDriver, register_serial_driver
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, SerialConfig, section_port
 
 def _bmc_of(power) -> dict:
     """The power section's BMC fields when its kind is ipmi, else none."""
@@ -64,7 +64,7 @@ class SerialOverLAN(SerialDriver):
 
     @classmethod
     def console(cls, host: HostSpec, transcript: Path, **kw):
-        from harness.access.console import Console
+        from xenhil.harness.access.console import Console
         serial = host.serial
         # The inventory loader fills serial's BMC fields, from power: when power
         # is ipmi too; a host may have SOL without IPMI power (ssh-reboot).

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.access.serial.driver import SerialDriver, register_serial_driver
-from harness.errors import ConfigError
-from harness.lab.model import HostSpec, section_port
+from xenhil.harness.access.serial.driver import SerialDriver, register_serial_driver
+from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.model import HostSpec, section_port
 
 _NETWORK_FIELDS = {"host": {"$ref": "#/$defs/address"}, "port": {"$ref": "#/$defs/port"}}
 
@@ -18,7 +18,7 @@ class _NetworkConsole(SerialDriver):
 
     @classmethod
     def console(cls, host: HostSpec, transcript: Path, **kw):
-        from harness.access.console import Console
+        from xenhil.harness.access.console import Console
         serial = host.serial
         if not serial.host or not serial.port:
             raise ConfigError(f"host {host.name}: serial: kind {serial.kind} needs host and port",

@@ -10,7 +10,7 @@ process group, so "power off" kills QEMU and everything it started.
 Command line (what the virtual lab launcher runs; it daemonises nothing, the
 caller starts it in the background and keeps the pid)::
 
-    python -m harness.lab.virtual.bmc \\
+    python -m xenhil.harness.lab.virtual.bmc \\
         --address 127.0.0.5 --port 623 \\
         --user admin --password-env XENHIL_BMC_PASSWORD \\
         --pidfile /run/dir/bmc.pid --log /run/dir/bmc.log \\
@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from harness.errors import InfrastructureError, ConfigError
+from xenhil.harness.errors import InfrastructureError, ConfigError
 
 log = logging.getLogger("xenhil.bmc")
 
@@ -81,7 +81,7 @@ CC_NOT_IN_PRESENT_STATE = 0xD5
 
 # Marker looked for in /proc/<pid>/cmdline before signalling a pid read from a
 # file, so a stale pid file can never make us kill an unrelated process.
-BMC_MODULE = "harness.lab.virtual.bmc"
+BMC_MODULE = "xenhil.harness.lab.virtual.bmc"
 
 
 class BMCError(InfrastructureError):

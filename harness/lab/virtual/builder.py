@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import ConfigError, InfrastructureError
-from harness.lab.virtual import guestkit, quirks
-from harness.step import step
+from xenhil.harness.errors import ConfigError, InfrastructureError
+from xenhil.harness.lab.virtual import guestkit, quirks
+from xenhil.harness.step import step
 
 BUILDER_VERSION = "1"       # bump when the build steps change meaning
 SUITE = "bookworm"
@@ -456,7 +456,7 @@ def build(*, cache: Path | None = None, progress: Progress | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    parser = argparse.ArgumentParser(prog="python -m harness.lab.virtual.builder",
+    parser = argparse.ArgumentParser(prog="python -m xenhil.harness.lab.virtual.builder",
                                      description="build the virtual host's dom0 disk image")
     parser.add_argument("--cache", type=Path, default=None, help="cache dir (default $XENHIL_CACHE)")
     parser.add_argument("--force", action="store_true", help="rebuild the image stage")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.lab.virtual import launcher
+from xenhil.harness.lab.virtual import launcher
 
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from harness.errors import InfrastructureError
-from harness.probes import build_xhprobe, xhprobe_source
+from xenhil.harness.errors import InfrastructureError
+from xenhil.harness.probes import build_xhprobe, xhprobe_source
 
 # Where the kit lives inside dom0.
 GUEST_KIT_DIR = "/var/lib/xenhil/guest"

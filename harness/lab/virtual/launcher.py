@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import ConfigError, FatalConsoleOutput, InfrastructureError
-from harness.lab.virtual import builder, quirks
-from harness.step import step
+from xenhil.harness.errors import ConfigError, FatalConsoleOutput, InfrastructureError
+from xenhil.harness.lab.virtual import builder, quirks
+from xenhil.harness.step import step
 
 ADDRESS_BASE = 10          # vhostK listens on 127.0.0.(10+K)
 SSH_PORT = 22
@@ -378,7 +378,7 @@ def up(n: int, workdir: Path | str | None = None, *, inventory: Path | str | Non
     password = _bmc_password(state_dir)
     env = {**os.environ, PASSWORD_ENV: password}
     os.environ.setdefault(PASSWORD_ENV, password)  # so this process's power driver finds it
-    from harness.lab.virtual.bmc import start_bmc_process
+    from xenhil.harness.lab.virtual.bmc import start_bmc_process
 
     started: list[VirtualHost] = []
     try:
@@ -410,7 +410,7 @@ def up(n: int, workdir: Path | str | None = None, *, inventory: Path | str | Non
 
 
 def _stop_host(host: VirtualHost) -> None:
-    from harness.lab.virtual.bmc import stop_bmc_pidfile
+    from xenhil.harness.lab.virtual.bmc import stop_bmc_pidfile
     stop_bmc_pidfile(host.bmc_pidfile, host.machine_pidfile)
 
 

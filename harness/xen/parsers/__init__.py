@@ -10,14 +10,14 @@ the text is not in the tool's format.
 - ``xl_info``, ``xl_list``: ``xl info``, ``xl list`` / ``xl list -l``
 - ``probe_output``: the guest probe xhprobe's JSON lines
 """
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.lspci import PciDevice, parse_pci_listing
-from harness.xen.parsers.probe_output import ProbeFailed, parse_probe_output
-from harness.xen.parsers.qemu_trace import TraceEvent, parse_trace_log
-from harness.xen.parsers.rangesets import (owner_of_port, overlaps, owners, parse_ioreq_rangesets,
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.lspci import PciDevice, parse_pci_listing
+from xenhil.harness.xen.parsers.probe_output import ProbeFailed, parse_probe_output
+from xenhil.harness.xen.parsers.qemu_trace import TraceEvent, parse_trace_log
+from xenhil.harness.xen.parsers.rangesets import (owner_of_port, overlaps, owners, parse_ioreq_rangesets,
                                            sbdf_to_str, str_to_sbdf)
-from harness.xen.parsers.xl_info import XlInfo, parse_xl_info
-from harness.xen.parsers.xl_list import DomainEntry, parse_xl_list, parse_xl_list_long
+from xenhil.harness.xen.parsers.xl_info import XlInfo, parse_xl_info
+from xenhil.harness.xen.parsers.xl_list import DomainEntry, parse_xl_list, parse_xl_list_long
 
 __all__ = [
     "UnexpectedOutput", "PciDevice", "parse_pci_listing", "ProbeFailed", "parse_probe_output",

@@ -2,7 +2,7 @@
 tool's documented output."""
 from __future__ import annotations
 
-from harness.errors import ProductError
+from xenhil.harness.errors import ProductError
 
 
 class UnexpectedOutput(ProductError):

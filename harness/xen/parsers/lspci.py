@@ -20,8 +20,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from harness.xen.parsers.errors import UnexpectedOutput
-from harness.xen.parsers.rangesets import sbdf_to_str, str_to_sbdf
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.rangesets import sbdf_to_str, str_to_sbdf
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from harness.errors import InfrastructureError
-from harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.errors import InfrastructureError
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 
 SOURCE = "xhprobe output"
 

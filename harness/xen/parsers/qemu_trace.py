@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable, Iterator
 
-from harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 
 # name -> (argument names, QEMU format string)
 TRACE_FORMATS: dict[str, tuple[tuple[str, ...], str]] = {

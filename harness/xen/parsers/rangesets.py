@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 
 RANGE_KINDS = ("port", "memory", "pci")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 
 # Keys are words, one has a space ("device topology"); padding before ':' is required.
 _KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?: [A-Za-z0-9_]+)*)( +):(?: (.*))?$")

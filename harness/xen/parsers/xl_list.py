@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from harness.xen.parsers.errors import UnexpectedOutput
+from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 
 # State: running, blocked, paused, shutdown, then the *shutdown reason* as one
 # of "-rscwS" (poweroff, reboot, suspend, crash, watchdog, soft_reset; '?'

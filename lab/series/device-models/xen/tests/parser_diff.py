@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[5]))
 import yaml  # noqa: E402
 
-from harness.xen.splits import SplitError, parse_split  # noqa: E402
+from xenhil.harness.xen.splits import SplitError, parse_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[5]
 
