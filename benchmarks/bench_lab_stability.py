@@ -124,7 +124,7 @@ def boot_once(host, entry, round_no: int, slot: int, artifacts: Path, settings: 
         disk = f"/var/lib/xenhil/guests/{name}.img"
         host.ssh.run(["mkdir", "-p", "/var/lib/xenhil/guests"], check=True, timeout=60)
         host.ssh.run(["truncate", "-s", "64M", disk], check=True, timeout=60)
-        model = guest_model(name, entry, host.spec.capabilities, disk).apply_quirks(settings)
+        model = guest_model(name, entry, host.spec.profile, disk).apply_quirks(settings)
         if cmdline is not None:
             model = dataclasses.replace(model, boot=dataclasses.replace(model.boot, cmdline=cmdline))
         guest = Guest(host, model, artifacts / name, ready_condition=READY_CONDITION,
@@ -194,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--boots and --concurrent must be at least 1")
 
     from xenhil.harness.lab.inventory import load_inventory
-    from xenhil.harness.lab.virtual import quirks
     from xenhil.harness.xen.catalog import load_catalog
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     label = args.label or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     artifacts = Path("artifacts") / "bench-stability" / label
     artifacts.mkdir(parents=True, exist_ok=True)
-    boot_timeout = args.boot_timeout or quirks.guest_boot_timeout(spec.capabilities)
+    boot_timeout = args.boot_timeout or spec.profile.guest_boot_timeout()
     stalls = _StallCounter()
     logging.getLogger("xenhil.guest").addHandler(stalls)
 

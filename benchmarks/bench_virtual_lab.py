@@ -103,7 +103,7 @@ def _guest_create_to_shell(inventory: Path) -> float:
     try:
         # The suites' guest of split single (one description: its disk, its
         # QEMU trace), so the figure is what each suite's guest boot costs.
-        model = guest_model("bench", load_catalog().get("single"), spec.capabilities,
+        model = guest_model("bench", load_catalog().get("single"), spec.profile,
                             "/root/bench.img")
         conn.run(["truncate", "-s", "64M", "/root/bench.img"], check=True, timeout=60)
         conn.put_bytes(model.render(), "/root/bench.cfg")

@@ -11,7 +11,7 @@ A test on a lab host waits in stages, each bounded by its own budget:
 
 The leaves are in :data:`BUDGETS`, each with the reason for its figure; the
 functions below derive the composite stages from them, for real hosts and
-for emulated ones (``quirks.is_emulated``), and the limit of a whole test is
+for emulated ones (``HostSpec.profile.emulated``), and the limit of a whole test is
 their sum plus slack (:data:`SLACK_FRACTION`, at least :data:`SLACK_MIN_S`).  The plugin gives that limit to pytest-timeout
 (harness.plugin), so the test's own limit can never cut a stage that is
 still within its budget, as 900 s once cut the third boot attempt of a guest.
@@ -31,11 +31,9 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
 from xenhil.harness.errors import INFRASTRUCTURE, TestTimeLimitExceeded, TimeLimitExceeded, XenhilError
-from xenhil.harness.lab.virtual.quirks import DOM0_BOOT_TIMEOUT_S, GUEST_BOOT_TIMEOUT_S, is_emulated
+from xenhil.harness.lab.profile import HostProfile
+from xenhil.harness.lab.virtual.quirks import DOM0_BOOT_TIMEOUT_S, GUEST_BOOT_TIMEOUT_S
 from xenhil.harness.xen.evidence import HOST_COMMANDS
-
-Capabilities = Mapping[str, object]
-
 
 @dataclass(frozen=True)
 class Budget:
@@ -45,8 +43,8 @@ class Budget:
     emulated_s: float
     why: str
 
-    def on(self, capabilities: Capabilities) -> float:
-        return self.emulated_s if is_emulated(capabilities) else self.real_s
+    def on(self, profile: HostProfile) -> float:
+        return self.emulated_s if profile.emulated else self.real_s
 
 
 def _same(seconds: float, why: str) -> Budget:
@@ -135,9 +133,9 @@ SLACK_FRACTION = 0.10
 SLACK_MIN_S = 300.0
 
 
-def seconds(name: str, capabilities: Capabilities) -> float:
-    """The budget of the leaf stage ``name`` on a host with these capabilities."""
-    return BUDGETS[name].on(capabilities)
+def seconds(name: str, profile: HostProfile) -> float:
+    """The budget of the leaf stage ``name`` on a host of this profile."""
+    return BUDGETS[name].on(profile)
 
 
 # --- composite stages --------------------------------------------------------------
@@ -157,36 +155,36 @@ def guest_command_s(timeout: float) -> float:
     return COMMAND_ECHO_S + 120.0 + 2 * timeout
 
 
-def guest_boot_attempt_s(capabilities: Capabilities) -> float:
+def guest_boot_attempt_s(profile: HostProfile) -> float:
     """One boot of a guest: `xl create` (created once more after a destroy when
     the connection or, emulated, a dom0 process died under it), the boot to
     its shell, evidence when it failed, destroy."""
-    create = 2 * seconds("xl create", capabilities) + seconds("xl destroy", capabilities)
-    return (create + seconds("guest boot", capabilities) + seconds("evidence", capabilities)
-            + seconds("xl destroy", capabilities))
+    create = 2 * seconds("xl create", profile) + seconds("xl destroy", profile)
+    return (create + seconds("guest boot", profile) + seconds("evidence", profile)
+            + seconds("xl destroy", profile))
 
 
-def guest_boot_s(capabilities: Capabilities) -> float:
+def guest_boot_s(profile: HostProfile) -> float:
     """Booting a split's guest: every attempt (fixtures.guest GuestPool.get)."""
-    return BOOT_ATTEMPTS * guest_boot_attempt_s(capabilities)
+    return BOOT_ATTEMPTS * guest_boot_attempt_s(profile)
 
 
-def host_ready_s(capabilities: Capabilities) -> float:
+def host_ready_s(profile: HostProfile) -> float:
     """A host that does not answer: probe, power-cycle, dom0 boot (Host.ensure_ready)."""
-    return 20.0 + seconds("power cycle", capabilities) + seconds("dom0 boot", capabilities)
+    return 20.0 + seconds("power cycle", profile) + seconds("dom0 boot", profile)
 
 
-def reboot_s(capabilities: Capabilities) -> float:
+def reboot_s(profile: HostProfile) -> float:
     """Rebooting into a new build (harness.xen.provision.reboot_and_follow):
     the reboot command and a boot; when Xen's banner never came, a power
     cycle and a second boot."""
-    boot = seconds("dom0 boot", capabilities)
-    return seconds("reboot command", capabilities) + boot + seconds("power cycle", capabilities) + boot
+    boot = seconds("dom0 boot", profile)
+    return seconds("reboot command", profile) + boot + seconds("power cycle", profile) + boot
 
 
-def provisioning_s(capabilities: Capabilities) -> float:
+def provisioning_s(profile: HostProfile) -> float:
     """Putting a build on a host: install, reboot into it, verify it."""
-    return seconds("install", capabilities) + reboot_s(capabilities) + seconds("verify", capabilities)
+    return seconds("install", profile) + reboot_s(profile) + seconds("verify", profile)
 
 
 @dataclass(frozen=True)
@@ -200,30 +198,30 @@ class ItemBudget:
     parts: dict[str, float] = field(default_factory=dict)
 
 
-def item_budget(capabilities: Capabilities, reservation_s: float, *, provisions: bool = True,
+def item_budget(profile: HostProfile, reservation_s: float, *, provisions: bool = True,
                 boots_guest: bool = True) -> ItemBudget:
-    """The budget of a test on a host with these capabilities: what its setup
+    """The budget of a test on a host of this profile: what its setup
     may wait for (the reservation, bringing the host up, provisioning and
     booting its guest when the test uses those fixtures), its body, its
     teardown, and its limit: their sum plus slack, rounded up to a minute."""
-    parts = {"reservation": reservation_s, "host ready": host_ready_s(capabilities)}
+    parts = {"reservation": reservation_s, "host ready": host_ready_s(profile)}
     if provisions:
-        parts["provisioning"] = provisioning_s(capabilities)
+        parts["provisioning"] = provisioning_s(profile)
     if boots_guest:
-        parts["guest boot"] = guest_boot_s(capabilities)
+        parts["guest boot"] = guest_boot_s(profile)
     setup = sum(parts.values())
-    body = seconds("test body", capabilities)
-    teardown = seconds("teardown", capabilities)
+    body = seconds("test body", profile)
+    teardown = seconds("teardown", profile)
     total = setup + body + teardown
     limit = 60 * math.ceil((total + max(SLACK_MIN_S, SLACK_FRACTION * total)) / 60)
     parts.update({"test body": body, "teardown": teardown})
     return ItemBudget(setup, body, teardown, limit, parts)
 
 
-def describe(capabilities: Capabilities, reservation_s: float) -> str:
+def describe(profile: HostProfile, reservation_s: float) -> str:
     """One line: the limit of a full test and what it is made of."""
-    budget = item_budget(capabilities, reservation_s)
-    kind = "emulated" if is_emulated(capabilities) else "real"
+    budget = item_budget(profile, reservation_s)
+    kind = profile.kind
     parts = " + ".join(f"{name} {value:.0f}" for name, value in budget.parts.items())
     return f"{kind} host: test limit {budget.limit_s:.0f} s = {parts} + slack (seconds)"
 

@@ -18,7 +18,6 @@ from typing import Protocol, Sequence
 from xenhil.harness import budgets
 from xenhil.harness.budgets import COMMAND_ECHO_S, CONSOLE_STALL_S
 from xenhil.harness.errors import InfrastructureError, ProductError, XenhilError
-from xenhil.harness.lab.virtual.quirks import is_emulated
 from xenhil.harness.step import step
 from xenhil.harness.xen import evidence
 from xenhil.harness.xen.dom0_crashes import dom0_uptime
@@ -83,7 +82,7 @@ class Guest:
         self.name = config.name
         self.artifacts_dir = Path(artifacts_dir)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        self.xl = Toolstack(host.ssh, host.name, emulated=is_emulated(host.spec.capabilities))
+        self.xl = Toolstack(host.ssh, host.name, emulated=host.spec.profile.emulated)
         self.dom0_uptime_at_create: float | None = None
         self.state = GuestState.DEFINED
         self.domid: int | None = None
@@ -164,7 +163,7 @@ class Guest:
         # after it are read back when a check fails (harness.xen.dom0_crashes).
         self.dom0_uptime_at_create = dom0_uptime(self.host.ssh)
         self.xl.create(self.cfg_path, self.name, paused=hold,
-                       timeout=budgets.seconds("xl create", self.host.spec.capabilities))
+                       timeout=budgets.seconds("xl create", self.host.spec.profile))
         self.state = GuestState.PAUSED if hold else GuestState.RUNNING
         domid = self._refresh_domid()
         for companion in self.companions:
@@ -185,7 +184,7 @@ class Guest:
     @step("wait for guest {self.name}'s shell")
     def wait_ready(self, timeout: float | None = None) -> None:
         if timeout is None:
-            timeout = budgets.seconds("guest boot", self.host.spec.capabilities)
+            timeout = budgets.seconds("guest boot", self.host.spec.profile)
         from xenhil.harness.access.console import ConsoleClosed, ConsoleStalled
         deadline = time.monotonic() + timeout
         while True:
@@ -324,7 +323,7 @@ class Guest:
                 log.warning("detaching %s from %s: %s", companion.name, self.name, exc)
         if self.xl.domain(self.name) is not None:
             self.xl.xl("destroy", self.name,
-                       timeout=budgets.seconds("xl destroy", self.host.spec.capabilities))
+                       timeout=budgets.seconds("xl destroy", self.host.spec.profile))
         self.state = GuestState.DESTROYED
 
     @step("leak check after guest {self.name}")

@@ -186,10 +186,10 @@ class Host:
         """``boot_timeout``: power-on to dom0's SSH (default: the host's "dom0
         boot" budget, harness/budgets.py)."""
         if boot_timeout is None:
-            boot_timeout = budgets.seconds("dom0 boot", self.spec.capabilities)
+            boot_timeout = budgets.seconds("dom0 boot", self.spec.profile)
         # A stage: a failure, or the test's limit running out, names it.
         with budgets.stage(f"bringing {self.name} to dom0 ready",
-                           budgets.host_ready_s(self.spec.capabilities)):
+                           budgets.host_ready_s(self.spec.profile)):
             self._ensure_ready(boot_timeout)
 
     def _ensure_ready(self, boot_timeout: float) -> None:
@@ -211,7 +211,7 @@ class Host:
     def reboot(self, boot_timeout: float | None = None) -> None:
         """Reboot cleanly over SSH when it answers, else power-cycle."""
         if boot_timeout is None:
-            boot_timeout = budgets.seconds("dom0 boot", self.spec.capabilities)
+            boot_timeout = budgets.seconds("dom0 boot", self.spec.profile)
         if self.state is HostState.DOM0_READY and self._ssh_answers():
             try:
                 self.ssh.run("systemctl reboot || reboot", timeout=20)

@@ -241,7 +241,7 @@ def _stop_workers(config: pytest.Config, state: RunState) -> None:
     if not live:
         return
     hosts = state.config.hosts
-    budget = max([budgets.seconds("teardown", h.capabilities) for h in hosts]
+    budget = max([budgets.seconds("teardown", h.profile) for h in hosts]
                  or [budgets.BUDGETS["teardown"].real_s])
     _say(config, f"xenhil: run interrupted ({state.interruption.reason}): waiting for worker(s) "
                  f"{', '.join(sorted(live))} to release their hosts and destroy their guests "
@@ -344,7 +344,7 @@ def _set_time_limits(config: pytest.Config, items: list[pytest.Item]) -> None:
             continue
         tags, capabilities = wanted_host(item)
         fitting = [h for h in hosts if h.matches(tags, capabilities)] or hosts
-        budget = max((budgets.item_budget(h.capabilities, reservation,
+        budget = max((budgets.item_budget(h.profile, reservation,
                                           provisions="xen_host" in names,
                                           boots_guest="guest" in names) for h in fitting),
                      key=lambda b: b.limit_s)
@@ -417,7 +417,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     hosts = state.config.hosts
     if hosts and config.pluginmanager.hasplugin("timeout") and not _user_set_timeout(config):
         reservation = state.config.reserve_timeout
-        kinds = {budgets.describe(h.capabilities, reservation) for h in hosts}
+        kinds = {budgets.describe(h.profile, reservation) for h in hosts}
         lines += [f"xenhil: time limit of a test on a lab host (harness/budgets.py), {k}"
                   for k in sorted(kinds)]
     return lines

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Mapping
 
 from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.profile import HostProfile
 
 # --------------------------------------------------------------------------
 # Tables: the options.  Change them here only.
@@ -94,20 +95,17 @@ class RunConfig:
         """The inventory's hosts (HostSpec), [] without a lab."""
         return list(self.inventory.hosts.values()) if self.inventory is not None else []
 
-    def booted_build(self, capabilities: Mapping[str, object]):
-        """The build as a host with these capabilities boots it (the one
-        place that asks harness.xen.build.as_booted_on); computed once per
-        kind of host."""
+    def booted_build(self, profile: HostProfile):
+        """The build as a host of this profile boots it (the one place that
+        asks harness.xen.build.as_booted_on); computed once per kind of host."""
         from xenhil.harness.xen.build import as_booted_on
-        from xenhil.harness.lab.virtual.quirks import xen_cmdline_quirks
-        key = tuple(xen_cmdline_quirks(capabilities))
-        if key not in self._booted:
-            self._booted[key] = as_booted_on(self.build, capabilities)
-        return self._booted[key]
+        if profile not in self._booted:
+            self._booted[profile] = as_booted_on(self.build, profile)
+        return self._booted[profile]
 
-    def build_label_on(self, capabilities: Mapping[str, object]) -> str:
-        """The build id a host with these capabilities records and reports."""
-        return self.booted_build(capabilities).label
+    def build_label_on(self, profile: HostProfile) -> str:
+        """The build id a host of this profile records and reports."""
+        return self.booted_build(profile).label
 
     @property
     def build_label(self) -> str:
@@ -116,17 +114,16 @@ class RunConfig:
         included).  On a lab mixing real and emulated hosts they boot
         different things: the run then names the build as given, and
         each host's records and rows carry its own booted build."""
-        labels = {self.build_label_on(h.capabilities) for h in self.hosts}
+        labels = {self.build_label_on(h.profile) for h in self.hosts}
         return labels.pop() if len(labels) == 1 else self.build.label
 
 
-def guests_per_host(option: int | None, capabilities: Mapping[str, object]) -> int:
-    """Booted guests a host with these capabilities keeps (``option``:
+def guests_per_host(option: int | None, profile: HostProfile) -> int:
+    """Booted guests a host of this profile keeps (``option``:
     --guests-per-host, when given)."""
-    from xenhil.harness.lab.virtual.quirks import is_emulated
     if option is not None:
         return option
-    return GUESTS_PER_EMULATED_HOST if is_emulated(capabilities) else GUESTS_PER_HOST
+    return GUESTS_PER_EMULATED_HOST if profile.emulated else GUESTS_PER_HOST
 
 
 def parse_run_config(values: Mapping[str, object], inventory=None) -> RunConfig:

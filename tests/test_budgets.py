@@ -24,13 +24,14 @@ from xenhil.harness.access.ssh import CommandResult, SSHConnection
 from xenhil.harness.errors import INFRASTRUCTURE, ConsoleTimeout, TestBugError, TimeLimitExceeded
 from xenhil.harness.lab.virtual import quirks
 from xenhil.harness.results.classify import failure_class_of
+from xenhil.harness.lab.profile import HostProfile
 from tests.support.console_server import console_server_factory, scripted  # noqa: F401
 from tests.support.sshd import _children_of, fresh_sshd_server, sshd_server, sshd_factory  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
-EMULATED = {"emulated": True, "cpu_vendor": "amd", "virt": "svm"}
-REAL = {"emulated": False, "cpu_vendor": "intel", "virt": "vmx"}
+EMULATED = HostProfile.of({"emulated": True, "cpu_vendor": "amd", "virt": "svm"})
+REAL = HostProfile.of({"emulated": False, "cpu_vendor": "intel", "virt": "vmx"})
 RESERVE_S = 1800.0  # --reserve-timeout's default
 
 
@@ -39,7 +40,7 @@ RESERVE_S = 1800.0  # --reserve-timeout's default
 @pytest.mark.parametrize("capabilities", [EMULATED, REAL], ids=["emulated", "real"])
 def test_a_tests_limit_exceeds_the_sum_of_the_waits_it_contains(capabilities):
     budget = budgets.item_budget(capabilities, RESERVE_S)
-    emulated = quirks.is_emulated(capabilities)
+    emulated = capabilities.emulated
     # The waits, summed here from the code's own figures, not from budgets.py:
     # quirks' boot timeouts, 3 boot attempts (fixtures.guest), each with `xl
     # create` (300 s, tried twice) and the console's boot wait; provisioning
@@ -65,7 +66,7 @@ def test_the_waits_in_the_code_are_the_budgets_figures():
     assert BOOT_ATTEMPTS == budgets.BOOT_ATTEMPTS
     assert (CONSOLE_STALL_S, COMMAND_ECHO_S) == (budgets.CONSOLE_STALL_S, budgets.COMMAND_ECHO_S)
     for capabilities in (EMULATED, REAL):
-        assert budgets.seconds("guest boot", capabilities) == quirks.guest_boot_timeout(capabilities)
+        assert budgets.seconds("guest boot", capabilities) == capabilities.guest_boot_timeout()
     assert budgets.seconds("dom0 boot", EMULATED) == quirks.DOM0_BOOT_TIMEOUT_S
     assert all(b.why and b.real_s > 0 and b.emulated_s > 0 for b in budgets.BUDGETS.values())
     connection = SSHConnection(SimpleNamespace(user="root", address="192.0.2.1", port=22))
@@ -243,7 +244,7 @@ def test_a_guest_boot_that_runs_out_of_time_names_its_split_and_attempt(
     monkeypatch.setitem(budgets.BUDGETS, "guest boot",
                         budgets.Budget(2.0, 2.0, "this test: a boot's console waits 2 s"))
     host = SimpleNamespace(name="vhost1", ssh=FakeDom0SSH(silent.port),
-                           spec=SimpleNamespace(capabilities=EMULATED))
+                           spec=SimpleNamespace(profile=EMULATED))
     pool = GuestPool("gw0", tmp_path)
     with pytest.warns(GuestBootRetried), pytest.raises(ConsoleTimeout) as info:
         pool.get(host, load_catalog().get("single"))

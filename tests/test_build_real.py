@@ -97,7 +97,7 @@ def test_one_line_hypervisor_patch_builds_boots_and_shows(one_line_build, build_
     elf_id = manifest["components"]["xen"]["elf_build_id"]
     assert elf_id
 
-    build = as_booted_on(load_build(result.dist), build_host.spec.capabilities)
+    build = as_booted_on(load_build(result.dist), build_host.spec.profile)
     assert build.xenhil_build == result.key
     t0 = time.monotonic()
     assert provision(build_host, build) is True
@@ -115,7 +115,7 @@ def test_one_line_hypervisor_patch_builds_boots_and_shows(one_line_build, build_
     assert time.monotonic() - t0 < 60
 
     # Back to the host's Debian build.
-    debian = as_booted_on(load_build(None), build_host.spec.capabilities)
+    debian = as_booted_on(load_build(None), build_host.spec.profile)
     assert provision(build_host, debian) is True
     assert running_build(build_host) == debian.build_id
     assert HELLO_LINE not in build_host.ssh.run("xl dmesg", timeout=120, check=True).stdout

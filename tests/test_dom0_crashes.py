@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from xenhil.harness.lab.profile import HostProfile
 from xenhil.harness.xen.dom0_crashes import (Dom0Crash, emulation_note, guest_emulation_crashes,
                                       parse_crashes, parse_triple_faults, process_death_in_output)
 
@@ -66,7 +67,7 @@ class RecordingSSH:
 def fake_guest(emulated, since, domids=()):
     dmesg = (RECORDED / "dom0_dmesg_xl_awk_crashes_417_emulated.txt").read_text()
     host = SimpleNamespace(name="vhost1", ssh=RecordingSSH(dmesg, TRIPLE_FAULT_XL_DMESG.read_text()),
-                           spec=SimpleNamespace(capabilities={"emulated": emulated}))
+                           spec=SimpleNamespace(profile=HostProfile(emulated=emulated)))
     return SimpleNamespace(host=host, dom0_uptime_at_create=since, domids_seen=list(domids))
 
 

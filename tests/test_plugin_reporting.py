@@ -117,6 +117,7 @@ EMULATED_CRASH = """
     from types import SimpleNamespace
     from xenhil.harness.errors import ProductError
     from xenhil.harness.guest import Guest
+    from xenhil.harness.lab.profile import HostProfile
 
     DMESG = Path(%r).read_text()
 
@@ -127,7 +128,7 @@ EMULATED_CRASH = """
     def a_guest(emulated):
         guest = Guest.__new__(Guest)   # no host to boot it on: only what the hook reads
         guest.host = SimpleNamespace(name="vhost1", ssh=RecordedSSH(),
-                                     spec=SimpleNamespace(capabilities={"emulated": emulated}))
+                                     spec=SimpleNamespace(profile=HostProfile(emulated=emulated)))
         guest.dom0_uptime_at_create = 3000.0
         guest.domids_seen = []
         return guest

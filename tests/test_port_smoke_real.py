@@ -87,7 +87,7 @@ def debian_again(request, lab, lab_inventory):
     modules expect (they use the host as it is, they do not provision it)."""
     yield
     with leased_ready_host(request) as host:
-        debian = as_booted_on(load_build(None), host.spec.capabilities)
+        debian = as_booted_on(load_build(None), host.spec.profile)
         provision(host, debian)
         assert running_build(host) == debian.build_id, "the host did not go back to Debian's build"
         # Debian's tools are back too (the port's were kept aside and put

@@ -71,7 +71,7 @@ def probe_guest(probe_host, tmp_path_factory):
     trace = f"/var/log/xen/xenhil-{name}.trace"
     # The suites' guest (one description), without a disk, with QEMU's
     # handle_ioreq trace in a file of its own.
-    model = guest_model(name, load_catalog().get("single"), probe_host.spec.capabilities,
+    model = guest_model(name, load_catalog().get("single"), probe_host.spec.profile,
                         trace_events=("handle_ioreq",), device_model_args=["-D", trace])
     # Ready as the suites' guests are (the init's network job done): its
     # "XENHIL-GUEST-READY" line, written while a loaded host's UART drains a

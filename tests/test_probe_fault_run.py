@@ -94,7 +94,7 @@ def test_a_bad_fault_stops_pytest_before_any_test(pytester: pytest.Pytester, tmp
 def test_a_mutant_runs_guests_are_never_shared_with_a_clean_run(tmp_path: Path) -> None:
     """Guests are shared by split and build (fixtures/guest.py GuestPool):
     a clean run must not take over a guest whose probe carries a fault."""
-    from xenhil.fixtures.guest import guest_build
+    from xenhil.harness.strategy import guest_build
     clean = _parse(tmp_path, **{"--split": ["single+probe"]}).catalog
     mutant = _parse(tmp_path, **{"--probe-fault": "delay=200", "--split": ["single+probe"]}).catalog
     assert guest_build("b1", clean.get("single+probe")) == "b1"

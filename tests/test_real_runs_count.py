@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import pytest
 
-import xenhil.harness.report  # noqa: F401  (numpy and scipy before any pytester run, see test_report_render)
 from xenhil.harness.errors import CapabilityProbeFailed, ConfigError, ProductError
 
 pytest_plugins = ["pytester"]

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.profile import HostProfile
 
 pytest_plugins = ["pytester"]
 
@@ -38,20 +39,20 @@ def test_an_emulated_lab_names_the_build_it_boots_everywhere(tmp_path: Path) -> 
     lab = _inventory(tmp_path, _host("vh1", "127.0.0.11", emulated=True),
                      _host("vh2", "127.0.0.12", emulated=True))
     run = _parse(tmp_path, **{"--lab": str(lab)})
-    booted = run.booted_build({"emulated": True})
+    booted = run.booted_build(HostProfile.of({"emulated": True}))
     # What boots on an emulated host differs from the build as given (its
     # Xen options), and that is the run's one build id.
     assert booted.label != run.build.label
-    assert run.build_label == booted.label == run.build_label_on({"emulated": True})
-    assert run.booted_build({"emulated": True}) is booted        # computed once per kind
+    assert run.build_label == booted.label == run.build_label_on(HostProfile.of({"emulated": True}))
+    assert run.booted_build(HostProfile.of({"emulated": True})) is booted        # computed once per kind
 
 
 def test_a_mixed_lab_names_the_build_as_given_and_each_host_its_own(tmp_path: Path) -> None:
     lab = _inventory(tmp_path, _host("vh1", "127.0.0.11", emulated=True),
                      _host("real1", "127.0.0.12"))
     run = _parse(tmp_path, **{"--lab": str(lab)})
-    assert run.build_label == run.build.label == run.build_label_on({})
-    assert run.build_label_on({"emulated": True}) != run.build_label
+    assert run.build_label == run.build.label == run.build_label_on(HostProfile.of({}))
+    assert run.build_label_on(HostProfile.of({"emulated": True})) != run.build_label
 
 
 def test_the_run_record_carries_the_build_id_the_hosts_record(pytester: pytest.Pytester,
@@ -67,7 +68,7 @@ def test_the_run_record_carries_the_build_id_the_hosts_record(pytester: pytest.P
     recorded = json.loads((artifacts / "R1/run-main.json").read_text())["xenhil.xen_build"]
     env = dict(line.split("=", 1) for line in
                (alluredir / "environment.properties").read_text().splitlines())
-    booted = _parse(tmp_path, **{"--lab": str(lab)}).build_label_on({"emulated": True})
+    booted = _parse(tmp_path, **{"--lab": str(lab)}).build_label_on(HostProfile.of({"emulated": True}))
     assert recorded == env["xenhil.xen_build"] == booted
 
 

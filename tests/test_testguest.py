@@ -11,11 +11,13 @@ from xenhil.harness.lab.virtual import guestkit
 from xenhil.harness.xen.catalog import load_catalog
 from xenhil.harness.xen.testguest import GUEST_CMDLINE, TRACE_EVENTS, guest_model
 from xenhil.harness.xen.xlconfig import HvmGuest, XlConfigError, parse_xl_config
+from xenhil.harness.lab.profile import HostProfile
 from tests.support.libxlutil import INSTALL_HINT, LIBXLUTIL
 
 needs_libxlutil = pytest.mark.skipif(LIBXLUTIL is None, reason=f"xl's parser library is missing: {INSTALL_HINT}")
 
-CAPABILITIES = {"emulated": {"emulated": True}, "real": {"emulated": False}, "none": {}}
+PROFILES = {name: HostProfile.of(capabilities) for name, capabilities in
+            {"emulated": {"emulated": True}, "real": {"emulated": False}, "none": {}}.items()}
 # Values a caller may hand the description: quotes of both kinds, a
 # backslash, '$', '#', ',', '=', ';', brackets, non-ASCII, spaces.
 AWKWARD = ['say "hi"', "it's", "both ' and \"", r"back\slash", "trailing\\", "$HOME", "#not-a-comment",
@@ -48,10 +50,10 @@ def test_the_guest_kit_has_no_second_config_writer():
     assert not (recipe_dir() / "guest" / "guest.cfg.in").exists()
 
 
-@pytest.mark.parametrize("host", list(CAPABILITIES))
+@pytest.mark.parametrize("host", list(PROFILES))
 @pytest.mark.parametrize("entry", _entries(), ids=lambda e: e.id)
 def test_every_test_guest_renders_and_reads_back(entry, host):
-    caps = CAPABILITIES[host]
+    caps = PROFILES[host]
     for disk in (f"/var/lib/xenhil/guests/g-{host}.img", None):
         model = guest_model("xh-g1", entry, caps, disk)
         assert isinstance(model, HvmGuest)
@@ -71,23 +73,23 @@ def test_every_test_guest_renders_and_reads_back(entry, host):
 
 def test_the_kernel_command_line_is_exact_on_both_kinds_of_host():
     single = load_catalog().get("single")
-    emulated = guest_model("g1", single, CAPABILITIES["emulated"])
+    emulated = guest_model("g1", single, PROFILES["emulated"])
     assert emulated.boot.cmdline == f"{GUEST_CMDLINE} pci=noearly loglevel=4"
     assert parse_xl_config(emulated.render())["tsc_mode"] == "native"
     for host in ("real", "none"):
-        model = guest_model("g1", single, CAPABILITIES[host])
+        model = guest_model("g1", single, PROFILES[host])
         assert model.boot.cmdline == GUEST_CMDLINE == "console=ttyS0,115200 xen_emul_unplug=never"
         assert model.tsc_mode is None and "tsc_mode" not in parse_xl_config(model.render())
 
 
 def test_awkward_values_reach_the_config_unchanged():
     single = load_catalog().get("single")
-    model = guest_model("g1", single, CAPABILITIES["emulated"], trace_events=AWKWARD[:2],
+    model = guest_model("g1", single, PROFILES["emulated"], trace_events=AWKWARD[:2],
                         device_model_args=AWKWARD)
     settings = parse_xl_config(model.render())
     assert settings["device_model_args"] == [x for e in AWKWARD[:2] for x in ("-trace", f"enable={e}")] + AWKWARD
     for target in AWKWARD_TARGETS:
-        rendered = parse_xl_config(guest_model("g1", single, {}, target).render())
+        rendered = parse_xl_config(guest_model("g1", single, PROFILES["none"], target).render())
         assert rendered["disk"] == [f"format=raw, vdev=hda, access=rw, target={target}"]
 
 
@@ -95,7 +97,7 @@ def test_awkward_values_reach_the_config_unchanged():
                                   "-lead", "g\n1", "x" * 65])
 def test_names_xl_would_not_take_are_refused_naming_the_field(name):
     with pytest.raises(XlConfigError) as failure:
-        guest_model(name, load_catalog().get("single"), {})
+        guest_model(name, load_catalog().get("single"), PROFILES["none"])
     assert isinstance(failure.value, ConfigError)
     assert any(m.startswith("name:") for m in failure.value.messages()), failure.value.messages()
 
@@ -103,16 +105,16 @@ def test_names_xl_would_not_take_are_refused_naming_the_field(name):
 @pytest.mark.parametrize("target", ["/tmp/back\\slash.img", "/tmp/new\nline.img", ""])
 def test_disk_targets_xl_would_misread_are_refused(target):
     with pytest.raises(XlConfigError, match=r"disks\[0\]\.target"):
-        guest_model("g1", load_catalog().get("single"), {}, target)
+        guest_model("g1", load_catalog().get("single"), PROFILES["none"], target)
 
 
 # --- xl's own parser -----------------------------------------------------------
 
 @needs_libxlutil
-@pytest.mark.parametrize("host", list(CAPABILITIES))
+@pytest.mark.parametrize("host", list(PROFILES))
 @pytest.mark.parametrize("entry", _entries(), ids=lambda e: e.id)
 def test_real_xl_reads_every_test_guest(entry, host):
-    model = guest_model("xh-g1", entry, CAPABILITIES[host], "/var/lib/xenhil/guests/xh-g1.img")
+    model = guest_model("xh-g1", entry, PROFILES[host], "/var/lib/xenhil/guests/xh-g1.img")
     settings = model.xl_settings()
     flat = {k: v for k, v in settings.items()
             if not (isinstance(v, list) and any(isinstance(i, list) for i in v))}
@@ -122,12 +124,12 @@ def test_real_xl_reads_every_test_guest(entry, host):
 @needs_libxlutil
 def test_real_xl_reads_awkward_values_back():
     single = load_catalog().get("single")
-    model = guest_model("g1", single, CAPABILITIES["emulated"], trace_events=(),
+    model = guest_model("g1", single, PROFILES["emulated"], trace_events=(),
                         device_model_args=AWKWARD)
     assert LIBXLUTIL.read(model.render(), ["device_model_args", "cmdline"]) == {
         "device_model_args": AWKWARD, "cmdline": f"{GUEST_CMDLINE} pci=noearly loglevel=4"}
     for target in AWKWARD_TARGETS:
-        text = guest_model("g1", single, {}, target).render()
+        text = guest_model("g1", single, PROFILES["none"], target).render()
         (spec,) = LIBXLUTIL.read(text, ["disk"])["disk"]
         parsed = LIBXLUTIL.parse_disk(spec)
         assert (parsed.target, parsed.vdev, parsed.format, parsed.readwrite) == (target, "hda", "raw", True)

@@ -29,6 +29,7 @@ from xenhil.harness.lab.virtual import builder, guestkit, launcher, quirks
 from xenhil.harness.xen.catalog import load_catalog
 from xenhil.harness.xen.testguest import guest_model
 from xenhil.harness.xen.xlconfig import parse_xl_config
+from xenhil.harness.lab.profile import HostProfile
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 
@@ -36,9 +37,9 @@ RECORDED = Path(__file__).parent / "data" / "recorded"
 # --- fast tests of the pieces ------------------------------------------------
 
 def test_guest_quirks_apply_only_to_emulated_hosts():
-    assert quirks.guest_quirks({"emulated": True}) == {"tsc_mode": "native", "hap": 0}
-    assert quirks.guest_quirks({"emulated": False}) == {}
-    assert quirks.guest_quirks({}) == {}
+    assert HostProfile.of({"emulated": True}).guest_xl_settings == {"tsc_mode": "native", "hap": 0}
+    assert HostProfile.of({"emulated": False}).guest_xl_settings == {}
+    assert HostProfile.of({}).guest_xl_settings == {}
 
 
 def _fake_qemu(tmp_path: Path, banner: str) -> str:
@@ -84,7 +85,7 @@ def test_the_guest_kernel_gets_the_emulated_hosts_options():
     on an emulated host, in its model and in its rendered xl config, and
     neither on real hardware."""
     single = load_catalog().get("single")
-    for caps, wanted in (({"emulated": True}, True), ({"emulated": False}, False)):
+    for caps, wanted in ((HostProfile(emulated=True), True), (HostProfile(emulated=False), False)):
         for model in (guest_model("g1", single, caps, "/tmp/g1.img"),          # the suites'
                       guest_model("smoke", single, caps, trace_events=())):    # no disk, no trace
             rendered = parse_xl_config(model.render())["cmdline"]
@@ -97,7 +98,7 @@ def test_the_guest_kernel_gets_the_emulated_hosts_options():
 
 def test_the_test_guest_carries_the_host_quirks_and_the_callers_qemu_arguments():
     single = load_catalog().get("single")
-    model = guest_model("g1", single, {"emulated": True}, trace_events=["handle_ioreq"],
+    model = guest_model("g1", single, HostProfile(emulated=True), trace_events=["handle_ioreq"],
                         device_model_args=["-D", "/var/log/xen/g1.trace"])
     settings = parse_xl_config(model.render())
     assert settings["name"] == "g1" and settings["type"] == "hvm"
@@ -108,7 +109,7 @@ def test_the_test_guest_carries_the_host_quirks_and_the_callers_qemu_arguments()
                                              "-D", "/var/log/xen/g1.trace"]
     assert "disk" not in settings                     # no disk unless one is given
     assert settings["vif"] == ["type=ioemu,model=e1000,bridge=xenbr0"]
-    real = guest_model("g1", single, {"emulated": False}, "/tmp/g1.img").render()
+    real = guest_model("g1", single, HostProfile(emulated=False), "/tmp/g1.img").render()
     assert "tsc_mode" not in parse_xl_config(real) and "hap" not in parse_xl_config(real)
     assert parse_xl_config(real)["disk"] == ["format=raw, vdev=hda, access=rw, target=/tmp/g1.img"]
 
@@ -116,9 +117,9 @@ def test_the_test_guest_carries_the_host_quirks_and_the_callers_qemu_arguments()
 def test_the_test_guest_refuses_unusable_names_and_carries_awkward_values():
     single = load_catalog().get("single")
     with pytest.raises(ConfigError, match="name"):
-        guest_model("g 1; rm", single, {})
+        guest_model("g 1; rm", single, HostProfile())
     awkward = ['a" b', "it's", r"back\slash", "$HOME #x", "a,b=c", "größe ✓"]
-    model = guest_model("g1", single, {}, trace_events=(), device_model_args=awkward)
+    model = guest_model("g1", single, HostProfile(), trace_events=(), device_model_args=awkward)
     assert parse_xl_config(model.render())["device_model_args"] == awkward
 
 
@@ -380,7 +381,7 @@ def test_virtual_host_end_to_end(vlab):
         from xenhil.harness.host import Host
         # The suites' guest (one description), without a disk and with the
         # two trace events the recorded trace below holds.
-        model = guest_model("smoke", load_catalog().get("single"), spec.capabilities,
+        model = guest_model("smoke", load_catalog().get("single"), spec.profile,
                             trace_events=("handle_ioreq", "xen_ioreq_server*"))
         assert model.tsc_mode == "native" and 'tsc_mode = "native"' in model.render()
         machine = Host(spec, vlab["state"] / "artifacts")

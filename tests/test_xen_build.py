@@ -8,6 +8,7 @@ import pytest
 
 from xenhil.harness.xen.build import XenBuildError, as_booted_on, load_build
 from xenhil.harness.xen.provision import grub_entry
+from xenhil.harness.lab.profile import HostProfile
 
 
 def _dist(root: Path, xen: bytes = b"xen-image") -> Path:
@@ -113,18 +114,18 @@ def test_an_emulated_host_boots_the_build_with_eager_fpu_switching_and_credit1()
     # credit2 stranded dom0 there (harness.lab.virtual.quirks): the build it
     # boots says so in its command line, and is a build of its own.
     build = load_build(None)
-    booted = as_booted_on(build, {"emulated": True, "hvm": True})
+    booted = as_booted_on(build, HostProfile.of({"emulated": True, "hvm": True}))
     assert booted.xen_cmdline.split() == build.xen_cmdline.split() + ["spec-ctrl=eager-fpu",
                                                                       "sched=credit"]
     assert booted.build_id != build.build_id
     assert booted.dom0_cmdline == build.dom0_cmdline and booted.files == build.files
-    assert as_booted_on(booted, {"emulated": True}).build_id == booted.build_id  # never twice
+    assert as_booted_on(booted, HostProfile.of({"emulated": True})).build_id == booted.build_id  # never twice
 
 
 def test_real_hardware_boots_the_build_as_given() -> None:
     build = load_build(None, xen_cmdline="console=com1 dom0_mem=2048M")
-    assert as_booted_on(build, {"hvm": True}) is build
-    assert as_booted_on(build, {"emulated": False}) is build
+    assert as_booted_on(build, HostProfile.of({"hvm": True})) is build
+    assert as_booted_on(build, HostProfile.of({"emulated": False})) is build
 
 
 def test_the_virtual_hosts_own_entry_switches_fpu_state_eagerly() -> None:

@@ -67,7 +67,7 @@ def test_every_catalog_guest_renders_to_a_config_real_xl_parses(lab_host):
     from xenhil.harness.xen.testguest import guest_model
     for entry in load_catalog():
         name = f"xh-dry-{entry.id.replace('+', '-')}"
-        model = guest_model(name, entry, lab_host.spec.capabilities, f"/tmp/{name}.img")
+        model = guest_model(name, entry, lab_host.spec.profile, f"/tmp/{name}.img")
         parsed = dry_run(lab_host, name, model.render())
         c_info, b_info = parsed["c_info"], parsed["b_info"]
         assert c_info["name"] == name and c_info["type"] == "hvm"
@@ -98,7 +98,7 @@ def test_awkward_strings_survive_rendering_into_real_xl(lab_host):
     from xenhil.harness.xen.testguest import guest_model
     target = "/tmp/xh dry,a=b $HOME#1 größe.img"
     model = guest_model("xh-dry-awkward-kit", load_catalog().get("single"),
-                        lab_host.spec.capabilities, target, trace_events=(),
+                        lab_host.spec.profile, target, trace_events=(),
                         device_model_args=AWKWARD)
     parsed = dry_run(lab_host, "awkward-kit", model.render())
     assert parsed["b_info"]["extra"] == AWKWARD
@@ -149,7 +149,7 @@ def test_dom0_processes_keep_their_vector_registers_while_a_guest_runs(lab_host,
     lab_host.ssh.put_bytes(binary.read_bytes(), "/tmp/xenhil-xmm-hold", mode=0o755)
     config = "/tmp/xenhil-xmm-guest.cfg"
     from xenhil.harness.xen.testguest import guest_model
-    model = guest_model("xh-xmm", load_catalog().get("single"), lab_host.spec.capabilities,
+    model = guest_model("xh-xmm", load_catalog().get("single"), lab_host.spec.profile,
                         trace_events=())
     lab_host.ssh.put_bytes(model.render(), config)
     xl = Toolstack(lab_host.ssh, lab_host.name)

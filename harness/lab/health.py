@@ -191,8 +191,7 @@ class HealthCheck:
         self.spec: HostSpec = host.spec
         self.artifacts_dir = Path(artifacts_dir)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        caps = self.spec.capabilities
-        self.boot_timeout = (budgets.seconds("dom0 boot", caps) if boot_timeout is None
+        self.boot_timeout = (budgets.seconds("dom0 boot", self.spec.profile) if boot_timeout is None
                              else float(boot_timeout))
         self.profile = tuple(self.spec.health_steps or HEALTH_STEPS)
         self.results: dict[str, StepResult] = {}
@@ -316,9 +315,8 @@ class HealthCheck:
         return f"SSH {how} ({kernel}, up {evidence['uptime s']}s)", evidence
 
     def _toolstack(self):
-        from xenhil.harness.lab.virtual.quirks import is_emulated
         from xenhil.harness.xen.toolstack import Toolstack
-        return Toolstack(self.host.ssh, self.spec.name, emulated=is_emulated(self.spec.capabilities))
+        return Toolstack(self.host.ssh, self.spec.name, emulated=self.spec.profile.emulated)
 
     def _xl_info(self):
         from xenhil.harness.xen.parsers.xl_info import parse_xl_info
@@ -334,21 +332,20 @@ class HealthCheck:
                 {"xl info": str(saved), "xen_commandline": info.xen_commandline or ""})
 
     def _guest(self):
-        from xenhil.harness.lab.virtual.quirks import guest_quirks
         from xenhil.harness.xen.xlconfig import DiskBoot, HvmGuest
-        caps = self.spec.capabilities
+        host_profile = self.spec.profile
         xl = self._toolstack()
         name = f"xenhil-health-{secrets.token_hex(3)}"
         cfg = f"/tmp/{name}.cfg"
         model = HvmGuest(name=name, memory=GUEST_MEMORY_MIB, maxmem=GUEST_MEMORY_MIB, vcpus=1,
                          boot=DiskBoot(order="d"), serial=None, on_crash="destroy",
-                         on_reboot="destroy").apply_quirks(guest_quirks(caps)).check()
+                         on_reboot="destroy").apply_quirks(host_profile.guest_xl_settings).check()
         self.host.ssh.put_bytes(model.render(), cfg)
         evidence = {"guest config": model.render()}
         destroyed = False
         try:
             began = time.monotonic()
-            xl.create(cfg, name, timeout=budgets.seconds("xl create", caps))
+            xl.create(cfg, name, timeout=budgets.seconds("xl create", host_profile))
             created_s = time.monotonic() - began
             entry = xl.domain(name)
             if entry is None:
@@ -360,7 +357,7 @@ class HealthCheck:
                 raise StepFailed(f"{name} (domain {domid}) runs without a device model "
                                  f"(no qemu -xen-domid {domid})", evidence)
             began = time.monotonic()
-            xl.xl("destroy", name, timeout=budgets.seconds("xl destroy", caps))
+            xl.xl("destroy", name, timeout=budgets.seconds("xl destroy", host_profile))
             destroyed = True
             left: list[str] = []
             deadline = time.monotonic() + 30

@@ -14,6 +14,7 @@ from typing import Any
 from pathlib import Path
 
 from xenhil.harness.errors import ConfigError
+from xenhil.harness.lab.profile import HostProfile
 
 # Capabilities a host may declare, with their type.  Unknown names are errors
 # (a typo such as "iomu: true" must not silently make a host unmatchable).
@@ -141,6 +142,12 @@ class HostSpec:
     # The health check steps this host can do (inventory ``health.steps``);
     # None: all of HEALTH_STEPS.
     health_steps: tuple[str, ...] | None = None
+
+    @property
+    def profile(self) -> HostProfile:
+        """What kind of host this is (real or emulated) and what follows
+        from it: every layer asks this rather than the capabilities."""
+        return HostProfile.of(self.capabilities)
 
     def matches(self, tags: frozenset[str] | set[str] = frozenset(),
                 capabilities: dict[str, object] | None = None) -> bool:

@@ -87,14 +87,14 @@ class XenBuild:
         return f"{self.kind}-{self.build_id}"
 
 
-def as_booted_on(build: XenBuild, capabilities) -> XenBuild:
-    """``build`` as a host with these capabilities boots it: its Xen command
-    line plus the options such a host needs (an emulated host: see
-    harness.lab.virtual.quirks.XEN_CMDLINE_EMULATED).  The result has its own
-    build id, since what boots differs; on real hardware it is ``build``."""
-    from xenhil.harness.lab.virtual.quirks import xen_cmdline_quirks
+def as_booted_on(build: XenBuild, profile) -> XenBuild:
+    """``build`` as a host of this profile (harness.lab.profile.HostProfile)
+    boots it: its Xen command line plus the options such a host needs (an
+    emulated host: see harness.lab.virtual.quirks.XEN_CMDLINE_EMULATED).  The
+    result has its own build id, since what boots differs; on real hardware
+    it is ``build``."""
     present = build.xen_cmdline.split()
-    extra = [option for option in xen_cmdline_quirks(capabilities) if option not in present]
+    extra = [option for option in profile.xen_cmdline_options if option not in present]
     if not extra:
         return build
     return replace(build, xen_cmdline=" ".join([build.xen_cmdline, *extra]))

@@ -6,7 +6,7 @@ awk, udev workers and systemd-tmpfiles, with impossible register values
 (``segfault at 0`` in glibc's byte-copy loop); guests triple-faulted now and
 then.  The cause found: Xen's lazy FPU switching loses vector state under
 that emulation, and emulated hosts now boot Xen with eager switching
-(harness.lab.virtual.quirks.XEN_CMDLINE_EMULATED).  The reclassification
+(HostProfile.xen_cmdline_options, from quirks.XEN_CMDLINE_EMULATED).  The reclassification
 below stays for what else such a host may still do: a check that fails on it
 while dom0 processes or the guest crashed says nothing about the patch, so
 the plugin files it as an infrastructure failure and names the crashes.  On
@@ -19,7 +19,6 @@ import re
 from dataclasses import dataclass
 
 from xenhil.harness.errors import XenhilError
-from xenhil.harness.lab.virtual.quirks import is_emulated
 
 # "[  300.363933] xen-qemu-system[633]: segfault at 0 ip ... error 6 in libc.so.6[...]"
 # "[  412.001000] traps: awk[3623] general protection fault ip:... in libc.so.6[...]"
@@ -128,7 +127,7 @@ def guest_emulation_crashes(guest) -> list[Dom0Crash | GuestTripleFault]:
     or when they cannot be read (the failure then keeps its own class).
     (A triple fault logged before a check cleared ``xl dmesg`` is missed.)"""
     since = guest.dom0_uptime_at_create
-    if not is_emulated(guest.host.spec.capabilities) or since is None:
+    if not guest.host.spec.profile.emulated or since is None:
         return []
     found: list[Dom0Crash | GuestTripleFault] = []
     try:

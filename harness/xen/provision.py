@@ -396,12 +396,12 @@ def provision(host, build: XenBuild, boot_timeout: float | None = None) -> bool:
     """Make ``host`` run ``build``.  Returns False when it already did.
     ``boot_timeout``: one boot, reboot to dom0's SSH (default: the host's
     "dom0 boot" budget, harness/budgets.py)."""
-    capabilities = host.spec.capabilities
+    profile = host.spec.profile
     if boot_timeout is None:
-        boot_timeout = budgets.seconds("dom0 boot", capabilities)
+        boot_timeout = budgets.seconds("dom0 boot", profile)
     # A stage: a failure, or the test's limit running out, names it.
     with budgets.stage(f"provisioning {build.label} on {host.name}",
-                       budgets.provisioning_s(capabilities)):
+                       budgets.provisioning_s(profile)):
         return _provision(host, build, boot_timeout)
 
 

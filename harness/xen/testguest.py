@@ -11,13 +11,13 @@ rules, and a host quirk reaches every guest the same way:
   initramfs, ``console=ttyS0,115200 xen_emul_unplug=never`` (Debian's kernel
   would otherwise unplug the emulated NIC and disk through the Xen platform
   device, hiding them from the checks), plus the host's kernel options
-  (:func:`quirks.guest_cmdline_quirks`: ``pci=noearly loglevel=4`` on an
+  (``HostProfile.guest_cmdline_options``: ``pci=noearly loglevel=4`` on an
   emulated host, none on real hardware);
 - 256 MiB, one vCPU, a pty serial console, one e1000 on xenbr0 per vif id of
   the split, one raw IDE disk when a disk is given;
 - QEMU trace events (:data:`TRACE_EVENTS` unless the caller names others);
 - ``on_crash``/``on_reboot`` preserved;
-- the host's xl settings (:func:`quirks.guest_quirks`: ``tsc_mode="native"``
+- the host's xl settings (``HostProfile.guest_xl_settings``: ``tsc_mode="native"``
   on an emulated host) merged last, listed as comments in the render.
 
 This module never imports pytest (``harness/`` is the library; only
@@ -25,10 +25,10 @@ This module never imports pytest (``harness/`` is the library; only
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from xenhil.harness.lab.virtual.guestkit import GUEST_KIT_DIR
-from xenhil.harness.lab.virtual.quirks import guest_cmdline_quirks, guest_quirks
+from xenhil.harness.lab.profile import HostProfile
 from xenhil.harness.xen.catalog import CatalogSplit
 from xenhil.harness.xen.xlconfig import DirectKernelBoot, Disk, HvmGuest, Vif
 
@@ -46,16 +46,16 @@ NIC_MODEL = "e1000"
 BRIDGE = "xenbr0"
 
 
-def guest_cmdline(capabilities: Mapping[str, object]) -> str:
-    """The guest kernel's command line on a host with ``capabilities``."""
-    return " ".join((GUEST_CMDLINE, *guest_cmdline_quirks(capabilities)))
+def guest_cmdline(profile: HostProfile) -> str:
+    """The guest kernel's command line on a host of this profile."""
+    return " ".join((GUEST_CMDLINE, *profile.guest_cmdline_options))
 
 
-def guest_model(name: str, entry: CatalogSplit, capabilities: Mapping[str, object],
+def guest_model(name: str, entry: CatalogSplit, profile: HostProfile,
                 disk: str | None = None, *, trace_events: Sequence[str] = TRACE_EVENTS,
                 device_model_args: Sequence[str] = ()) -> HvmGuest:
-    """The test guest ``name`` for the catalog split ``entry`` on a host with
-    ``capabilities`` (its inventory entry's), checked.
+    """The test guest ``name`` for the catalog split ``entry`` on a host of
+    this ``profile`` (its ``HostSpec.profile``), checked.
 
     ``disk``: the raw image on the host for its IDE disk (``hda``), or None for
     a guest without a disk (the suites' checks write through it; a guest
@@ -72,7 +72,7 @@ def guest_model(name: str, entry: CatalogSplit, capabilities: Mapping[str, objec
     guest = HvmGuest(
         name=name, memory=MEMORY_MIB, maxmem=MEMORY_MIB, vcpus=1,
         boot=DirectKernelBoot(f"{GUEST_KIT_DIR}/vmlinuz", f"{GUEST_KIT_DIR}/initrd.img",
-                              guest_cmdline(capabilities)),
+                              guest_cmdline(profile)),
         vifs=[Vif(id=v, model=NIC_MODEL, bridge=BRIDGE) for v in entry.guest_vifs],
         disks=[Disk(target=disk, vdev="hda", format="raw", access="rw")] if disk is not None else [],
         serial="pty", device_model_args=args, split=entry.split,
@@ -80,4 +80,4 @@ def guest_model(name: str, entry: CatalogSplit, capabilities: Mapping[str, objec
         # 1") and xl would quietly start the guest again under a new domid:
         # the suites never reboot their guest, so keep it for the evidence.
         on_crash="preserve", on_reboot="preserve")
-    return guest.apply_quirks(guest_quirks(capabilities)).check()
+    return guest.apply_quirks(profile.guest_xl_settings).check()

@@ -9,7 +9,6 @@ from xenhil.harness.attach import attach_latency
 from xenhil.harness.checks.failure import fail
 from xenhil.harness.checks.latency import (LatencyRegressionNotConfirmed, confirmed_latency_regressions,
                                     measure_latency)
-from xenhil.harness.lab.virtual.quirks import is_emulated, latency_samples
 from xenhil.harness.results.plots import latency_distribution_png
 
 # A port each model owns that is harmless to read: the keyboard controller's
@@ -31,8 +30,8 @@ def test_per_server_latency_has_not_regressed(request, guest, catalog_split, boo
     probe = guest.companion("probe")
     if probe is not None:
         ports[probe.name] = probe.settings.id_port  # its ID register: never all ones
-    count = request.config.getoption("--latency-samples") or latency_samples(
-        guest.host.spec.capabilities, DEFAULT_SAMPLES)
+    count = request.config.getoption("--latency-samples") or \
+        guest.host.spec.profile.latency_samples(DEFAULT_SAMPLES)
     rows = measure_latency(guest, ports, count=count)
     # The single split's QEMU is model "0" (the series' default name): say
     # what it is in the legend; rows and history keep the model name.
@@ -57,7 +56,7 @@ def test_per_server_latency_has_not_regressed(request, guest, catalog_split, boo
     # options): the one the run record and the host's records carry too.
     verdicts = confirmed_latency_regressions(store, run_id, guest.host.name, split_id,
                                              booted_build.label, rows, measure_again,
-                                             emulated=is_emulated(guest.host.spec.capabilities))
+                                             emulated=guest.host.spec.profile.emulated)
     for text in verdicts.unconfirmed:
         warnings.warn(LatencyRegressionNotConfirmed(
             f"{text}; not shown by both measurements, so not a regression "

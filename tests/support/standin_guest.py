@@ -45,13 +45,16 @@ def pytest_configure(config):
 @pytest.fixture
 def xen_host(request, host, lab, xen_build):
     """No Xen on an sshd host: the host as it is, able to run every split."""
-    from xenhil.fixtures.guest import note_provisioned
+    from xenhil.harness.strategy import note_provisioned
+    from xenhil.fixtures.guest import strategy_for
     from xenhil.fixtures.run import run_config
     host.facts[f"capabilities:{xen_build.build_id}"] = {"device_models", "probe"}
-    label = run_config(request.config).build_label_on(host.spec.capabilities)   # as booted
+    booted = run_config(request.config).booted_build(host.spec.profile)
+    label = booted.label
     if host.facts.get("standin_build") != label:
         note_provisioned(lab, host.name, label)
         host.facts["standin_build"] = label
+    strategy_for(request, host).runs(booted)
     return host
 '''
 

@@ -5,8 +5,11 @@ QEMU with the TCG software CPU (no usable KVM on the lab machines), running
 real Xen 4.17 with a Debian dom0; HVM guests then run under Xen's SVM/NPT on
 top of QEMU's emulated SVM.  See docs/xen-ioreq-facts.md, section 7.
 
-Nothing here is a fixed property of Xen: a real host never needs these, and
-:func:`guest_quirks` applies only when the host declares ``emulated: true``.
+Nothing here is a fixed property of Xen: a real host never needs these.
+The layers that drive hosts reach them through the host's profile
+(harness/lab/profile.py, ``HostSpec.profile``), which applies them only when
+the host declares ``emulated: true``; the virtual lab's own launcher and
+image builder use them directly.
 """
 from __future__ import annotations
 
@@ -162,11 +165,6 @@ XEN_CMDLINE = " ".join(("console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M "
 DOM0_CMDLINE = "root=/dev/vda1 ro console=hvc0 earlyprintk=xen"
 
 
-def xen_cmdline_quirks(capabilities: Mapping[str, object]) -> tuple[str, ...]:
-    """Options a Xen command line needs on a host with these capabilities
-    (empty on real hardware)."""
-    return XEN_CMDLINE_EMULATED if is_emulated(capabilities) else ()
-
 
 # --- timeouts that are long because TCG is slow ---------------------------
 
@@ -208,14 +206,6 @@ LATENCY_COST_SPREAD_EMULATED = 1.00
 LATENCY_SHARE_SPREAD_EMULATED = 0.15
 
 
-def latency_samples(capabilities: Mapping[str, object], default: int) -> int:
-    """Timed accesses per server when the user did not say."""
-    return LATENCY_SAMPLES_EMULATED if is_emulated(capabilities) else default
-
-
-def guest_boot_timeout(capabilities: Mapping[str, object], default: float = 300.0) -> float:
-    """How long a guest may take to answer on its console on such a host."""
-    return GUEST_BOOT_TIMEOUT_S if is_emulated(capabilities) else default
 
 
 def qemu_machine_args() -> list[str]:
@@ -226,7 +216,7 @@ def qemu_machine_args() -> list[str]:
 
 # --- HVM guests on an emulated host ---------------------------------------
 
-_EMULATED_GUEST_QUIRKS: dict[str, object] = {
+EMULATED_GUEST_XL_SETTINGS: dict[str, object] = {
     # With the default (emulated) TSC the guest kernel takes a general
     # protection fault on RDTSCP under this nested emulation; native TSC
     # passes the (emulated) host TSC through and the guest boots.
@@ -289,18 +279,3 @@ GUEST_CMDLINE_EMULATED = ("pci=noearly", "loglevel=4")
 # left 2 of them without their network (ready marker) after 13 minutes:
 # no remedy.
 
-
-def guest_cmdline_quirks(capabilities: Mapping[str, object]) -> tuple[str, ...]:
-    """Kernel options the test guest gets on such a host (none on real hardware)."""
-    return GUEST_CMDLINE_EMULATED if is_emulated(capabilities) else ()
-
-
-def guest_quirks(capabilities: Mapping[str, object]) -> dict[str, object]:
-    """xl config settings an HVM guest needs on a host with these capabilities.
-
-    Empty for real hardware; for an emulated host (``emulated: true``) the
-    settings above.  Callers merge this into the guest config; a setting the
-    test itself gives wins."""
-    if is_emulated(capabilities):
-        return dict(_EMULATED_GUEST_QUIRKS)
-    return {}
