@@ -64,6 +64,15 @@ SFTP_REPLY_S = 120.0
 # The guest's console (harness.guest uses these).
 CONSOLE_STALL_S = 150.0
 COMMAND_ECHO_S = 60.0
+# A console command whose time is up while its output is still arriving (a
+# byte within CONSOLE_PROGRESS_S) goes on, up to CONSOLE_SLOW_FACTOR times
+# its timeout (harness.access.console.shell): a slow console is not a stuck
+# one.  Seen on the virtual lab with the machine's two cores busy beside it
+# (main job 20261201T112836Z-1f46f7): the guest echoed a typed line in 55 s
+# and printed a 741-byte sysfs file at about 40 bytes a second, so a 60 s
+# `cat` ran out of time mid-output; idle, the same `cat` takes 17-22 s.
+CONSOLE_PROGRESS_S = 15.0
+CONSOLE_SLOW_FACTOR = 4.0
 
 #: Boots of one guest before its split fails on a host (fixtures.guest: only a
 #: guest that crashed while booting is booted again).
@@ -151,8 +160,9 @@ def ssh_command_s(timeout: float) -> float:
 def guest_command_s(timeout: float) -> float:
     """One command in the guest over its console (harness.guest.Guest.run):
     its timeout, and after a lost relay a re-attach (120 s shell wait, after
-    the echo wait) and the command once more."""
-    return COMMAND_ECHO_S + 120.0 + 2 * timeout
+    the echo wait) and the command once more; each wait as long as a slow
+    console's output keeps it going (CONSOLE_SLOW_FACTOR)."""
+    return CONSOLE_SLOW_FACTOR * (COMMAND_ECHO_S + 2 * timeout) + 120.0
 
 
 def guest_boot_attempt_s(profile: HostProfile) -> float:

@@ -3,6 +3,7 @@ scripted byte streams, a real shell behind a pty with kernel/Xen noise, socat, a
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from xenhil.harness.access.console import (
     console_for,
     strip_console_noise,
 )
+from xenhil.harness import budgets
 from xenhil.harness.errors import (
     ConfigError,
     ConsoleTimeout,
@@ -386,6 +388,43 @@ def test_noisy_console_run_returns_exact_output(console_server_factory, transcri
     assert raw.count(KERNEL_NOISE) > 20 and raw.count(XEN_NOISE) > 20
     assert any(not raw[:i].endswith(b"\n") for i in _find_all(raw, KERNEL_NOISE))
     assert bytes(server.sent).startswith(raw)  # (the last prompt may arrive after close)
+
+
+def test_a_slow_console_still_delivering_gets_more_time(console_server_factory, transcript,
+                                                         tmp_path, monkeypatch):
+    """A console that passes output on slowly (the virtual lab's, with the
+    machine busy: 40 bytes a second) is given more time while bytes keep
+    arriving, up to CONSOLE_SLOW_FACTOR times the command's timeout."""
+    monkeypatch.setattr(budgets, "CONSOLE_PROGRESS_S", 1.0)
+    server = console_server_factory(noisy_shell(noise_every=0, cwd=tmp_path, byte_delay=0.025))
+    with tcp_console(server, transcript) as console:
+        console.wait_for_shell(timeout=60, poll_interval=10)
+        began = time.monotonic()
+        # The typed line's echo and the output: about 140 bytes, 3.5 s at this
+        # speed, against a timeout of 2 s (stretched up to 8 s).
+        status, out = console.run("seq 1 5", timeout=2.0)
+        took = time.monotonic() - began
+    assert (status, out) == (0, "1\n2\n3\n4\n5\n")
+    assert 2.0 < took < 8.0, took
+
+
+def test_a_console_that_falls_silent_mid_command_fails_without_waiting_for_the_stretch(
+        console_server_factory, transcript, tmp_path, monkeypatch):
+    """Output that stops (here: the command sleeps) is not progress: the wait
+    ends one progress window after the timeout, not at the stretched limit,
+    and says how long it waited and for how long the console was silent."""
+    monkeypatch.setattr(budgets, "CONSOLE_PROGRESS_S", 1.0)
+    server = console_server_factory(noisy_shell(noise_every=0, cwd=tmp_path, byte_delay=0.02))
+    with tcp_console(server, transcript) as console:
+        console.wait_for_shell(timeout=60, poll_interval=10)
+        began = time.monotonic()
+        with pytest.raises(ConsoleTimeout) as info:
+            console.run("echo started; sleep 30; echo done", timeout=2.0)
+        took = time.monotonic() - began
+    assert took < 2.0 * budgets.CONSOLE_SLOW_FACTOR - 1.0, took
+    first_line = str(info.value).splitlines()[0]
+    assert re.search(r"timed out after \d+s waiting for the end of command .* \(given 2s, and more "
+                     r"while output arrived, up to 8s; silent for the last \d+s\)", first_line), first_line
 
 
 def _eventually(condition, timeout: float = 10.0) -> bool:

@@ -103,9 +103,8 @@ def _register_lab_secrets(argv: list[str]) -> None:
     for masking before the arguments are even parsed, whatever the verb: a
     secret typed into any argument is then masked in every message.  Best
     effort: a verb that needs the lab reports its problems itself."""
-    import os
-
     from xenhil.harness.lab.credentials import register_lab_secrets_early
+    from xenhil.harness.run_config import lab_option
 
     def given(option: str) -> str | None:
         for i, arg in enumerate(argv):
@@ -114,7 +113,7 @@ def _register_lab_secrets(argv: list[str]) -> None:
             if arg.startswith(option + "="):
                 return arg[len(option) + 1:]
         return None
-    register_lab_secrets_early(given("--lab") or os.environ.get("XENHIL_LAB"),
+    register_lab_secrets_early(lab_option(given("--lab")),
                                (given("--lab-db"), given("--results-db")))
 
 

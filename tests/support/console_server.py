@@ -219,9 +219,10 @@ def one_per_connection(*handlers: Handler) -> Handler:
 
 
 def noisy_shell(noise_every: int = 7, noise: tuple[bytes, ...] = (KERNEL_NOISE, XEN_NOISE),
-                cwd: Path | None = None) -> Handler:
+                cwd: Path | None = None, byte_delay: float = 0.0) -> Handler:
     """A real /bin/sh -i on a pty; after every ``noise_every`` bytes of its output
-    a kernel or Xen log line is inserted (0 = no noise)."""
+    a kernel or Xen log line is inserted (0 = no noise).  ``byte_delay``: a
+    slow line, each byte of output sent that long after the one before."""
 
     def handler(conn: Connection) -> None:
         master, slave = pty.openpty()
@@ -262,7 +263,7 @@ def noisy_shell(noise_every: int = 7, noise: tuple[bytes, ...] = (KERNEL_NOISE, 
                     if noise_every and count % noise_every == 0:
                         out += noise[which % len(noise)]
                         which += 1
-                conn.send(bytes(out))
+                conn.send(bytes(out), byte_delay=byte_delay)
         finally:
             os.close(master)
             kill_tree(proc.pid)

@@ -11,6 +11,7 @@ from typing import Callable
 
 from xenhil.harness.access.console.errors import ConsoleClosed, ConsoleStalled
 from xenhil.harness.access.console.text import at_continuation_prompt
+from xenhil.harness import budgets
 from xenhil.harness.errors import ConsoleTimeout
 from xenhil.harness.lab.model import CredentialRef
 from xenhil.harness.step import step
@@ -40,6 +41,9 @@ class ShellSession:
         ``start_timeout``: the shell echoes the typed line at once; when even
         the start sentinel has not come back after this long, raise
         ConsoleStalled (the relay is stuck, the command may not have run).
+        Either time limit is stretched while output is still arriving when it
+        runs out (:meth:`_expect_while_receiving`): a slow console gets up to
+        ``CONSOLE_SLOW_FACTOR`` times as long, a silent one no more.
         """
         nonce = secrets.token_hex(6)
         start_shell, start_re = self._tag("S", nonce)
@@ -49,23 +53,55 @@ class ShellSession:
         # dash/bash/busybox shell.
         self.sendline(f'echo {start_shell}__"; command eval {shlex.quote(cmd)}; '
                       f'echo {end_shell}_$?__"')
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
         what = f"the end of command {cmd!r} (sentinel {end_re}_<status>__)"
         first_wait = timeout if start_timeout is None else min(timeout, start_timeout)
         try:
-            self._expect([re.compile(re.escape(start_re) + r"__\r*\n")], first_wait,
-                         f"the start of command {cmd!r} (sentinel {start_re}__)",
-                         check_fatal, True)
+            self._expect_while_receiving([re.compile(re.escape(start_re) + r"__\r*\n")],
+                                         f"the start of command {cmd!r} (sentinel {start_re}__)",
+                                         check_fatal, began=began, timeout=first_wait)
         except ConsoleTimeout as exc:
             if first_wait >= timeout:
                 raise
             raise ConsoleStalled(f"console {self.name}: the shell did not echo command {cmd!r} "
-                                 f"within {first_wait:g}s\n{str(exc).partition(chr(10))[2]}",
+                                 f"within {time.monotonic() - began:.0f}s\n"
+                                 f"{str(exc).partition(chr(10))[2]}",
                                  evidence=self._evidence()) from None
-        m = self._expect([re.compile(re.escape(end_re) + r"_(\d+)__")],
-                         max(deadline - time.monotonic(), 0), what, check_fatal, True)
+        m = self._expect_while_receiving([re.compile(re.escape(end_re) + r"_(\d+)__")], what,
+                                         check_fatal, began=began, timeout=timeout)
         output = re.sub(r"\r+\n", "\n", m.string[:m.start()])
         return int(m.group(1)), output
+
+    def _expect_while_receiving(self, compiled: list[re.Pattern], what: str, check_fatal: bool, *,
+                                began: float, timeout: float) -> re.Match:
+        """Wait until ``timeout`` seconds after ``began`` (the command's start)
+        for one of ``compiled``, and longer while the console is still
+        delivering: when the time is up and a byte arrived since ``began`` and
+        within the last ``CONSOLE_PROGRESS_S``, go on, up to ``CONSOLE_SLOW_FACTOR`` times
+        ``timeout``.  A console silent that long when the time is up fails as
+        before."""
+        progress_s = budgets.CONSOLE_PROGRESS_S
+        most = budgets.CONSOLE_SLOW_FACTOR * timeout
+        limit = timeout
+        while True:
+            try:
+                return self._expect(compiled, max(began + limit - time.monotonic(), 0), what,
+                                    check_fatal, True)
+            except ConsoleTimeout:
+                now = time.monotonic()
+                silent = now - self.last_received
+                # Progress is output of this command: bytes that arrived after
+                # it was typed, the last of them recently.
+                receiving = self.last_received > began and silent < progress_s
+                if not receiving or now - began >= most:
+                    if limit <= timeout:
+                        raise
+                    raise ConsoleTimeout(
+                        f"console {self.name}: timed out after {now - began:.0f}s waiting for "
+                        f"{what} (given {timeout:g}s, and more while output arrived, up to "
+                        f"{most:g}s; silent for the last {silent:.0f}s)\n" + self.tail_block(),
+                        evidence=self._evidence()) from None
+                limit = min(most, now - began + progress_s)
 
     @step("console {self.name}: wait for a shell")
     def wait_for_shell(self, timeout: float = 300.0, poll_interval: float = 5.0, *,
