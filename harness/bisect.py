@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 from xenhil.harness.build.series import Patch
 from xenhil.harness.errors import PRODUCT
 from xenhil.harness.mutants.qualify import (Build, Run, pytest_command, read_outcomes, run_pytest,
-                                     xenhil_build)
+                                            xenhil_build)
 
 GOOD, BAD, SAYS_NOTHING = "good", "bad", "says nothing"
 

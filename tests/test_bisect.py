@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from xenhil.harness.bisect import (BAD, GOOD, SAYS_NOTHING, Bisection, max_builds, prefix_series, report,
-                            search)
+                                   search)
 from xenhil.harness.build.series import parse_series
 from xenhil.harness.mutants.qualify import Build
 

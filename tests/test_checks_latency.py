@@ -9,7 +9,7 @@ import pytest
 
 from xenhil.harness.checks.failure import CheckFailed
 from xenhil.harness.checks.latency import (LatencyVerdicts, check_latency_rows, confirmed_latency_regressions,
-                                    latency_rows, record_rows, time_in_command)
+                                           latency_rows, record_rows, time_in_command)
 from xenhil.harness.errors import ConfigError
 from xenhil.harness.probes import build_xhprobe
 from xenhil.harness.results.latency import BASELINE_SERVER, percentile

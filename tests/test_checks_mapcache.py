@@ -8,7 +8,7 @@ import pytest
 
 from xenhil.harness.checks.failure import CheckFailed
 from xenhil.harness.checks.mapcache import (DataPattern, check_invalidates, check_no_invalidate_failure,
-                                     check_pattern_intact, count_invalidates, parse_sha256sum)
+                                            check_pattern_intact, count_invalidates, parse_sha256sum)
 from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log
 
 from tests.support.checks import DATA, assert_failure_message, data

@@ -5,8 +5,8 @@ import pytest
 
 from xenhil.harness.checks.failure import CheckFailed
 from xenhil.harness.checks.pci import (check_pci_ownership, check_pci_views, check_platform_device,
-                                check_unowned_bdfs_read_ones, identify_platform_model,
-                                server_ids_by_model, unowned_bdfs_to_probe)
+                                       check_unowned_bdfs_read_ones, identify_platform_model,
+                                       server_ids_by_model, unowned_bdfs_to_probe)
 from xenhil.harness.checks.topology import expected_topology
 from xenhil.harness.xen.parsers.lspci import PciDevice, parse_pci_listing
 from xenhil.harness.xen.parsers.probe_output import PciConfigAccess, PciScan, PortRead, parse_single

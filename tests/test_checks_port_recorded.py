@@ -10,7 +10,7 @@ import pytest
 from xenhil.harness.checks.failure import CheckFailed
 from xenhil.harness.checks.pci import check_pci_ownership, check_pci_views
 from xenhil.harness.checks.routing import (check_server_ranges, class_owners, io_needs, needs_by_model,
-                                    parse_sysfs_resource)
+                                           parse_sysfs_resource)
 from xenhil.harness.checks.topology import expected_topology, identify_models
 from xenhil.harness.xen.parsers.lspci import parse_pci_listing
 from xenhil.harness.xen.parsers.rangesets import parse_ioreq_rangesets

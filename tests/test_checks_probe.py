@@ -5,7 +5,7 @@ import pytest
 
 from xenhil.harness.checks.failure import CheckFailed
 from xenhil.harness.checks.routing import (check_probe_io, check_server_ranges, class_owners,
-                                    io_needs, needs_by_model, parse_sysfs_resource, probe_needs)
+                                           io_needs, needs_by_model, parse_sysfs_resource, probe_needs)
 from xenhil.harness.checks.topology import PROBE_CLASS, expected_topology, with_probe
 from xenhil.harness.probe_dm.companion import ProbeSettings
 from xenhil.harness.probe_dm.host import ProbeCounters

@@ -3,8 +3,8 @@ import pytest
 
 from xenhil.harness.checks.failure import CheckFailed
 from xenhil.harness.checks.routing import (DEVICE_PORTS, IoRange, check_io_routing, check_server_ranges,
-                                    class_owners, io_accesses, io_needs, needs_by_model,
-                                    parse_sysfs_resource)
+                                           class_owners, io_accesses, io_needs, needs_by_model,
+                                           parse_sysfs_resource)
 from xenhil.harness.checks.topology import PLATFORM, expected_topology
 from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log

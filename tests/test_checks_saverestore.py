@@ -4,8 +4,8 @@ import pytest
 
 from xenhil.harness.checks.failure import CheckFailed
 from xenhil.harness.checks.saverestore import (check_models_running, check_same_ownership, check_same_pci,
-                                        check_savefile_emulators, check_uptime_continued,
-                                        normalise_rangesets, parse_uptime, state_paths)
+                                               check_savefile_emulators, check_uptime_continued,
+                                               normalise_rangesets, parse_uptime, state_paths)
 from xenhil.harness.xen import savefile as sf
 from xenhil.harness.xen.parsers.lspci import PciDevice, parse_pci_listing
 from xenhil.harness.xen.parsers.rangesets import parse_ioreq_rangesets

@@ -4,7 +4,7 @@ import pytest
 
 from xenhil.harness.checks.failure import CheckFailed
 from xenhil.harness.checks.topology import (TopologyInputError, argv_of, expected_topology,
-                                     identify_models)
+                                            identify_models)
 from xenhil.harness.xen.splits import Split, parse_split
 from xenhil.harness.xen.xlconfig import HvmGuest, Vif
 

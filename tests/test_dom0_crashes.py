@@ -9,7 +9,7 @@ import pytest
 
 from xenhil.harness.lab.profile import HostProfile
 from xenhil.harness.xen.dom0_crashes import (Dom0Crash, emulation_note, guest_emulation_crashes,
-                                      parse_crashes, parse_triple_faults, process_death_in_output)
+                                             parse_crashes, parse_triple_faults, process_death_in_output)
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 

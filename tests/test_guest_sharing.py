@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from xenhil.harness.lab.leases import (GUEST_BOOTING, GUEST_READY, GuestRecord, GuestWish, Holder,
-                                SQLLeaseStore, open_store)
+                                       SQLLeaseStore, open_store)
 from tests.support.leases import make_pool
 from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 from tests.support.sshd import running_sshd

@@ -23,9 +23,9 @@ import yaml
 import xenhil.harness.lab.health as health
 from xenhil.harness.lab.health import FAILED, NOT_APPLICABLE, NOT_RUN, PASSED, check_host
 from xenhil.harness.lab.leases import (EVENT_INFRA_FAILURE, EVENT_QUARANTINED, EVENT_RELEASED, Holder,
-                                HostsQuarantined, Pool, open_store)
+                                       HostsQuarantined, Pool, open_store)
 from xenhil.harness.lab.model import (HEALTH_STEPS, CredentialRef, HostSpec, Inventory, PowerConfig,
-                               SerialConfig)
+                                      SerialConfig)
 from tests.support.bmc import (BMC_PASSWORD_ENV, BMC_USER, bmc_password, require_ipmitool,  # noqa: F401
                                running_bmc)
 from tests.support.sshd import SSHD, SSHServer, fresh_sshd_server, sshd_factory, sshd_server  # noqa: F401

@@ -18,7 +18,7 @@ import pytest
 from xenhil.harness.cli.lab_check import check_command
 from xenhil.harness.errors import ConfigError
 from xenhil.harness.lab.inventory import (InventoryError, check_inventory, inventory_schema,
-                                   load_inventory, parse_host_key)
+                                          load_inventory, parse_host_key)
 from xenhil.harness.lab.inventory_learn import fingerprint
 from xenhil.harness.lab.model import KNOWN_CAPABILITIES, CredentialRef, HostSpec, PowerConfig, SSHConfig
 from tests.support.sshd import SSHServer, fresh_sshd_server  # noqa: F401

@@ -16,7 +16,7 @@ import pytest
 from xenhil.harness.errors import ConfigError, ReservationTimeout
 from xenhil.harness.lab.lease_sqlite import SQLiteLeaseStore
 from xenhil.harness.lab.leases import (Grant, Heartbeat, Holder, LeaseLost, NotLeaseHolder, Pool,
-                                default_store_url, open_store, resolve_store_url)
+                                       default_store_url, open_store, resolve_store_url)
 from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 from tests.support.leases import (hold_until_killed, kill_quietly, make_inventory, make_pool,
                                   queued_waiter, stress_worker)

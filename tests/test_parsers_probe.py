@@ -9,7 +9,7 @@ import pytest
 from xenhil.harness.probes import build_xhprobe, xhprobe_source
 from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 from xenhil.harness.xen.parsers.probe_output import (MmioRead, PciConfigAccess, PciScan, PortRead, PortWrite,
-                                              ProbeFailed, TimeIn, parse_probe_output, parse_single)
+                                                     ProbeFailed, TimeIn, parse_probe_output, parse_single)
 
 
 def _static_build_possible() -> str | None:

@@ -5,8 +5,8 @@ import pytest
 
 from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 from xenhil.harness.xen.parsers.qemu_trace import (IOREQ_TYPE_INVALIDATE, ioreq_server_ids, ioreqs_of_type,
-                                            mapped_pci_devices, parse_trace_line, parse_trace_log,
-                                            platform_log_messages)
+                                                   mapped_pci_devices, parse_trace_line, parse_trace_log,
+                                                   platform_log_messages)
 
 DATA = Path(__file__).parent / "data" / "parsers"
 

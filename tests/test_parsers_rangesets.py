@@ -5,9 +5,9 @@ import pytest
 
 from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 from xenhil.harness.xen.parsers.rangesets import (AmbiguousOwner, expand_pci, format_ranges, owner_of_bdf,
-                                           owner_of_mmio, owner_of_port, overlaps, owners,
-                                           parse_ioreq_rangesets, parse_range_list, sbdf_to_str,
-                                           str_to_sbdf)
+                                                  owner_of_mmio, owner_of_port, overlaps, owners,
+                                                  parse_ioreq_rangesets, parse_range_list, sbdf_to_str,
+                                                  str_to_sbdf)
 
 DATA = Path(__file__).parent / "data" / "parsers"
 

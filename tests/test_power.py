@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from xenhil.harness.access.power import (CommandPower, IPMIPower, NoPower, PowerAuthError,
-                                  SSHRebootPower, power_for)
+                                         SSHRebootPower, power_for)
 from xenhil.harness.access.ssh import SSHConnection
 from xenhil.harness.errors import ConfigError, PowerError, TestBugError
 from xenhil.harness.lab.model import CredentialRef, HostSpec, PowerConfig, SSHConfig

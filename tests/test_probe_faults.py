@@ -16,7 +16,7 @@ from xenhil.harness.errors import ConfigError
 from xenhil.harness.probe_dm.__main__ import build_device, build_parser
 from xenhil.harness.probe_dm.emulation import Bdf, ProbeDevice, Request
 from xenhil.harness.probe_dm.faults import (DEFAULT_QEMU_PORTS, FAULTS, MAX_DELAY_US, ProbeFault,
-                                     parse_fault, registrations)
+                                            parse_fault, registrations)
 from xenhil.harness.probe_dm.host import PACKAGE_FILES, ProbeSpec
 from xenhil.harness.probe_dm.server import ProbeServer
 from xenhil.harness.probe_dm.xenlibs import IOREQ_READ, IOREQ_TYPE_INVALIDATE, IOREQ_TYPE_PIO

@@ -16,9 +16,9 @@ import pytest
 
 from xenhil.harness.errors import ConfigError, InfrastructureError
 from xenhil.harness.lab.leases import (EVENT_HEALTH_FAILED, EVENT_HEALTH_PASSED, EVENT_INFRA_FAILURE,
-                                EVENT_QUARANTINED, EVENT_RELEASED, QUARANTINE_AFTER_INFRA_FAILURES,
-                                Holder, HostsQuarantined, ReservationTimeout, SQLLeaseStore,
-                                open_store)
+                                       EVENT_QUARANTINED, EVENT_RELEASED, QUARANTINE_AFTER_INFRA_FAILURES,
+                                       Holder, HostsQuarantined, ReservationTimeout, SQLLeaseStore,
+                                       open_store)
 from tests.support.leases import make_pool
 from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from xenhil.harness.results.latency import (LatencyRule, build_class, find_latency_regressions,
-                                     latency_regressions, latency_rule, mann_whitney_greater,
-                                     subsample, summarize)
+                                            latency_regressions, latency_rule, mann_whitney_greater,
+                                            subsample, summarize)
 from xenhil.harness.results.plots import latency_distribution_png
 from xenhil.harness.results.store import Outcome, ResultsStore
 from xenhil.harness.results.verdicts import KnownIssue, load_known_issues, verdict

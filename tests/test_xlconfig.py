@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from xenhil.harness.errors import ConfigError
 from xenhil.harness.xen.splits import parse_split
 from xenhil.harness.xen.xlconfig import (Disk, DirectKernelBoot, DiskBoot, HvmGuest, Vif, XlConfigError,
-                                  XlSyntaxError, parse_xl_config, xl_list, xl_string, xl_value)
+                                         XlSyntaxError, parse_xl_config, xl_list, xl_string, xl_value)
 from tests.support.libxlutil import INSTALL_HINT, LIBXLUTIL, XlParseFailed
 
 

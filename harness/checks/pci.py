@@ -16,7 +16,7 @@ from xenhil.harness.xen.parsers.lspci import PciDevice
 from xenhil.harness.xen.parsers.probe_output import PciConfigAccess, PciFunction, PortRead
 from xenhil.harness.xen.parsers.qemu_trace import TraceEvent
 from xenhil.harness.xen.parsers.rangesets import (DomainServers, expand_pci, owners, sbdf_to_str,
-                                           str_to_sbdf)
+                                                  str_to_sbdf)
 
 #: What a config read of a BDF nobody owns returns (docs/xen-ioreq-facts.md section 2).
 ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}

@@ -16,7 +16,7 @@ from xenhil.harness.checks.topology import PLATFORM, PROBE_CLASS, ExpectedTopolo
 from xenhil.harness.probe_dm.companion import PROBE_MODEL
 from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 from xenhil.harness.xen.parsers.qemu_trace import (IOREQ_TYPE_COPY, IOREQ_TYPE_PCI_CONFIG, IOREQ_TYPE_PIO,
-                                            TraceEvent)
+                                                   TraceEvent)
 from xenhil.harness.xen.parsers.rangesets import DomainServers, Range, overlaps, sbdf_to_str, str_to_sbdf
 from xenhil.harness.xen import splits
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from xenhil.harness.checks.failure import (CheckFailed, Evidence, Mismatch, fail, fail_if, quote,
-                                    save_evidence)
+                                           save_evidence)
 from xenhil.harness.checks.mapcache import DataPattern, check_pattern_intact
 from xenhil.harness.checks.pci import companion_servers, server_ids_by_model
 from xenhil.harness.errors import ProductError, RemoteCommandFailed, TestBugError, XenhilError
@@ -23,9 +23,9 @@ from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 from xenhil.harness.xen.parsers.lspci import PciDevice, parse_pci_listing
 from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log
 from xenhil.harness.xen.parsers.rangesets import (DomainServers, ServerRanges, format_ranges,
-                                           parse_ioreq_rangesets)
+                                                  parse_ioreq_rangesets)
 from xenhil.harness.xen.savefile import (LIBXL_REC_EMULATOR_CONTEXT, LIBXL_REC_EMULATOR_XENSTORE_DATA,
-                                  SaveFile, parse_savefile)
+                                         SaveFile, parse_savefile)
 from xenhil.harness.xen.splits import Split
 
 

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from xenhil.harness.cli.common import lab_path
 from xenhil.harness.lab.inventory import (InventoryError, Problem, check_inventory, load_inventory,
-                                   parse_host_key)
+                                          parse_host_key)
 from xenhil.harness.lab.inventory_learn import fingerprint
 
 EXIT_OK = 0

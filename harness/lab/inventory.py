@@ -61,7 +61,7 @@ from xenhil.harness import safeyaml
 from xenhil.harness.errors import ConfigError
 from xenhil.harness.secrets import inline_secret_kind, redact_inline
 from xenhil.harness.lab.model import (DEFAULT_IPMI_PORT, KNOWN_CAPABILITIES, CredentialRef, HostSpec,
-                               Inventory, PowerConfig, SerialConfig, SSHConfig, section_port)
+                                      Inventory, PowerConfig, SerialConfig, SSHConfig, section_port)
 
 log = logging.getLogger("xenhil.lab.inventory")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from xenhil.harness.dburl import (POSTGRES_LOCK_KEY, enable_wal, is_postgres, postgres_connect,
-                           postgres_schema_version, redacted, set_postgres_schema_version,
-                           sqlite_path, text_values)
+                                  postgres_schema_version, redacted, set_postgres_schema_version,
+                                  sqlite_path, text_values)
 from xenhil.harness.errors import ConfigError, InfrastructureError
 from xenhil.harness.secrets import scrub
 

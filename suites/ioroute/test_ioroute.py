@@ -6,7 +6,7 @@ that I/O, and no QEMU trace any of it."""
 from xenhil.harness.checks.pci import companion_servers, read_model_traces, server_ids_by_model
 from xenhil.harness.checks.failure import save_evidence
 from xenhil.harness.checks.routing import (check_io_routing, check_probe_io, check_server_ranges,
-                                    class_owners, io_needs, needs_by_model, probe_needs, read_bars)
+                                           class_owners, io_needs, needs_by_model, probe_needs, read_bars)
 from xenhil.harness.checks.topology import PROBE_CLASS
 
 # Guest workloads per device class: each touches the class's ports or its

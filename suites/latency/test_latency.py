@@ -8,7 +8,7 @@ import warnings
 from xenhil.harness.attach import attach_latency
 from xenhil.harness.checks.failure import fail
 from xenhil.harness.checks.latency import (LatencyRegressionNotConfirmed, confirmed_latency_regressions,
-                                    measure_latency)
+                                           measure_latency)
 from xenhil.harness.results.plots import latency_distribution_png
 
 # A port each model owns that is harmless to read: the keyboard controller's

@@ -2,9 +2,9 @@
 emulate, each BDF is owned by the right ioreq server, and the Xen platform
 device answers from the expected model."""
 from xenhil.harness.checks.pci import (check_pci_ownership, check_pci_views, check_platform_device,
-                                check_unowned_bdfs_read_ones, companion_servers, gather_pci_views,
-                                identify_platform_model, probe_unowned_bdfs, read_model_traces,
-                                server_ids_by_model)
+                                       check_unowned_bdfs_read_ones, companion_servers, gather_pci_views,
+                                       identify_platform_model, probe_unowned_bdfs, read_model_traces,
+                                       server_ids_by_model)
 from xenhil.harness.checks.failure import save_evidence
 from xenhil.harness.xen.parsers.probe_output import PortRead, parse_single
 

@@ -12,9 +12,9 @@ has the base class, the registry and the schema the drivers make):
 A new kind is a new module here plus its line below.
 """
 from xenhil.harness.access.power.driver import (OFF, ON, POWER_ACTIONS, POWER_KINDS, UNKNOWN, PowerAuthError,
-                                         PowerDriver, SSHRunner, parse_on_off, power_driver_class,
-                                         power_for, power_kinds, power_schema,
-                                         register_power_driver, run_local, scrub)
+                                                PowerDriver, SSHRunner, parse_on_off, power_driver_class,
+                                                power_for, power_kinds, power_schema,
+                                                register_power_driver, run_local, scrub)
 # The registrations: importing a driver's module registers its kind.
 from xenhil.harness.access.power.ipmi import IPMI_PASSWORD_MAX, IPMIPower
 from xenhil.harness.access.power.ssh_reboot import SSHRebootPower

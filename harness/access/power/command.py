@@ -5,7 +5,7 @@ import shlex
 from typing import Any, Callable, Mapping
 
 from xenhil.harness.access.power.driver import (POWER_ACTIONS, PowerDriver, SSHRunner, parse_on_off,
-                                         register_power_driver, run_local)
+                                                register_power_driver, run_local)
 from xenhil.harness.errors import ConfigError, PowerError
 from xenhil.harness.lab.model import HostSpec
 

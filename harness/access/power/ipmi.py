@@ -7,7 +7,7 @@ import re
 from typing import Callable
 
 from xenhil.harness.access.power.driver import (OFF, PowerAuthError, PowerDriver, SSHRunner,
-                                         _TransientFailure, register_power_driver, run_local)
+                                                _TransientFailure, register_power_driver, run_local)
 from xenhil.harness.errors import ConfigError
 from xenhil.harness.lab.model import DEFAULT_IPMI_PORT, HostSpec, PowerConfig, section_port
 

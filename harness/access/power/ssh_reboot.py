@@ -6,9 +6,9 @@ import logging
 from typing import Any, Callable
 
 from xenhil.harness.access.power.driver import (ON, UNKNOWN, PowerDriver, SSHRunner, _tail,
-                                         register_power_driver)
+                                                register_power_driver)
 from xenhil.harness.errors import (ConnectionLost, InfrastructureError, PowerError, RemoteCommandFailed,
-                            SSHError, TestBugError)
+                                   SSHError, TestBugError)
 from xenhil.harness.lab.model import HostSpec
 
 log = logging.getLogger("xenhil.power")

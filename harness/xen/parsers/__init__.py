@@ -15,7 +15,7 @@ from xenhil.harness.xen.parsers.lspci import PciDevice, parse_pci_listing
 from xenhil.harness.xen.parsers.probe_output import ProbeFailed, parse_probe_output
 from xenhil.harness.xen.parsers.qemu_trace import TraceEvent, parse_trace_log
 from xenhil.harness.xen.parsers.rangesets import (owner_of_port, overlaps, owners, parse_ioreq_rangesets,
-                                           sbdf_to_str, str_to_sbdf)
+                                                  sbdf_to_str, str_to_sbdf)
 from xenhil.harness.xen.parsers.xl_info import XlInfo, parse_xl_info
 from xenhil.harness.xen.parsers.xl_list import DomainEntry, parse_xl_list, parse_xl_list_long
 
