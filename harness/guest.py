@@ -13,7 +13,7 @@ import logging
 import shlex
 import time
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence, TypeVar
 
 from xenhil.harness import budgets
 from xenhil.harness.budgets import COMMAND_ECHO_S, CONSOLE_STALL_S
@@ -24,6 +24,7 @@ from xenhil.harness.xen.dom0_crashes import dom0_uptime
 from xenhil.harness.xen.toolstack import Toolstack
 
 log = logging.getLogger("xenhil.guest")
+T = TypeVar("T")
 
 GUEST_DIR = "/var/lib/xenhil/guests"
 # CONSOLE_STALL_S (silence after the guest's shell prompt that counts as a
@@ -91,6 +92,19 @@ class Guest:
         self.cfg_path = f"{GUEST_DIR}/{self.name}.cfg"
         self.save_path = f"{GUEST_DIR}/{self.name}.save"
         self.domids_seen: list[int] = []
+        # (domid, what) -> an observation that holds while that domain lives.
+        self._observed: dict[tuple[int | None, str], object] = {}
+
+    def observe(self, what: str, read: Callable[[], T]) -> T:
+        """``read()``, once per domain of this guest: what cannot change while
+        the domain lives (its PCI BARs, assigned by its kernel at boot) is
+        read by the first test that needs it and shared with the tests after
+        it; over the console of an emulated host one such read costs minutes.
+        A restored guest is a new domain and is read again."""
+        key = (self.domid, what)
+        if key not in self._observed:
+            self._observed[key] = read()
+        return self._observed[key]
 
     # -- console -------------------------------------------------------------
     @property

@@ -1,10 +1,15 @@
 """Per-class I/O routing and rangesets against device needs."""
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from xenhil.harness.checks.failure import CheckFailed
+from xenhil.harness.guest import Guest
 from xenhil.harness.checks.routing import (DEVICE_PORTS, IoRange, check_io_routing, check_server_ranges,
                                            class_owners, io_accesses, io_needs, needs_by_model,
-                                           parse_sysfs_resource)
+                                           parse_sysfs_resource, read_bars)
 from xenhil.harness.checks.topology import PLATFORM, expected_topology
 from xenhil.harness.xen.parsers.errors import UnexpectedOutput
 from xenhil.harness.xen.parsers.qemu_trace import parse_trace_log
@@ -123,3 +128,39 @@ def test_vga_bar0_need_not_be_claimed_in_full():
     ui = [r.what for r in needs["ui"]]
     assert f"{vga.bdf} BAR0" not in ui and f"{vga.bdf} BAR1" in ui
     assert f"{nic.bdf} BAR0" in [r.what for r in needs[nic.device_class]]
+
+
+RECORDED_RESOURCE = (Path(__file__).parent / "data" / "recorded"
+                     / "guest_sysfs_resource_e1000_qnet_qall_port_417_emulated.txt").read_text()
+
+
+class _ConsoleGuest(Guest):
+    """A Guest whose console commands answer from a recorded sysfs file
+    (`head -n N FILE` applied to it) and are counted: no host behind it."""
+
+    def __init__(self, domid: int):
+        self.domid, self._observed, self.commands = domid, {}, []
+
+    def run(self, command: str, timeout: float = 120.0, check: bool = True) -> str:
+        self.commands.append(command)
+        words = shlex.split(command)
+        assert words[:2] == ["head", "-n"], command
+        return "".join(RECORDED_RESOURCE.splitlines(keepends=True)[:int(words[2])])
+
+
+def test_bars_are_read_once_per_guest_domain_and_only_their_lines():
+    """The BARs are what the full file gives; a second test on the same
+    domain reads nothing; a restored guest (a new domain) is read again."""
+    topo = expected_topology(SPLIT, {"qall": data("cmdline_split_qall.txt"),
+                                     "qnet": data("cmdline_split_qnet.txt")}, GUEST)
+    guest = _ConsoleGuest(domid=7)
+    first = read_bars(guest, topo)
+    reads = len(guest.commands)
+    assert reads == len(topo.devices)
+    assert all(c.startswith("head -n 6 ") for c in guest.commands)
+    full = parse_sysfs_resource(RECORDED_RESOURCE, "00:04.0")
+    assert first["00:04.0"] == [replace(r, source=first["00:04.0"][0].source) for r in full]
+    assert read_bars(guest, topo) == first and len(guest.commands) == reads
+    guest.domid = 8
+    read_bars(guest, topo)
+    assert len(guest.commands) == 2 * reads

@@ -327,13 +327,22 @@ def check_server_ranges(servers: DomainServers, server_models: Mapping[int, str]
 
 
 def read_bars(guest, topology: ExpectedTopology) -> dict[str, list[IoRange]]:
-    """BDF -> BARs of every expected PCI device, from the guest's sysfs."""
+    """BDF -> BARs of every expected PCI device, from the guest's sysfs; read
+    once per guest domain (``Guest.observe``: its kernel assigned them at boot)."""
+    return guest.observe(f"pci bars of {sorted(d.bdf for d in topology.devices)}",
+                         lambda: _read_bars(guest, topology))
+
+
+def _read_bars(guest, topology: ExpectedTopology) -> dict[str, list[IoRange]]:
     import shlex
 
     bars: dict[str, list[IoRange]] = {}
     for d in topology.devices:
         path = f"/sys/bus/pci/devices/0000:{d.bdf}/resource"
-        text = guest.run(f"cat {shlex.quote(path)}", timeout=60, check=False)
+        # The first six lines are the BARs, all parse_sysfs_resource reads; the
+        # rest (ROM, bridge windows) would only slow a console that passes
+        # on 40 bytes a second when the lab machine is busy.
+        text = guest.run(f"head -n 6 {shlex.quote(path)}", timeout=60, check=False)
         if "No such file" in text:
             continue  # the guest does not see it: the PCI view check reports that
         bars[d.bdf] = parse_sysfs_resource(text, d.bdf, source=f"guest {path}")
