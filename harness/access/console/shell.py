@@ -77,9 +77,9 @@ class ShellSession:
         """Wait until ``timeout`` seconds after ``began`` (the command's start)
         for one of ``compiled``, and longer while the console is still
         delivering: when the time is up and a byte arrived since ``began`` and
-        within the last ``CONSOLE_PROGRESS_S``, go on, up to ``CONSOLE_SLOW_FACTOR`` times
-        ``timeout``.  A console silent that long when the time is up fails as
-        before."""
+        within the last ``CONSOLE_PROGRESS_S``, go on, up to
+        ``CONSOLE_SLOW_FACTOR`` times ``timeout``.  A console silent that long
+        when the time is up fails as before."""
         progress_s = budgets.CONSOLE_PROGRESS_S
         most = budgets.CONSOLE_SLOW_FACTOR * timeout
         limit = timeout
