@@ -2,8 +2,7 @@
 build, then a booted guest of the test's split.
 
 labgrid's strategies are the model (labgrid/strategy/shellstrategy.py): one
-object per host and process, a status, and transitions that do only what
-is missing (the host's own state machine, harness.host, takes it from off
+object per host and process, and transitions that do only what is missing (the host's own state machine, harness.host, takes it from off
 to dom0 answering), so a test on a host that already runs the build and the guest
 costs a store lookup.  The first failure latches, as there: provisioning
 marks the host broken (harness.xen.provision), and every later transition
@@ -18,20 +17,12 @@ guests' records, the run record and the latency rows carry one build id.
 """
 from __future__ import annotations
 
-import enum
 import logging
 
 from xenhil.harness.xen.build import XenBuild
 from xenhil.harness.xen.catalog import CatalogSplit
 
 log = logging.getLogger("xenhil.strategy")
-
-
-class Status(enum.Enum):
-    """Where this process last brought the host."""
-    unknown = "unknown"     # not yet looked at by this process
-    dom0 = "dom0"           # dom0 answers and runs the build asked for
-    guest = "guest"         # ... and a guest of a split is booted on it
 
 
 def guest_build(label: str, entry: CatalogSplit) -> str:
@@ -67,7 +58,6 @@ class XenStrategy:
         self.host = host
         self.lab = lab
         self.run = run
-        self.status = Status.unknown
         #: The build the host runs, as it booted it (None until dom0).
         self.booted: XenBuild | None = None
 
@@ -84,18 +74,15 @@ class XenStrategy:
             self.host.ensure_ready()
         recorded = self.lab.pool.store.host_builds().get(self.host.name)
         if self.host.facts.get("build_id") != build.build_id or recorded != build.label:
-            self.status = Status.unknown
             rebooted = provision(self.host, build)
             note_provisioned(self.lab, self.host.name, build.label, rebooted)
-        if self.status is Status.unknown:
-            self.status = Status.dom0
         self.booted = build
         return build
 
     def runs(self, build: XenBuild) -> None:
         """The host runs ``build`` by other means than :meth:`to_dom0` (a
         stand-in host of the framework's tests): dom0, no provisioning."""
-        self.status, self.booted = Status.dom0, build
+        self.booted = build
 
     def to_guest(self, pool, entry: CatalogSplit, *, exclusive: bool = False):
         """A booted guest of the split ``entry`` on dom0 running the run's
@@ -103,7 +90,5 @@ class XenStrategy:
         test that holds the host after this one unless ``exclusive``.  From
         dom0 as this test found it (:meth:`to_dom0`, the ``xen_host``
         fixture), else by way of it."""
-        build = self.booted if self.status is not Status.unknown else self.to_dom0()
-        guest = pool.get(self.host, entry, guest_build(build.label, entry), exclusive=exclusive)
-        self.status = Status.guest
-        return guest
+        build = self.booted if self.booted is not None else self.to_dom0()
+        return pool.get(self.host, entry, guest_build(build.label, entry), exclusive=exclusive)

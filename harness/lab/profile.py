@@ -60,8 +60,3 @@ class HostProfile:
         """How long a guest may take to answer on its console here."""
         return quirks.GUEST_BOOT_TIMEOUT_S if self.emulated else default
 
-
-#: Real hardware: none of the virtual lab's settings.
-REAL = HostProfile(emulated=False)
-#: The virtual lab's hosts.
-EMULATED = HostProfile(emulated=True)

@@ -165,7 +165,6 @@ XEN_CMDLINE = " ".join(("console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M "
 DOM0_CMDLINE = "root=/dev/vda1 ro console=hvc0 earlyprintk=xen"
 
 
-
 # --- timeouts that are long because TCG is slow ---------------------------
 
 # Power on -> dom0 sshd answering.  Seen: 60-90 s on an idle 2-core machine,
@@ -204,8 +203,6 @@ LATENCY_SAMPLES_EMULATED = 5_000
 # (lab/mutants) adds 400 us to the probe: +30 % of its cost, and of its share.
 LATENCY_COST_SPREAD_EMULATED = 1.00
 LATENCY_SHARE_SPREAD_EMULATED = 0.15
-
-
 
 
 def qemu_machine_args() -> list[str]:
@@ -278,4 +275,3 @@ GUEST_CMDLINE_EMULATED = ("pci=noearly", "loglevel=4")
 # CPU (`cpus="1-1"`) gave no crash in 4 boots but halved their speed and
 # left 2 of them without their network (ready marker) after 13 minutes:
 # no remedy.
-
