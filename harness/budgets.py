@@ -116,6 +116,10 @@ BUDGETS: dict[str, Budget] = {
     "verify": _same(120.0 + 30.0, "xl info (120 s) and /proc/cmdline (30 s) on the new dom0"),
     "xl create": _same(300.0, "xenhil.harness.guest.Guest.create: `xl create` and its device models"),
     "xl destroy": _same(120.0, "`xl destroy` of a guest"),
+    "balloon settle": Budget(
+        60.0, 300.0,
+        "a guest's balloon driver reaching its target before `xl save` (harness/xen/"
+        "balloon.py); emulated: more than 30 s measured for 56 MiB"),
     "guest boot": Budget(
         300.0, GUEST_BOOT_TIMEOUT_S,
         "`xl create` -> the guest's shell answering on its console; emulated: "
@@ -127,8 +131,9 @@ BUDGETS: dict[str, Budget] = {
     "test body": _same(
         3600.0,
         "the longest suite body: 3 save/restore cycles (--saverestore-cycles), each up to "
-        "save 200 s + restore 300 s + shell 420 s + its commands; a test needing more "
-        "sets @pytest.mark.timeout"),
+        "save 200 s (after its balloon check: 15 s at most for a guest not ballooning) + "
+        "restore 300 s + shell 420 s + its commands; a test needing more sets "
+        "@pytest.mark.timeout"),
     "teardown": _same(
         600.0,
         "a disruptive test's guest destroyed (120 s), its files removed, the leak check's "

@@ -20,6 +20,7 @@ from xenhil.harness.budgets import COMMAND_ECHO_S, CONSOLE_STALL_S
 from xenhil.harness.errors import InfrastructureError, ProductError, XenhilError
 from xenhil.harness.step import step
 from xenhil.harness.xen import evidence
+from xenhil.harness.xen.balloon import BalloonSettled, wait_balloon_settled
 from xenhil.harness.xen.dom0_crashes import dom0_uptime
 from xenhil.harness.xen.toolstack import Toolstack
 
@@ -303,7 +304,11 @@ class Guest:
 
     @step("save guest {self.name} to {path}")
     def save(self, path: str | None = None, timeout: float = 200.0) -> str:
+        """``xl save`` the guest to ``path`` (its save_path by default), once
+        its balloon driver has settled: a Linux guest still ballooning cannot
+        suspend (harness/xen/balloon.py)."""
         path = path or self.save_path
+        self.wait_balloon_settled()
         self._close_console()
         self.xl.xl("save", self.name, path, timeout=timeout)
         if self.xl.domain(self.name) is not None:
@@ -313,6 +318,16 @@ class Guest:
         for companion in self.companions:
             companion.saved(self)
         return path
+
+    @step("wait for the balloon driver of guest {self.name}")
+    def wait_balloon_settled(self) -> BalloonSettled:
+        """The guest's memory at its balloon target, or no longer moving."""
+        settled = wait_balloon_settled(
+            self.xl, self.name, budgets.seconds("balloon settle", self.host.spec.profile))
+        log.info("guest %s: memory %d MiB, balloon target %s MiB (%s after %.0f s)", self.name,
+                 settled.memory_mib, settled.target_mib,
+                 "reached" if settled.reached else "not moving", settled.waited_s)
+        return settled
 
     @step("restore guest {self.name} from {path}")
     def restore(self, path: str | None = None, paused: bool = False, timeout: float = 300.0) -> int:

@@ -236,7 +236,8 @@ def test_planted_faults_do_on_xen_what_the_mutants_need(probe_guest):
     """The probe's faults (harness/probe_dm/faults.py, lab/mutants), each in a
     second probe of this guest: claim-qemu-port makes Xen hand a range QEMU
     holds to the probe (the newer server), which answers the guest there;
-    delay slows every round trip by at least the delay."""
+    delay slows every round trip, by a clear part of the delay as the
+    guest's clock sees it."""
     from xenhil.harness.checks.latency import time_in_command
     from xenhil.harness.xen.parsers.probe_output import TimeIn, parse_single
     g = probe_guest
@@ -258,16 +259,21 @@ def test_planted_faults_do_on_xen_what_the_mutants_need(probe_guest):
         text = g.guest.run(time_in_command(port, 200, raw=False), timeout=600)
         return parse_single(text, TimeIn).p50_ns
 
-    delayed = start_probe(g.host, domid, [FAULT_PORTS], fault="delay=2000")
+    delay_us = 4000
+    delayed = start_probe(g.host, domid, [FAULT_PORTS], fault=f"delay={delay_us}")
     try:
         clean, slow = p50_ns(PROBE_PORTS[0]), p50_ns(FAULT_PORTS[0])
     finally:
         delayed.stop()
-    # Half the delay, not all of it: the guest times with its own clock, and
-    # under TCG that clock and dom0's (where the probe busy-waits) disagree by
-    # tens of percent (a CI run measured 1.68 ms for the 2 ms delay).  Without
-    # the delay the two p50s differ by noise, well under a millisecond.
-    assert slow - clean >= 0.5 * 2_000_000, f"p50 {slow:.0f} ns with delay=2000 vs {clean:.0f} ns"
+    # A quarter of the delay, not all of it: the guest times with its own
+    # clock, and under TCG that clock and dom0's (where the probe busy-waits)
+    # disagree by up to half: a 2 ms delay showed as 1.68 ms in a CI run and
+    # as 0.99 ms on the virtual lab (2026-12-01, clean p50 4.17 ms).  The
+    # mutants need the delay to show, not its exact size (the latency suite
+    # compares servers measured by the same clock).  Without the delay the
+    # two p50s differ by noise, well under a millisecond.
+    assert slow - clean >= 0.25 * delay_us * 1000, \
+        f"p50 {slow:.0f} ns with delay={delay_us} vs {clean:.0f} ns"
 
 
 def test_xl_mem_set_invalidates_the_map_cache_of_both_servers(probe_guest):
@@ -288,10 +294,15 @@ def test_xl_mem_set_invalidates_the_map_cache_of_both_servers(probe_guest):
 
 
 def test_save_restore_keeps_both_servers(probe_guest):
+    """Saved while its balloon driver still gives memory back: a Linux guest
+    cannot suspend then (harness/xen/balloon.py; without the wait this
+    failed 2 of 2 on the virtual lab, and once in CI), so Guest.save waits
+    for the balloon first."""
     g = probe_guest
     bar = guest_bar0(g)
     port_write(g, PROBE_PORTS[0] + 12, b"\x5a\xa5\x0f\xf0")
     old = g.probe
+    g.xl.xl("mem-set", g.guest.name, "150m")
     g.guest.save()
     gone = old.wait_for_state(("domain-gone",), timeout=30)
     assert gone is not None and gone.state == "domain-gone", \

@@ -164,21 +164,6 @@ def settled(read: Callable[[], tuple[dict, Any]], timeout: float,
     return counts, source
 
 
-def _wait_memory(guest, target_mib: int, timeout: float) -> int:
-    """Poll ``xl list`` until the domain's memory is at or below the target."""
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
-        entry = guest.xl.domain(guest.name)
-        seen = entry.mem_mib if entry is not None else None
-        if seen is not None and seen <= target_mib + 1:
-            return seen
-        time.sleep(2.0)
-    raise InfrastructureError(f"guest {guest.name} did not balloon down to {target_mib} MiB in "
-                              f"{timeout:.0f} s (xl list shows {seen} MiB)",
-                              help="is the balloon driver in the guest kernel? (CONFIG_XEN_BALLOON)")
-
-
 @step("map-cache invalidate cycle of guest {guest.name} to {targets_mib} MiB")
 def mapcache_cycle(guest, model_logs: Mapping[str, str], targets_mib: Sequence[int], *,
                    pattern_target: str, pattern: DataPattern | None = None,
@@ -198,7 +183,12 @@ def mapcache_cycle(guest, model_logs: Mapping[str, str], targets_mib: Sequence[i
     guest.xl.dmesg(clear=True)
     for target in targets_mib:
         guest.xl.xl("mem-set", guest.name, f"{int(target)}m")
-        _wait_memory(guest, int(target), settle_timeout)
+        balloon = guest.wait_balloon_settled()
+        if not balloon.reached:
+            raise InfrastructureError(
+                f"guest {guest.name} did not balloon down to {target} MiB: it stopped at "
+                f"{balloon.memory_mib} MiB (target {balloon.target_mib} MiB)",
+                help="is the balloon driver in the guest kernel? (CONFIG_XEN_BALLOON)")
     evidence: dict[str, str] = {}
 
     def count_now() -> tuple[dict[str, int], dict[str, str]]:

@@ -132,6 +132,11 @@ class Toolstack:
     def xenstore_exists(self, path: str) -> bool:
         return self.ssh.run(["xenstore-exists", path], timeout=30).exit_status == 0
 
+    def xenstore_read(self, path: str) -> str | None:
+        """The value at ``path``, None when there is none."""
+        result = self.ssh.run(["xenstore-read", path], timeout=30)
+        return result.stdout.strip() if result.ok else None
+
 
 def _dry_run_json(output: str) -> dict | None:
     """The domain config ``xl -N create`` printed (a JSON object after xl's
