@@ -320,10 +320,12 @@ class Guest:
         return path
 
     @step("wait for the balloon driver of guest {self.name}")
-    def wait_balloon_settled(self) -> BalloonSettled:
-        """The guest's memory at its balloon target, or no longer moving."""
+    def wait_balloon_settled(self, reach_target: bool = False) -> BalloonSettled:
+        """The guest's memory at its balloon target, or no longer moving
+        (with ``reach_target``: at its target)."""
         settled = wait_balloon_settled(
-            self.xl, self.name, budgets.seconds("balloon settle", self.host.spec.profile))
+            self.xl, self.name, budgets.seconds("balloon settle", self.host.spec.profile),
+            reach_target=reach_target)
         log.info("guest %s: memory %d MiB, balloon target %s MiB (%s after %.0f s)", self.name,
                  settled.memory_mib, settled.target_mib,
                  "reached" if settled.reached else "not moving", settled.waited_s)

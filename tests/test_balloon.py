@@ -89,7 +89,7 @@ def test_wait_polls_until_the_target_is_reached():
 def test_wait_gives_up_naming_memory_and_target_while_still_moving():
     readings = [(250 - i, "196608") for i in range(40)]
     clock = Clock()
-    with pytest.raises(InfrastructureError, match=r"still moving after 60 s: 2\d\d MiB, target 192"):
+    with pytest.raises(InfrastructureError, match=r"not settled after 60 s: 2\d\d MiB, target 192"):
         wait_balloon_settled(ReadingsToolstack(readings), "g", timeout=60, poll_s=3,
                              clock=clock, sleep=clock.sleep)
 
@@ -106,3 +106,18 @@ def test_a_target_xenstore_does_not_hold_is_none():
     settled = wait_balloon_settled(ReadingsToolstack([(256, None)]), "g", timeout=60, poll_s=3,
                                    clock=clock, sleep=clock.sleep)
     assert settled.target_mib is None and not settled.reached and settled.waited_s >= STILL_S
+
+
+def test_reaching_the_target_waits_out_a_pause_on_the_way():
+    readings = [(230, "196608")] * 10 + [(192, "196608")]
+    clock = Clock()
+    settled = wait_balloon_settled(ReadingsToolstack(readings), "g", timeout=300, poll_s=3,
+                                   reach_target=True, clock=clock, sleep=clock.sleep)
+    assert settled.reached and settled.waited_s == 30.0 > STILL_S
+
+
+def test_reaching_the_target_gives_up_at_the_timeout_when_stuck_short():
+    clock = Clock()
+    with pytest.raises(InfrastructureError, match="not settled after 60 s: 230 MiB, target 192"):
+        wait_balloon_settled(ReadingsToolstack([(230, "196608")]), "g", timeout=60, poll_s=3,
+                             reach_target=True, clock=clock, sleep=clock.sleep)

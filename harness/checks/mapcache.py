@@ -183,12 +183,13 @@ def mapcache_cycle(guest, model_logs: Mapping[str, str], targets_mib: Sequence[i
     guest.xl.dmesg(clear=True)
     for target in targets_mib:
         guest.xl.xl("mem-set", guest.name, f"{int(target)}m")
-        balloon = guest.wait_balloon_settled()
-        if not balloon.reached:
-            raise InfrastructureError(
-                f"guest {guest.name} did not balloon down to {target} MiB: it stopped at "
-                f"{balloon.memory_mib} MiB (target {balloon.target_mib} MiB)",
-                help="is the balloon driver in the guest kernel? (CONFIG_XEN_BALLOON)")
+        try:
+            guest.wait_balloon_settled(reach_target=True)
+        except InfrastructureError as exc:
+            raise InfrastructureError(f"guest {guest.name} did not balloon down to {target} MiB: "
+                                      f"{exc.args[0]}",
+                                      help="is the balloon driver in the guest kernel? "
+                                           "(CONFIG_XEN_BALLOON)") from exc
     evidence: dict[str, str] = {}
 
     def count_now() -> tuple[dict[str, int], dict[str, str]]:

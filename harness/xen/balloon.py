@@ -27,6 +27,7 @@ and a sleeping driver freezes).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -99,14 +100,16 @@ def read_balloon(xl, name: str) -> BalloonReading:
     return BalloonReading(entry.mem_mib, target)
 
 
-def wait_balloon_settled(xl, name: str, timeout: float, *, poll_s: float = POLL_S,
-                         clock: Callable[[], float] = time.monotonic,
+def wait_balloon_settled(xl, name: str, timeout: float, *, reach_target: bool = False,
+                         poll_s: float = POLL_S, clock: Callable[[], float] = time.monotonic,
                          sleep: Callable[[float], None] = time.sleep) -> BalloonSettled:
-    """Poll the domain ``name`` until its balloon settles (:class:`BalloonWatch`).
+    """Poll the domain ``name`` until its balloon settles (:class:`BalloonWatch`);
+    with ``reach_target``, only reaching the target counts (a pause on the
+    way is waited out).
 
-    Raises :class:`InfrastructureError` when it is still moving after
+    Raises :class:`InfrastructureError` when it has not settled after
     ``timeout`` seconds, naming its memory and target."""
-    watch = BalloonWatch()
+    watch = BalloonWatch(still_s=math.inf) if reach_target else BalloonWatch()
     start = clock()
     while True:
         settled = watch.add(clock(), read_balloon(xl, name))
@@ -115,7 +118,7 @@ def wait_balloon_settled(xl, name: str, timeout: float, *, poll_s: float = POLL_
         if clock() - start >= timeout:
             last = watch.last
             raise InfrastructureError(
-                f"guest {name}'s balloon driver was still moving after {timeout:.0f} s: "
+                f"guest {name}'s balloon driver had not settled after {timeout:.0f} s: "
                 f"{last.memory_mib} MiB, target {last.target_mib} MiB",
                 help="a guest ballooning this slowly is starved of CPU: check the host's load "
                      "and the guest console transcript")
