@@ -2,8 +2,9 @@
 build, then a booted guest of the test's split.
 
 labgrid's strategies are the model (labgrid/strategy/shellstrategy.py): one
-object per host and process, and transitions that do only what is missing (the host's own state machine, harness.host, takes it from off
-to dom0 answering), so a test on a host that already runs the build and the guest
+object per host and process, and transitions that do only what is missing
+(the host's own state machine, harness.host, takes it from off to dom0
+answering), so a test on a host that already runs the build and the guest
 costs a store lookup.  The first failure latches, as there: provisioning
 marks the host broken (harness.xen.provision), and every later transition
 on it raises at once (``Host.raise_if_broken``) instead of installing and

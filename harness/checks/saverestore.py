@@ -368,10 +368,7 @@ def save_restore_cycle(guest, *, model_logs: Mapping[str, str] | None = None,
     own_after = _ownership(guest, model_logs, offsets, evidence, "after", out_dir)
     checks.run(check_same_ownership, own_before, own_after, evidence)
     paths = dict(state_paths_override or state_paths(split, guest.domid))
-    states: dict[str, str | None] = {}
-    for model, path in paths.items():
-        res = host.ssh.run(["xenstore-read", path], timeout=30)
-        states[path] = res.stdout.strip() if res.exit_status == 0 else None
+    states: dict[str, str | None] = {path: guest.xl.xenstore_read(path) for path in paths.values()}
     record.model_states = states
     pids = guest.xl.qemu_pids(guest.domid)
     checks.run(check_models_running, states, evidence, {"expected": len(models), "seen": len(pids)})

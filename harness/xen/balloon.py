@@ -76,7 +76,7 @@ class BalloonWatch:
         """The reading taken at monotonic time ``at``; a verdict once settled."""
         if self.first_at is None:
             self.first_at = self.moved_at = at
-        elif self.last is not None and reading.memory_mib != self.last.memory_mib:
+        elif reading.memory_mib != self.last.memory_mib:
             self.moved_at = at
         self.last = reading
         waited = at - self.first_at
@@ -112,10 +112,11 @@ def wait_balloon_settled(xl, name: str, timeout: float, *, reach_target: bool = 
     watch = BalloonWatch(still_s=math.inf) if reach_target else BalloonWatch()
     start = clock()
     while True:
-        settled = watch.add(clock(), read_balloon(xl, name))
+        now = clock()
+        settled = watch.add(now, read_balloon(xl, name))
         if settled is not None:
             return settled
-        if clock() - start >= timeout:
+        if now - start >= timeout:
             last = watch.last
             raise InfrastructureError(
                 f"guest {name}'s balloon driver had not settled after {timeout:.0f} s: "
