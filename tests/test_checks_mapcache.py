@@ -3,6 +3,7 @@
 import hashlib
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,75 @@ def test_invalidate_counts_are_compared_once_they_stop_moving():
     moving = iter(range(100))
     settled(lambda: ({"0": next(moving)}, "t"), timeout=30, poll=5, sleep=slept.append)
     assert sum(slept) == 30, "a count that never settles is read for the timeout, no longer"
+
+
+# Trace lines written by hand in QEMU 7.2's log-backend shape (pid@sec.usec:),
+# a model's map-cache misses around invalidates.
+def _remap(index: int) -> str:
+    return f"4242@1764600000.000001:xen_remap_bucket index {index:#x}"
+
+
+_INVALIDATE = "4242@1764600000.000002:handle_ioreq I/O=0x55d0 type=8 dir=1 df=0 ptr=0 port=0x0 data=0x0 count=1 size=4"
+_DMA_EARLIER = "\n".join(_remap(i) for i in (0x0, 0x1, 0x9f, 0xe))
+
+
+def _remaps(window_lines):
+    from xenhil.harness.checks.mapcache import Remaps
+    return Remaps.around_last_invalidate(parse_trace_log(_DMA_EARLIER), parse_trace_log("\n".join(window_lines)))
+
+
+def test_a_model_that_maps_a_known_bucket_again_after_its_last_invalidate_emptied_its_cache():
+    from xenhil.harness.checks.mapcache import check_map_caches_emptied
+    r = _remaps([_INVALIDATE, _remap(0x20), _INVALIDATE, _remap(0x9f), _remap(0x40)])
+    assert r.before == {0x0, 0x1, 0x9f, 0xe, 0x20} and r.after == (0x9f, 0x40) and r.invalidated
+    check_map_caches_emptied({"qnet": r}, {"trace of model qnet": "trace-qnet.log"})
+
+
+def test_a_model_that_traces_the_invalidate_but_keeps_its_mappings_fails():
+    """The mutant qemu-invalidate-ignored: after its last invalidate the model
+    maps only buckets it never had (a kept bucket is a hit, not traced)."""
+    from xenhil.harness.checks.mapcache import check_map_caches_emptied
+    kept = _remaps([_INVALIDATE, _INVALIDATE, _remap(0x41)])
+    with pytest.raises(CheckFailed) as info:
+        check_map_caches_emptied({"qall": _remaps([_INVALIDATE, _remap(0x1)]), "qnet": kept},
+                                 {"trace of model qnet": "trace-qnet.log"})
+    text = assert_failure_message(
+        info.value, "model qnet: expected a bucket it had mapped before its last invalidate mapped again after it",
+        "seen 1 bucket(s) mapped after it (0x41), none of the 4 mapped before: its map cache kept them",
+        "evidence trace of model qnet: trace-qnet.log")
+    assert "model qall" not in text
+    # no DMA after the invalidate at all is the same verdict
+    with pytest.raises(CheckFailed, match=r"0 bucket\(s\) mapped after it \(none\)"):
+        check_map_caches_emptied({"qnet": _remaps([_INVALIDATE])}, {"e": "x"})
+
+
+def test_a_dma_model_with_no_map_cache_miss_before_its_invalidate_fails():
+    from xenhil.harness.checks.mapcache import Remaps, check_map_caches_emptied
+    r = Remaps.around_last_invalidate([], parse_trace_log("\n".join([_INVALIDATE, _remap(0x1)])))
+    with pytest.raises(CheckFailed, match="is the trace event enabled"):
+        check_map_caches_emptied({"qide": r}, {"e": "x"})
+
+
+def test_a_model_without_invalidates_is_left_to_the_count_check():
+    from xenhil.harness.checks.mapcache import check_map_caches_emptied
+    r = _remaps([_remap(0x1)])
+    assert not r.invalidated and r.after == () and 0x1 in r.before
+    check_map_caches_emptied({"qnet": r}, {"e": "x"})
+
+
+def test_only_models_owning_a_disk_or_a_nic_are_dma_models():
+    from xenhil.harness.checks.mapcache import dma_models
+    owners = {"ui": "qui", "audio": "qaudio", "ide": "qide", "serial": "qserial", "nic:nic1": "qnet"}
+    assert dma_models(owners) == {"qide", "qnet"}
+    assert dma_models({"ui": "0", "ide": "0", "serial": "0", "nic:nic1": "0"}) == {"0"}
+    assert dma_models({"ui": "qall", "serial": "qall", "ide": None}) == set()
+
+
+def test_the_nic_workload_pings_dom0_across_the_isolated_bridge_only():
+    """Guest traffic stays on the lab host: dom0's xenbr0 address, which the
+    dom0 image's network unit gives it."""
+    from xenhil.harness.lab.virtual.guestkit import DOM0_BRIDGE_ADDRESS, NIC_TRAFFIC_COMMAND
+    unit = (Path(__file__).resolve().parents[1] / "lab/virtual/dom0/overlay/etc/systemd/network"
+            / "30-xenbr0.network").read_text()
+    assert f"Address={DOM0_BRIDGE_ADDRESS}/24" in unit
+    assert f"ping -c 3 -W 1 {DOM0_BRIDGE_ADDRESS} " in NIC_TRAFFIC_COMMAND

@@ -64,3 +64,12 @@ def test_known_event_with_wrong_format_raises():
 def test_unknown_names_are_not_events():
     assert parse_trace_line("VNC server running on 127.0.0.1:5900") is None
     assert parse_trace_line("xen_map_cache want 0x1000") is None
+
+
+def test_remapped_buckets_in_order():
+    """Two lines written by hand in QEMU 7.2's format (hw/i386/xen/trace-events)."""
+    from xenhil.harness.xen.parsers.qemu_trace import remapped_buckets
+    text = "7@1.000001:xen_remap_bucket index 0x9f\nxen_remap_bucket index 0x0\n"
+    assert remapped_buckets(parse_trace_log(text)) == [0x9f, 0x0]
+    with pytest.raises(UnexpectedOutput, match="xen_remap_bucket"):
+        parse_trace_log("xen_remap_bucket 0x9f")

@@ -1,7 +1,9 @@
 """Map-cache invalidation (docs/xen-ioreq-facts.md section 3): after the guest gives memory
 back (``xl mem-set`` lowering it), Xen sends IOREQ_TYPE_INVALIDATE (type 8)
 to every enabled server, and no "Unsuccessful map-cache invalidate" is
-logged; data on the guest's emulated disk stays intact across it.
+logged; each QEMU that does DMA really empties its map cache (it maps
+again, after its last invalidate, a bucket it had mapped before); data on
+the guest's emulated disk stays intact across it.
 """
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from xenhil.harness.checks.failure import Evidence, Mismatch, fail, fail_if, quote, save_evidence
 from xenhil.harness.errors import InfrastructureError
 from xenhil.harness.step import step
-from xenhil.harness.xen.parsers.qemu_trace import IOREQ_TYPE_INVALIDATE, TraceEvent, parse_trace_log
+from xenhil.harness.lab.virtual.guestkit import NIC_TRAFFIC_COMMAND
+from xenhil.harness.xen.parsers.qemu_trace import (IOREQ_TYPE_INVALIDATE, TraceEvent, parse_trace_log,
+                                                   remapped_buckets)
+from xenhil.harness.xen.splits import IDE, NIC_PREFIX
 
 #: Xen's message when a server did not answer an invalidate (xen/common/ioreq.c).
 INVALIDATE_FAILURE = "Unsuccessful map-cache invalidate"
@@ -24,7 +29,7 @@ INVALIDATE_FAILURE = "Unsuccessful map-cache invalidate"
 def count_invalidates(events: Iterable[TraceEvent]) -> int:
     """handle_ioreq lines with type=8 (one per request; the _read/_write
     variants of the same request are not counted again)."""
-    return sum(1 for e in events if e.name == "handle_ioreq" and e.args.get("type") == IOREQ_TYPE_INVALIDATE)
+    return sum(1 for e in events if is_invalidate(e))
 
 
 def check_invalidates(counts: Mapping[str, int], events: int, evidence: Evidence) -> None:
@@ -41,6 +46,69 @@ def check_invalidates(counts: Mapping[str, int], events: int, evidence: Evidence
                                  ", ".join(f"{m}={n}" for m, n in sorted(counts.items()))))
     fail_if(problems, f"map-cache invalidate reached every server ({events} event(s))",
             expected=f"handle_ioreq type=8 in every model's log, >= {events} each", evidence=evidence)
+
+
+def is_invalidate(event: TraceEvent) -> bool:
+    return event.name == "handle_ioreq" and event.args.get("type") == IOREQ_TYPE_INVALIDATE
+
+
+@dataclass(frozen=True)
+class Remaps:
+    """One model's map-cache misses around its last invalidate: the buckets
+    it had mapped before it (since the model started) and those it mapped
+    after it.  ``invalidated``: the window had an invalidate at all."""
+
+    before: frozenset[int]
+    after: tuple[int, ...]
+    invalidated: bool
+
+    @classmethod
+    def around_last_invalidate(cls, earlier: Iterable[TraceEvent], window: Sequence[TraceEvent]) -> "Remaps":
+        """``earlier``: the model's events before the window (only its
+        xen_remap_bucket lines matter); ``window``: its events since the
+        first memory-removal event, invalidates included."""
+        last = max((i for i, e in enumerate(window) if is_invalidate(e)), default=None)
+        before = set(remapped_buckets(earlier))
+        if last is None:
+            return cls(frozenset(before | set(remapped_buckets(window))), (), False)
+        before |= set(remapped_buckets(window[:last]))
+        return cls(frozenset(before), tuple(remapped_buckets(window[last + 1:])), True)
+
+
+def dma_models(owners: Mapping[str, str]) -> set[str]:
+    """Models that own a device doing DMA through the map cache (the disk, a
+    NIC): device class -> model, as the guest's owner table."""
+    return {model for dclass, model in owners.items()
+            if model is not None and (dclass == IDE or dclass.startswith(NIC_PREFIX))}
+
+
+def check_map_caches_emptied(remaps: Mapping[str, Remaps], evidence: Evidence) -> None:
+    """Each model (model -> its remaps; only models whose DMA devices the
+    workload drove after the invalidates) mapped again, after its last
+    invalidate, a bucket it had mapped before: the invalidate emptied its
+    cache.  A model that logs the invalidate but keeps its mappings maps
+    nothing it knew (QEMU's xen_invalidate_map_cache() drops every unlocked
+    bucket; a kept bucket is a hit, which is not traced).  A model without
+    any invalidate is left to the count check."""
+    problems = []
+    for model, r in sorted(remaps.items()):
+        if not r.invalidated:
+            continue
+        if not r.before:
+            problems.append(Mismatch(f"model {model}", "buckets mapped before its last invalidate "
+                                                       "(its DMA device ran before)",
+                                     "no xen_remap_bucket line before it (is the trace event enabled?)"))
+        elif not r.before.intersection(r.after):
+            shown = ", ".join(f"{b:#x}" for b in r.after[:6]) or "none"
+            problems.append(Mismatch(
+                f"model {model}", "a bucket it had mapped before its last invalidate mapped again after it",
+                f"{len(r.after)} bucket(s) mapped after it ({shown}), none of the {len(r.before)} "
+                f"mapped before: its map cache kept them"))
+    fail_if(problems, "every DMA model emptied its map cache on invalidate",
+            expected="xen_remap_bucket of an earlier bucket after each model's last invalidate",
+            evidence=evidence,
+            help="a model that traces the invalidate but keeps its mappings goes on using frames "
+                 "the guest gave back (QEMU: handle_ioreq -> xen_invalidate_map_cache)")
 
 
 def invalidate_failures(dmesg_text: str) -> list[str]:
@@ -125,10 +193,13 @@ class MapcacheRecord:
     dmesg_failures: list[str]
     pattern_sha256: str
     evidence: dict[str, str] = field(default_factory=dict)
+    #: model -> buckets mapped before its last invalidate, after it, and both
+    remaps: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"targets_mib": self.targets_mib, "invalidates": self.invalidates,
-                "dmesg_failures": self.dmesg_failures, "pattern_sha256": self.pattern_sha256}
+                "dmesg_failures": self.dmesg_failures, "pattern_sha256": self.pattern_sha256,
+                "remaps": self.remaps}
 
 
 def _log_size(host, path: str) -> int:
@@ -138,6 +209,13 @@ def _log_size(host, path: str) -> int:
 
 def _log_since(host, path: str, offset: int) -> str:
     return host.ssh.run(f"tail -c +{offset + 1} {shlex.quote(path)}", timeout=120, check=True).stdout
+
+
+def _remaps_before(host, path: str, offset: int) -> str:
+    """The xen_remap_bucket lines of the log's first ``offset`` bytes (the
+    model's life before the cycle; the rest of those lines is not needed)."""
+    return host.ssh.run(f"head -c {int(offset)} {shlex.quote(path)} | grep -a -F xen_remap_bucket || true",
+                        timeout=120, check=True).stdout
 
 
 #: Seconds between two readings of every server's invalidate count: equal
@@ -206,18 +284,33 @@ def mapcache_cycle(guest, model_logs: Mapping[str, str], targets_mib: Sequence[i
     # be handing back its last pages): counts read one after the other right
     # after the memory target differed by ~2 % (4653 vs 4737 on an emulated
     # host).  Compared once no server's count moves any more.
-    counts, traces = settled(count_now, settle_timeout)
-    for model in model_logs:
-        evidence[f"trace of model {model} since the first mem-set"] = save_evidence(
-            out_dir, f"trace-{model}.log", traces[model])
+    counts, _ = settled(count_now, settle_timeout)
     for companion in companions.values():
         evidence.update(companion.evidence(guest, out_dir))
     dmesg = guest.xl.dmesg()
     evidence["xl dmesg"] = save_evidence(out_dir, "xl-dmesg.txt", dmesg)
+    # DMA after the last invalidate, so that each model that does DMA shows
+    # whether its cache was emptied: the NIC's ping here, the disk's readback.
+    owners = guest.config.owner_table()
+    if any(dclass.startswith(NIC_PREFIX) for dclass in owners):
+        guest.run(NIC_TRAFFIC_COMMAND, timeout=120, check=False)
     readback = guest.run(pattern.readback_command(pattern_target), timeout=300)
     evidence["pattern readback"] = save_evidence(out_dir, "readback.txt", readback)
-    record = MapcacheRecord(list(targets_mib), counts, invalidate_failures(dmesg), pattern.sha256, evidence)
+    remaps = {}
+    for model, path in model_logs.items():
+        trace = _log_since(host, path, offsets[model])
+        evidence[f"trace of model {model} since the first mem-set"] = save_evidence(
+            out_dir, f"trace-{model}.log", trace)
+        if model in dma_models(owners):
+            earlier = _remaps_before(host, path, offsets[model])
+            remaps[model] = Remaps.around_last_invalidate(parse_trace_log(earlier, source=path),
+                                                          parse_trace_log(trace, source=path))
+    record = MapcacheRecord(list(targets_mib), counts, invalidate_failures(dmesg), pattern.sha256, evidence,
+                            remaps={m: {"before": len(r.before), "after": len(r.after),
+                                        "again": len(r.before.intersection(r.after))}
+                                    for m, r in remaps.items()})
     check_no_invalidate_failure(dmesg, evidence)
     check_invalidates(counts, len(targets_mib), evidence)
+    check_map_caches_emptied(remaps, evidence)
     check_pattern_intact(pattern, readback, pattern_target, evidence)
     return record

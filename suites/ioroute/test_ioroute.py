@@ -8,6 +8,7 @@ from xenhil.harness.checks.failure import save_evidence
 from xenhil.harness.checks.routing import (check_io_routing, check_probe_io, check_server_ranges,
                                            class_owners, io_needs, needs_by_model, probe_needs, read_bars)
 from xenhil.harness.checks.topology import PROBE_CLASS
+from xenhil.harness.lab.virtual.guestkit import NIC_TRAFFIC_COMMAND
 
 # Guest workloads per device class: each touches the class's ports or its
 # PCI function, through the guest kernel's drivers and the probe.
@@ -22,7 +23,7 @@ def _drive_io(guest, classes):
     for dclass in classes:
         command = WORKLOADS.get(dclass)
         if dclass.startswith("nic:"):
-            command = "ip link set eth0 up; ping -c 3 -W 1 192.0.2.1 >/dev/null 2>&1; true"
+            command = NIC_TRAFFIC_COMMAND
         if command:
             guest.run(command, timeout=120, check=False)
 

@@ -45,6 +45,11 @@ KIT_VERSION = "2"  # bump when the kit's layout changes (part of the hash)
 # Where the guest's init puts eth0 when no DHCP server answers on xenbr0
 # (lab/virtual/guest/init); dom0 reaches it over the bridge.
 GUEST_ADDRESS = "192.168.100.10"
+# dom0's own address on xenbr0 (lab/virtual/dom0/overlay/.../30-xenbr0.network).
+DOM0_BRIDGE_ADDRESS = "192.168.100.1"
+# Makes the guest's NIC move frames both ways: a ping to dom0 across the
+# isolated bridge (nothing leaves the host; the guest has no default route).
+NIC_TRAFFIC_COMMAND = f"ip link set eth0 up; ping -c 3 -W 1 {DOM0_BRIDGE_ADDRESS} >/dev/null 2>&1; true"
 DROPBEAR_HOST_KEY = "etc/dropbear/dropbear_ed25519_host_key"
 MULTIARCH = "x86_64-linux-gnu"
 

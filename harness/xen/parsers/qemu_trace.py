@@ -49,6 +49,9 @@ TRACE_FORMATS: dict[str, tuple[tuple[str, ...], str]] = {
                                "I/O=%p sbdf=0x%x reg=%u size=%u data=0x%x"),
     "xen_map_resource_ioreq": (("id", "addr"), "id: %u addr: %p"),
     "xen_platform_log": (("s",), "xen platform: %s"),
+    # hw/i386/xen/trace-events (xen-mapcache.c): a map-cache miss, the bucket
+    # (guest physical address >> 20: 1 MiB buckets on x86-64) mapped anew.
+    "xen_remap_bucket": (("index",), "index 0x%PRIx64"),
 }
 
 # ioreq types (xen/include/public/hvm/ioreq.h)
@@ -149,6 +152,11 @@ def iter_trace_events(lines: Iterable[str], source: str = "qemu-dm log") -> Iter
 
 
 # --- what the checks ask of a model's log ---------------------------------
+
+def remapped_buckets(events: Iterable[TraceEvent]) -> list[int]:
+    """Bucket indices of the model's map-cache misses (xen_remap_bucket), in order."""
+    return [e["index"] for e in events if e.name == "xen_remap_bucket"]
+
 
 def ioreq_server_ids(events: Iterable[TraceEvent]) -> list[int]:
     """Ids this QEMU created (xen_ioreq_server_create), in order."""
