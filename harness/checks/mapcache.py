@@ -253,7 +253,13 @@ def mapcache_cycle(guest, model_logs: Mapping[str, str], targets_mib: Sequence[i
     trace log on the host (handle_ioreq enabled)."""
     host, out_dir = guest.host, guest.artifacts_dir / "mapcache"
     pattern = pattern or DataPattern(f"mc{int(time.time())}")
+    # DMA before the invalidates too (the disk's by the pattern's write, the
+    # NIC's by a ping): a restored guest's models have mapped nothing yet.
+    owners = guest.config.owner_table()
+    has_nic = any(dclass.startswith(NIC_PREFIX) for dclass in owners)
     guest.run(pattern.write_command(pattern_target), timeout=300)
+    if has_nic:
+        guest.run(NIC_TRAFFIC_COMMAND, timeout=120, check=False)
     offsets = {m: _log_size(host, p) for m, p in model_logs.items()}
     # Companion servers (the probe) count invalidates themselves.
     companions = {c.name: c for c in getattr(guest, "companions", ())}
@@ -291,8 +297,7 @@ def mapcache_cycle(guest, model_logs: Mapping[str, str], targets_mib: Sequence[i
     evidence["xl dmesg"] = save_evidence(out_dir, "xl-dmesg.txt", dmesg)
     # DMA after the last invalidate, so that each model that does DMA shows
     # whether its cache was emptied: the NIC's ping here, the disk's readback.
-    owners = guest.config.owner_table()
-    if any(dclass.startswith(NIC_PREFIX) for dclass in owners):
+    if has_nic:
         guest.run(NIC_TRAFFIC_COMMAND, timeout=120, check=False)
     readback = guest.run(pattern.readback_command(pattern_target), timeout=300)
     evidence["pattern readback"] = save_evidence(out_dir, "readback.txt", readback)
