@@ -3,8 +3,8 @@ that owns the class and no other; the servers' ranges cover what their
 devices need and no range is claimed twice.  With the probe ioreq server in
 the split, its registers and BAR are driven too: its own counters must see
 that I/O, and no QEMU trace any of it."""
-from xenhil.harness.checks.pci import companion_servers, read_model_traces, server_ids_by_model
-from xenhil.harness.checks.failure import save_evidence
+from xenhil.harness.checks.observe import observe_rangesets, observe_servers
+from xenhil.harness.checks.pci import read_model_traces
 from xenhil.harness.checks.routing import (check_io_routing, check_probe_io, check_server_ranges,
                                            class_owners, io_needs, needs_by_model, probe_needs, read_bars)
 from xenhil.harness.checks.topology import PROBE_CLASS
@@ -68,11 +68,8 @@ def test_io_reaches_only_the_owning_model(guest, topology, model_logs):
 
 
 def test_server_ranges_match_devices_and_never_overlap(guest, topology, model_logs):
-    classes, needs, _, _ = _classes_and_needs(guest, topology)
-    traces, evidence = read_model_traces(guest.host, model_logs)
-    evidence["xl debug-keys q"] = save_evidence(guest.artifacts_dir / "ioroute", "rangesets.txt",
-                                                guest.xl.rangesets_text())
-    servers = guest.xl.rangesets()[guest.domid]
+    _, needs, _, _ = _classes_and_needs(guest, topology)
+    server_map, ranges = observe_servers(guest, model_logs), observe_rangesets(guest)
     owners = class_owners(guest.config.split, topology, needs)
-    check_server_ranges(servers, server_ids_by_model(traces, evidence, companion_servers(guest)),
-                        needs_by_model(needs, owners), evidence)
+    check_server_ranges(ranges.servers, server_map.models, needs_by_model(needs, owners),
+                        {**server_map.evidence, **ranges.evidence})
