@@ -47,7 +47,10 @@ MARKERS = {
                            "capabilities, e.g. requires_capability(virt='svm')",
     "requires_tags": "requires_tags(*tags): run only on a host carrying every tag",
     "real_xen": "boots real Xen (minutes per boot under emulation)",
-    "disruptive": "disturbs its guest (save/restore, balloon): runs last on a guest of its own",
+    "disruptive": "disruptive(returns_whole_guest=False): disturbs its guest (save/restore, "
+                  "balloon): runs last on a guest of its own, destroyed after it; with "
+                  "returns_whole_guest=True a pass proves the guest whole, and the guest goes back "
+                  "to its host for the next tests (fixtures/guest.py)",
 }
 
 #: The options the run configuration is parsed from (harness.run_config).
@@ -309,6 +312,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for mark in item.iter_markers("requires_tags"):
             if not all(isinstance(t, str) for t in mark.args) or mark.kwargs:
                 problems.append(f"{item.nodeid}: requires_tags takes tag strings only")
+        for mark in item.iter_markers("disruptive"):
+            if mark.args or set(mark.kwargs) - {"returns_whole_guest"} or not isinstance(
+                    mark.kwargs.get("returns_whole_guest", False), bool):
+                problems.append(f"{item.nodeid}: disruptive takes one keyword argument, "
+                                f"returns_whole_guest=True or False")
     if problems:
         raise pytest.UsageError("invalid xenhil markers:\n  " + "\n  ".join(problems))
     _set_time_limits(config, items)

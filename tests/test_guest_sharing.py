@@ -74,10 +74,10 @@ def test_uses_the_guest(guest, n):
 
 
 def _run(tmp_path: Path, server, workers: int, splits=("single",), tests: int = 6,
-         *extra: str) -> dict:
+         *extra: str, suite: str = SUITE, env_extra: dict | None = None, ok: bool = True) -> dict:
     run = tmp_path / f"n{workers}-{len(splits)}"
     (run / "suite").mkdir(parents=True)
-    (run / "suite" / "test_suite.py").write_text(SUITE)
+    (run / "suite" / "test_suite.py").write_text(suite)
     (run / "suite" / "conftest.py").write_text(CONFTEST)
     lab = _inventory(run / "lab.yaml", server)
     db = run / "leases.sqlite"
@@ -85,14 +85,15 @@ def _run(tmp_path: Path, server, workers: int, splits=("single",), tests: int = 
            if k not in ("XENHIL_LAB", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
     env.update(XH_GUESTS=str(run / "guests"), XH_BOOT_S="0.5", XH_BOOTS=str(run / "boots.jsonl"),
                XH_DESTROYED=str(run / "destroyed.jsonl"), XH_USES=str(run / "uses.jsonl"),
-               XH_LEASE_DB=f"sqlite://{db}", XH_TESTS=str(tests), PYTHONPATH=str(ROOT))
+               XH_LEASE_DB=f"sqlite://{db}", XH_TESTS=str(tests), PYTHONPATH=str(ROOT),
+               **(env_extra or {}))
     xdist = ["-n", str(workers)] if workers > 1 else []
     result = subprocess.run(
         [sys.executable, "-m", "pytest", *xdist, "--lab", str(lab), "--lab-db", f"sqlite://{db}",
          "--run-id", f"share-{workers}", *(f"--split={s}" for s in splits),
          "--artifacts", str(run / "art"), "-p", "no:cacheprovider", "-q", *extra],
         cwd=run / "suite", env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert (result.returncode == 0) == ok, result.stdout + result.stderr
     return {"boots": _lines(run / "boots.jsonl"), "uses": _lines(run / "uses.jsonl"),
             "destroyed": _lines(run / "destroyed.jsonl"), "db": db, "guests": run / "guests",
             "output": result.stdout}
@@ -134,6 +135,68 @@ def test_two_workers_on_one_host_boot_what_one_boots_with_more_splits_than_the_h
     assert len(alone["boots"]) == 3, alone["boots"]
     assert len(shared["boots"]) <= 3, shared["boots"]
     assert len({u["pid"] for u in shared["uses"]}) == 2 and len(shared["uses"]) == 12
+
+
+# --- disruptive tests that prove their guest whole hand it on ----------------------
+
+DISRUPTIVE_SUITE = '''
+import json, os, pytest
+
+def _use(guest, name):
+    assert guest.run("echo up").strip() == "up"
+    with open(os.environ["XH_USES"], "a") as out:
+        out.write(json.dumps({"guest": guest.name, "test": name}) + "\\n")
+    if name in os.environ.get("XH_FAIL", "").split(","):
+        pytest.fail(f"{name} failed on purpose")
+
+@pytest.mark.disruptive
+def test_a_balloon(guest):
+    _use(guest, "balloon")
+
+@pytest.mark.disruptive(returns_whole_guest=True)
+def test_b_save_restore(guest):
+    _use(guest, "save_restore")
+
+@pytest.mark.disruptive(returns_whole_guest=True)
+def test_c_cycles(guest):
+    _use(guest, "cycles")
+
+def test_d_pci(guest):
+    _use(guest, "pci")
+'''
+
+
+def test_disruptive_tests_that_prove_their_guest_whole_hand_it_on(tmp_path, sshd_host):
+    """One boot for a split's tests: the shared tests, then the disruptive
+    ones that return a whole guest (each hands it to the next), then the
+    one that destroys it."""
+    run = _run(tmp_path, sshd_host, 1, ("single",), 0, suite=DISRUPTIVE_SUITE)
+    assert [u["test"] for u in run["uses"]] == ["pci", "save_restore", "cycles", "balloon"]
+    [boot] = run["boots"]
+    assert {u["guest"] for u in run["uses"]} == {boot["guest"]}
+    assert [d["guest"] for d in run["destroyed"]] == [boot["guest"]]
+
+
+def test_a_failed_disruptive_test_never_hands_its_guest_on(tmp_path, sshd_host):
+    run = _run(tmp_path, sshd_host, 1, ("single",), 0, suite=DISRUPTIVE_SUITE,
+               env_extra={"XH_FAIL": "save_restore"}, ok=False)
+    uses = {u["test"]: u["guest"] for u in run["uses"]}
+    assert len(run["boots"]) == 2
+    assert uses["save_restore"] == uses["pci"] and uses["cycles"] != uses["save_restore"]
+    assert run["destroyed"][0]["guest"] == uses["save_restore"]
+    assert uses["balloon"] == uses["cycles"]
+
+
+def test_the_disruptive_marker_takes_returns_whole_guest_alone(pytester):
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.disruptive(returns_whole=True)
+        def test_x(): pass
+    """)
+    result = pytester.runpytest("--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_x: disruptive takes one keyword argument, "
+                                 "returns_whole_guest=True or False*"])
 
 
 # --- eviction, and taking over another pool's guest ---------------------------------
