@@ -18,7 +18,8 @@ import pytest
 from xenhil.harness.checks.failure import CheckFailed
 from xenhil.harness.checks.mapcache import check_invalidates, check_no_invalidate_failure, count_invalidates
 from xenhil.harness.checks.pci import check_pci_ownership, check_pci_views, server_ids_by_model
-from xenhil.harness.checks.routing import check_io_routing, check_server_ranges, class_owners, io_needs, needs_by_model
+from xenhil.harness.checks.routing import (IoRange, check_io_routing, check_server_ranges, class_owners, io_needs,
+                                           needs_by_model)
 from xenhil.harness.checks.saverestore import check_same_ownership, check_same_pci, normalise_rangesets
 from xenhil.harness.checks.topology import PLATFORM, expected_topology
 from xenhil.harness.errors import ProductError
@@ -216,3 +217,33 @@ def test_the_recorded_host_offers_hvm_and_one_without_it_fails():
     altered = "\n".join(l.replace(" hvm", "") if l.startswith("virt_caps") else l for l in text.splitlines())
     with pytest.raises(ProductError, match="has no 'hvm'"):
         require_hvm(parse_xl_info(altered), "vhost1")
+
+
+# --- real outputs of a good build and of a planted bug (lab/mutants) ------------------
+
+RECORDED_DIR = Path(__file__).parent / "data" / "recorded"
+
+
+def _dump_servers(name: str):
+    [servers] = parse_ioreq_rangesets((RECORDED_DIR / name).read_text()).values()
+    return servers
+
+
+def test_a_real_double_claim_of_the_mutant_probe_fails_and_the_good_build_passes():
+    """Real rangesets of the single+probe guest, recorded by one qualification
+    (q20261201T182316-47d2): the reference build, and the probe mutant
+    claim-qemu-port, whose probe (server 1) also claims the secondary IDE
+    channel QEMU (server 0) owns.  The same check on both."""
+    ide2 = IoRange("port", 0x170, 0x177, "IDE secondary command block", "recorded")
+    needs = {"0": [ide2], "probe": [IoRange("port", 0x6100, 0x610F, "probe registers", "recorded")]}
+    models = {0: "0", 1: "probe"}
+    good = _dump_servers("xl_dmesg_q_single_probe_port_417_emulated.txt")
+    check_server_ranges(good, models, needs, {"xl debug-keys q": "good"})
+    bad = _dump_servers("xl_dmesg_q_single_probe_mutant_probe_claim_qemu_port_417_emulated.txt")
+    with pytest.raises(CheckFailed) as info:
+        check_server_ranges(bad, models, needs, {"xl debug-keys q": "mutant"})
+    assert_failure_message(
+        info.value,
+        "IDE secondary command block (port 0x170-0x177): expected claimed by model 0 only; "
+        "seen also claimed by server 1 (probe): 0x170-0x177",
+        "port 0x170-0x177: expected claimed by one server; seen port 0x170-0x177 claimed by servers 0 and 1")
