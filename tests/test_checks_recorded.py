@@ -247,3 +247,28 @@ def test_a_real_double_claim_of_the_mutant_probe_fails_and_the_good_build_passes
         "IDE secondary command block (port 0x170-0x177): expected claimed by model 0 only; "
         "seen also claimed by server 1 (probe): 0x170-0x177",
         "port 0x170-0x177: expected claimed by one server; seen port 0x170-0x177 claimed by servers 0 and 1")
+
+
+def _guest_ranges(name: str, domid: int):
+    """The guest's servers in a recorded dump, keyed by model (server 0 is
+    QEMU's "0", server 1 the probe: the order the guest's servers were made)."""
+    servers = parse_ioreq_rangesets((RECORDED_DIR / name).read_text())[domid]
+    return normalise_rangesets(servers, {0: "0", 1: "probe"})
+
+
+def test_a_real_restore_that_lost_the_probes_ranges_fails_and_the_good_build_passes():
+    """Real rangesets before `xl save` and after `xl restore` of the
+    single+probe guest in one qualification: the reference build (domain 3,
+    restored as 4; another guest, domain 2, runs beside it) and the probe
+    mutant skip-reregister-after-restore (domain 9, restored as 10)."""
+    check_same_ownership(_guest_ranges("xl_dmesg_q_before_save_single_probe_port_417_emulated.txt", 3),
+                         _guest_ranges("xl_dmesg_q_after_restore_single_probe_port_417_emulated.txt", 4),
+                         {"rangesets": "good"})
+    with pytest.raises(CheckFailed) as info:
+        check_same_ownership(
+            _guest_ranges("xl_dmesg_q_before_save_single_probe_mutant_skip_reregister_417_emulated.txt", 9),
+            _guest_ranges("xl_dmesg_q_after_restore_single_probe_mutant_skip_reregister_417_emulated.txt", 10),
+            {"rangesets": "mutant"})
+    assert_failure_message(info.value, "model probe memory: expected { f3071000-f3071fff }; seen {  }",
+                           "model probe pci: expected { 28 }; seen {  }",
+                           "model probe port: expected { 6100-610f }; seen {  }")
