@@ -178,3 +178,28 @@ def test_the_nic_workload_pings_dom0_across_the_isolated_bridge_only():
             / "30-xenbr0.network").read_text()
     assert f"Address={DOM0_BRIDGE_ADDRESS}/24" in unit
     assert f"ping -c 3 -W 1 {DOM0_BRIDGE_ADDRESS} " in NIC_TRAFFIC_COMMAND
+
+
+def _recorded_trace(name: str):
+    import gzip
+    path = Path(__file__).parent / "data" / "recorded" / name
+    return parse_trace_log(gzip.decompress(path.read_bytes()).decode(), source=name)
+
+
+def test_real_traces_of_a_map_cache_cycle_pass_on_the_good_build_and_fail_on_the_mutant():
+    """qnet's trace from its first mem-set on, recorded on the lab
+    (2026-12-01, our port, qnet+qall): the reference build, where qnet maps
+    its rings' buckets 0x3d and 0x3e again after its last of 7 810
+    invalidates, and the mutant qemu-invalidate-ignored, which maps nothing
+    after its last one.  (The mutant run's misses from before the window
+    were not saved then; its window alone has none.)"""
+    from xenhil.harness.checks.mapcache import Remaps, check_map_caches_emptied
+    good = Remaps.around_last_invalidate(
+        [], _recorded_trace("qemu-dm_qnet_mapcache_cycle_qnet_qall_port_417_emulated.log.gz"))
+    assert good.invalidated and {0x3D, 0x3E} <= good.before and set(good.after) == {0x3D, 0x3E}
+    check_map_caches_emptied({"qnet": good}, {"trace": "good"})
+    bad = Remaps.around_last_invalidate(
+        [], _recorded_trace("qemu-dm_qnet_mapcache_cycle_qnet_qall_mutant_invalidate_ignored_417_emulated.log.gz"))
+    assert bad.invalidated and bad.after == ()
+    with pytest.raises(CheckFailed, match="model qnet"):
+        check_map_caches_emptied({"qnet": bad}, {"trace": "mutant"})

@@ -308,6 +308,8 @@ def mapcache_cycle(guest, model_logs: Mapping[str, str], targets_mib: Sequence[i
             out_dir, f"trace-{model}.log", trace)
         if model in dma_models(owners):
             earlier = _remaps_before(host, path, offsets[model])
+            evidence[f"map-cache misses of model {model} before the first mem-set"] = save_evidence(
+                out_dir, f"remaps-before-{model}.log", earlier)
             remaps[model] = Remaps.around_last_invalidate(parse_trace_log(earlier, source=path),
                                                           parse_trace_log(trace, source=path))
     record = MapcacheRecord(list(targets_mib), counts, invalidate_failures(dmesg), pattern.sha256, evidence,
