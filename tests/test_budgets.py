@@ -259,6 +259,13 @@ def test_a_guest_boot_that_runs_out_of_time_names_its_split_and_attempt(
         "guest boot of split single on vhost1, attempt 2 of 3: 2 s of "
         f"{budgets.guest_boot_attempt_s(EMULATED):.0f} s")
     assert exc.evidence["guest console"].endswith("xh-gw0-single-1.console.log")
+    # The run's boot record counts the boot once and names its retry.
+    pool.close()
+    from xenhil.fixtures.guest import read_boot_records
+    record = read_boot_records(tmp_path)
+    assert record["boots"] == ["xh-gw0-single-1 on vhost1"]
+    [retry] = record["boot_retries"]
+    assert retry.startswith("guest xh-gw0-single-1 on vhost1 crashed while booting")
 
 
 # --- SSH waits are bounded ------------------------------------------------------------------

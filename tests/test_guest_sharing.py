@@ -26,14 +26,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from xenhil.harness.lab.leases import (GUEST_BOOTING, GUEST_READY, GuestRecord, GuestWish, Holder,
                                        SQLLeaseStore, open_store)
 from tests.support.leases import make_pool
 from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 from tests.support.sshd import running_sshd
-from tests.support.standin_guest import CONFTEST, StandInGuest
+from tests.support.standin_guest import CONFTEST, USES_SUITE as SUITE, StandInGuest
+from tests.support.standin_guest import sshd_inventory as _inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 ME = Holder.current(run_id="run-g")
@@ -46,32 +46,11 @@ def sshd_host(tmp_path_factory):
         yield server
 
 
-def _inventory(path: Path, server) -> Path:
-    host = {"name": "h1", "address": server.address,
-            "ssh": {"address": server.address, "port": server.port, "user": server.user,
-                    "key_file": str(server.client_key), "host_key": server.host_key},
-            "power": {"kind": "none"}}
-    path.write_text(yaml.safe_dump({"hosts": [host]}, sort_keys=False))
-    return path
-
-
 def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 # --- two workers, one host, one guest -------------------------------------------------
-
-SUITE = '''
-import json, os, pytest
-
-@pytest.mark.parametrize("n", range(int(os.environ["XH_TESTS"])))
-def test_uses_the_guest(guest, n):
-    assert guest.run("echo up").strip() == "up"
-    with open(os.environ["XH_USES"], "a") as out:
-        out.write(json.dumps({"guest": guest.name, "worker": os.environ.get(
-            "PYTEST_XDIST_WORKER", "main"), "pid": os.getpid()}) + "\\n")
-'''
-
 
 def _run(tmp_path: Path, server, workers: int, splits=("single",), tests: int = 6,
          *extra: str, suite: str = SUITE, env_extra: dict | None = None, ok: bool = True) -> dict:
@@ -94,7 +73,9 @@ def _run(tmp_path: Path, server, workers: int, splits=("single",), tests: int = 
          "--artifacts", str(run / "art"), "-p", "no:cacheprovider", "-q", *extra],
         cwd=run / "suite", env=env, capture_output=True, text=True, timeout=300)
     assert (result.returncode == 0) == ok, result.stdout + result.stderr
+    from xenhil.fixtures.guest import read_boot_records
     return {"boots": _lines(run / "boots.jsonl"), "uses": _lines(run / "uses.jsonl"),
+            "recorded": read_boot_records(run / "art" / f"share-{workers}"),
             "destroyed": _lines(run / "destroyed.jsonl"), "db": db, "guests": run / "guests",
             "output": result.stdout}
 
@@ -105,6 +86,12 @@ def test_two_workers_on_one_host_share_one_guest_and_the_run_end_destroys_it(tmp
     assert len(alone["boots"]) == 1, alone
     # -n 2 boots no more than -n 1: one guest, booted by one worker ...
     [boot] = shared["boots"]
+    # ... which is what the run's own boot records say (summed over workers).
+    assert [len(r["recorded"]["boots"]) for r in (alone, shared)] == [1, 1]
+    assert shared["recorded"]["boots"] == [f"{boot['guest']} on h1"]
+    assert shared["recorded"]["boot_retries"] == shared["recorded"]["model_deaths"] == []
+    assert ("1 guest boot(s); 0 booted again after a crash; 0 replaced after a device model "
+            "died") in shared["output"]
     assert len(shared["uses"]) == 6
     # ... and used by both, the other one taking over a guest it did not boot.
     assert {u["guest"] for u in shared["uses"]} == {boot["guest"]}

@@ -168,3 +168,28 @@ class StandInGuest:
 
     def companion(self, name: str):
         return None
+
+
+#: A suite of XH_TESTS tests on the stand-in guest of the run's split, each
+#: appending which guest it used, from which worker and process, to XH_USES.
+USES_SUITE = '''
+import json, os, pytest
+
+@pytest.mark.parametrize("n", range(int(os.environ["XH_TESTS"])))
+def test_uses_the_guest(guest, n):
+    assert guest.run("echo up").strip() == "up"
+    with open(os.environ["XH_USES"], "a") as out:
+        out.write(json.dumps({"guest": guest.name, "worker": os.environ.get(
+            "PYTEST_XDIST_WORKER", "main"), "pid": os.getpid()}) + "\\n")
+'''
+
+
+def sshd_inventory(path: Path, server, name: str = "h1") -> Path:
+    """An inventory of one host, the real sshd ``server`` (no power, no serial)."""
+    import yaml
+    host = {"name": name, "address": server.address,
+            "ssh": {"address": server.address, "port": server.port, "user": server.user,
+                    "key_file": str(server.client_key), "host_key": server.host_key},
+            "power": {"kind": "none"}}
+    path.write_text(yaml.safe_dump({"hosts": [host]}, sort_keys=False))
+    return path
