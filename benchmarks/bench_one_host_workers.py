@@ -8,7 +8,8 @@ The lab must be up (``xenhil lab up --virtual 1``) and nobody else's run on
 it.  Default selection: ``suites/pci`` on the splits ``single`` and
 ``single+probe`` with the host's own Xen (no provisioning, two guests).
 Both runs use the same selection, one after the other, each its own run id,
-artifacts and results store under artifacts/bench-one-host/<label>/.
+artifacts and results store under artifacts/bench-one-host/<label>/
+(``--folder`` names another place than artifacts/bench-one-host).
 
 Figures, from what each run recorded:
 
