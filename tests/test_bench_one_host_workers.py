@@ -6,7 +6,6 @@ the stand-in recorded; and its verdicts on runs that miss each target."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_one_host_workers import TARGET_RATIO, analyse
+from tests.support.child_env import child_env
 from tests.support.sshd import running_sshd
 from tests.support.standin_guest import CONFTEST, USES_SUITE, sshd_inventory
 
@@ -39,8 +39,7 @@ def test_a_small_run_counts_the_boots_each_run_made_and_keeps_earlier_labels(tmp
              "--label", "small", "--output", str(output), "--folder", str(tmp_path / "runs"),
              "--", str(suite), "--split", "single", "--split", "qnet+qall"],
             cwd=ROOT, capture_output=True, text=True, timeout=300,
-            env={**{k: v for k, v in os.environ.items()
-                    if k not in ("XENHIL_LAB", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}, **env})
+            env=child_env(**env))
     entries = json.loads(output.read_text())
     assert set(entries) == {"earlier", "small"}, done.stdout + done.stderr
     result = entries["small"]

@@ -29,6 +29,7 @@ import pytest
 
 from xenhil.harness.lab.leases import (GUEST_BOOTING, GUEST_READY, GuestRecord, GuestWish, Holder,
                                        SQLLeaseStore, open_store)
+from tests.support.child_env import child_env
 from tests.support.leases import make_pool
 from tests.support.postgres import fresh_store_url, postgres_url  # noqa: F401
 from tests.support.sshd import running_sshd
@@ -60,9 +61,7 @@ def _run(tmp_path: Path, server, workers: int, splits=("single",), tests: int = 
     (run / "suite" / "conftest.py").write_text(CONFTEST)
     lab = _inventory(run / "lab.yaml", server)
     db = run / "leases.sqlite"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("XENHIL_LAB", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
-    env.update(XH_GUESTS=str(run / "guests"), XH_BOOT_S="0.5", XH_BOOTS=str(run / "boots.jsonl"),
+    env = child_env(XH_GUESTS=str(run / "guests"), XH_BOOT_S="0.5", XH_BOOTS=str(run / "boots.jsonl"),
                XH_DESTROYED=str(run / "destroyed.jsonl"), XH_USES=str(run / "uses.jsonl"),
                XH_LEASE_DB=f"sqlite://{db}", XH_TESTS=str(tests), PYTHONPATH=str(ROOT),
                **(env_extra or {}))

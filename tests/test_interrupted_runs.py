@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.child_env import child_env
 from tests.support.sshd import running_sshd
 from tests.support.standin_guest import CONFTEST as STANDIN_CONFTEST
 
@@ -140,9 +141,7 @@ def _interrupted_run(run_dir: Path, signum: int, to_group: bool, workers: int,
             "--lab-db", f"sqlite://{run_dir / 'leases.sqlite'}", "--reserve-timeout", "60",
             "--alluredir", str(run_dir / "allure"), "--artifacts", str(run_dir / "artifacts"),
             "--run-id", "R1", "--split", "single", "-p", "no:cacheprovider", "-q"]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("XENHIL_LAB", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
-    env.update(XH_MARKS=str(marks), XH_GUESTS=str(run_dir / "guests"),
+    env = child_env(XH_MARKS=str(marks), XH_GUESTS=str(run_dir / "guests"),
                XH_DESTROYED=str(run_dir / "destroyed.jsonl"),
                XH_LEASE_DB=f"sqlite://{run_dir / 'leases.sqlite'}", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(argv, cwd=run_dir / "run", env=env, stdout=subprocess.PIPE,

@@ -30,6 +30,8 @@ import pytest
 from xenhil.harness.cli.main import main
 from xenhil.harness.nightly import folders
 
+from tests.support.child_env import child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The stand-in suite (not a xenhil suite: it touches no host).  Its build's
@@ -130,10 +132,7 @@ def _config(folder: Path, builds: list[dict], name: str = "nightly.yaml", **fiel
 
 
 def _env(lab: Path) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("XENHIL_LAB", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
-    env["XH_STANDIN_SECRET_FILE"] = str(lab / "bmc-password")
-    return env
+    return child_env(XH_STANDIN_SECRET_FILE=str(lab / "bmc-password"))
 
 
 def _start(config: Path, lab: Path) -> subprocess.Popen:
