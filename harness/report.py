@@ -46,17 +46,61 @@ def find_allure() -> str:
                            "or set XENHIL_ALLURE to its path")
 
 
+def check_report_folder(out_dir: Path, option: str = "-o/--output") -> None:
+    """The report goes to ``out_dir`` as a whole, replacing an earlier
+    report there: a folder that holds something else is refused, untouched."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{option} {out_dir}: is a file, not a folder", help="give a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "index.html").is_file():
+        raise ConfigError(f"{option} {out_dir}: holds files but no report (no index.html); "
+                          "the report replaces its folder as a whole",
+                          help="give a new folder or an earlier report's, e.g. -o allure-report")
+
+
 def render_html(results_dir: Path, out_dir: Path, name: str = "xenhil",
                 history: Path | None = None) -> Path:
     """``history``: Allure's history file (JSON lines, one per earlier run):
     read for the trend graphs and each test's history, and this run
     appended to it.  Allure 3 keeps its history there, not in the
-    ``history/`` folder Allure 2 copied from report to results."""
+    ``history/`` folder Allure 2 copied from report to results.
+
+    The report is generated into a new folder beside ``out_dir`` and then
+    takes its place: Allure 3 (3.18) given a folder that already holds a
+    report writes the new one into its ``allure2/`` subfolder and leaves the
+    old ``index.html`` at the top, so a report folder used again (the main
+    job's) went on showing its first run."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     if not results_dir.is_dir() or not any(results_dir.glob("*-result.json")):
         raise ConfigError(f"{results_dir}: no Allure results here",
                           help="run pytest with --alluredir=DIR first and pass that DIR")
+    check_report_folder(out_dir)
     allure = find_allure()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Beside out_dir, so that taking its place is a rename on one file system.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
+    try:
+        fresh = staging / "report"          # a folder Allure makes itself
+        _generate(allure, results_dir, fresh, name, history)
+        _replace(out_dir, fresh)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / "index.html"
+
+
+def _replace(out_dir: Path, fresh: Path) -> None:
+    """``fresh`` becomes ``out_dir``; the earlier report is removed after."""
+    if not out_dir.exists():
+        fresh.rename(out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    out_dir.rename(old)
+    fresh.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _generate(allure: str, results_dir: Path, out_dir: Path, name: str,
+              history: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="xenhil-allure-") as tmp:
         config = Path(tmp) / "allurerc.mjs"
         quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -74,7 +118,6 @@ def render_html(results_dir: Path, out_dir: Path, name: str = "xenhil",
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
         raise InfrastructureError(f"allure generate failed (exit {proc.returncode}):\n{tail}",
                                   help="check node and the allure package (scripts/setup)")
-    return out_dir / "index.html"
 
 
 def _environment_value(results_dir: Path, key: str) -> str | None:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import xenhil.harness.results.plots  # noqa: F401  (numpy before any pytester run, see test_report_render)
+from xenhil.harness.errors import ConfigError
 from xenhil.harness.report import PROJECT_ROOT, render_html
 from xenhil.harness.results.categories import write_categories
 from tests.support.browser import HeadlessChromium, ReportServer, chromium  # noqa: F401
@@ -130,3 +131,39 @@ def test_reviewer_sees_classes_evidence_and_the_latency_plot(
         assert (f"/data/attachments/{plot_file.name}", 200) in server.requests[before:]
         shown = chromium.screenshot(server.url(plot_page), SCREENSHOTS / "real-run-latency-plot.png")
     assert _drawn_pixels(shown) > _drawn_pixels(page) + 300, "the latency plot was not drawn"
+
+
+def _case_names(html: Path) -> set[str]:
+    return {json.loads(p.read_text())["name"] for p in (html / "data" / "test-cases").glob("*.json")}
+
+
+def test_a_report_folder_used_again_shows_the_newer_run(tmp_path: Path):
+    # The main job renders every run into allure-report/.  Allure 3 writes a
+    # second report into allure2/ of a folder holding one, and the page at
+    # allure-report/index.html went on showing the first run.
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(RECORDED, first)
+    shutil.copytree(RECORDED, second)
+    for path in second.glob("*-result.json"):       # the second run: its passed tests only
+        if json.loads(path.read_text())["status"] != "passed":
+            path.unlink()
+    names_first, names_second = ({r["name"] for r in _results(f)} for f in (first, second))
+    assert names_second < names_first                 # the recorded run has failures
+    html = tmp_path / "allure-report"
+    render_html(first, html)
+    assert _case_names(html) == names_first
+    index = render_html(second, html)
+    assert index == html / "index.html"
+    assert _case_names(html) == names_second
+    assert not (html / "allure2").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["allure-report", "first", "second"]
+
+
+def test_a_folder_holding_something_else_is_refused_untouched(tmp_path: Path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "todo.txt").write_text("mine\n")
+    with pytest.raises(ConfigError, match=r"-o/--output .*notes: holds files but no report"):
+        render_html(RECORDED, out)
+    assert [p.name for p in out.iterdir()] == ["todo.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["notes"]

@@ -26,7 +26,7 @@ def _inputs(args: argparse.Namespace) -> dict:
     """Every input checked, nothing written yet."""
     from xenhil.harness.dburl import is_postgres, sqlite_path
     from xenhil.harness.options import check_input_path, check_output_folder, check_store_url
-    from xenhil.harness.report import run_id_of, run_state_of
+    from xenhil.harness.report import check_report_folder, run_id_of, run_state_of
     from xenhil.harness.results.verdicts import load_known_issues
 
     results = check_input_path("RESULTS_DIR", args.results_dir, folder=True)
@@ -34,8 +34,7 @@ def _inputs(args: argparse.Namespace) -> dict:
         raise ConfigError(f"RESULTS_DIR {results}: no Allure results here",
                           help="run pytest with --alluredir=DIR first and pass that DIR")
     output = check_output_folder("-o/--output", args.output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"-o/--output {output}: is a file, not a folder", help="give a folder")
+    check_report_folder(output)
     # The report's files would become results Allure reads next time, or
     # generating the report into a folder could replace the results in it.
     out, res = output.resolve(), results.resolve()
