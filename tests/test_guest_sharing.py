@@ -152,22 +152,24 @@ def test_d_pci(guest):
 '''
 
 
-def test_disruptive_tests_that_prove_their_guest_whole_hand_it_on(tmp_path, sshd_host):
+@pytest.mark.parametrize("xdist", [(), ("-n", "1")], ids=["no-xdist", "n1"])
+def test_disruptive_tests_that_prove_their_guest_whole_hand_it_on(tmp_path, sshd_host, xdist):
     """One boot for a split's tests: the shared tests, then the disruptive
     ones that return a whole guest (each hands it to the next), then the
-    one that destroys it."""
-    run = _run(tmp_path, sshd_host, 1, ("single",), 0, suite=DISRUPTIVE_SUITE)
+    one that destroys it; alone and as the main job runs (``-n 1``)."""
+    run = _run(tmp_path, sshd_host, 1, ("single",), 0, *xdist, suite=DISRUPTIVE_SUITE)
     assert [u["test"] for u in run["uses"]] == ["pci", "save_restore", "cycles", "balloon"]
     [boot] = run["boots"]
     assert {u["guest"] for u in run["uses"]} == {boot["guest"]}
     assert [d["guest"] for d in run["destroyed"]] == [boot["guest"]]
+    assert len(run["recorded"]["boots"]) == 1, run["recorded"]    # the run's own count agrees
 
 
 def test_a_failed_disruptive_test_never_hands_its_guest_on(tmp_path, sshd_host):
     run = _run(tmp_path, sshd_host, 1, ("single",), 0, suite=DISRUPTIVE_SUITE,
                env_extra={"XH_FAIL": "save_restore"}, ok=False)
     uses = {u["test"]: u["guest"] for u in run["uses"]}
-    assert len(run["boots"]) == 2
+    assert len(run["boots"]) == 2 == len(run["recorded"]["boots"]), run["recorded"]
     assert uses["save_restore"] == uses["pci"] and uses["cycles"] != uses["save_restore"]
     assert run["destroyed"][0]["guest"] == uses["save_restore"]
     assert uses["balloon"] == uses["cycles"]
