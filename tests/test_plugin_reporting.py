@@ -109,6 +109,8 @@ def test_failures_land_in_their_class(pytester: pytest.Pytester, tmp_path: Path)
     env = (alluredir / "environment.properties").read_text()
     assert "xenhil.series=https://example.invalid/s" in env
     assert "xenhil.run_id=" in env
+    from xenhil.harness.version import this_code
+    assert f"xenhil.code={this_code()}\n" in env and this_code().startswith("xenhil ")
 
 
 EMULATED_CRASH = """
