@@ -408,6 +408,27 @@ def test_a_slow_console_still_delivering_gets_more_time(console_server_factory, 
     assert 2.0 < took < 8.0, took
 
 
+def test_polls_slower_to_come_back_than_their_interval_leave_none_queued(
+        console_server_factory, transcript, tmp_path):
+    """A line passing 50 bytes a second (the virtual lab's guest console with
+    two emulated hosts on the machine): a poll's echo and answer take longer
+    than the poll interval.  The wait types no poll before the last came
+    back and drains what it typed, so the next command's line is the next
+    the shell reads and comes back within its echo time."""
+    server = console_server_factory(noisy_shell(noise_every=0, cwd=tmp_path, byte_delay=0.02))
+    with tcp_console(server, transcript) as console:
+        console.wait_for_shell(timeout=60, poll_interval=0.2)
+        began = time.monotonic()
+        # Its line (about 90 bytes) echoed, then the start sentinel: under 3 s;
+        # behind 8 s of queued polls the sentinel would come too late.
+        status, out = console.run("echo next-command", timeout=30, start_timeout=4)
+        took = time.monotonic() - began
+    assert (status, out) == (0, "next-command\n")
+    assert took < 6, took
+    polls = bytes(server.received).count(b"echo __XH_P")
+    assert polls <= 3, polls      # at 0.2 s a poll, a wait of 2 s typed ten before
+
+
 def test_a_console_that_falls_silent_mid_command_fails_without_waiting_for_the_stretch(
         console_server_factory, transcript, tmp_path, monkeypatch):
     """Output that stops (here: the command sleeps) is not progress: the wait

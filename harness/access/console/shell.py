@@ -17,6 +17,10 @@ from xenhil.harness.lab.model import CredentialRef
 from xenhil.harness.step import step
 
 
+#: A poll's answer (wait_for_shell); its echo, with ${XH_EMPTY} in it, never matches.
+_ANY_POLL_ANSWER = re.compile(r"__XH_P[0-9a-f]{12}__")
+
+
 class ShellSession:
     """run / wait_for_shell / login, for a class that is also a ConsoleStream."""
 
@@ -109,8 +113,20 @@ class ShellSession:
                        stall_timeout: float | None = None,
                        stall_armed_by: str | None = None,
                        target_alive: Callable[[], bool] | None = None) -> None:
-        """Poll until a shell answers: send a no-op echo every ``poll_interval``
-        seconds and wait for its answer (any earlier poll's answer counts).
+        """Poll until a shell answers: type a no-op echo at most every
+        ``poll_interval`` seconds and wait for an answer (any poll's counts,
+        an earlier wait's or attachment's too: it is a shell answering now).
+
+        A console can be slower than the polls: the virtual lab's guest
+        console passes on about 50 bytes a second, fewer when two hosts share
+        the machine, and a poll's echo and answer are some 80.  Polls typed
+        faster than they come back queue up in the shell's input, and every
+        later command waits behind them (seen: a wait answered by an old poll
+        while newer ones kept coming, then commands timing out behind the
+        queue).  So the next poll is typed only once the last one came back
+        (its echo or answer) or the line has been silent for a poll interval
+        (typed while nothing listened: lost), and after the first answer the
+        wait goes on until the last poll typed is answered too.
 
         Polling rather than waiting for a boot message, because some consoles
         drop output while nobody is attached (``xl console`` on a pty serial).
@@ -126,22 +142,28 @@ class ShellSession:
         """
         deadline = time.monotonic() + timeout
         nonces: list[str] = []
+        typed_at = float("-inf")
         armed = stall_armed_by is None
         while True:
-            nonce = secrets.token_hex(6)
-            nonces.append(nonce)
-            # No quotes in a poll: polls typed while the target still boots can
-            # lose characters, and a lost quote would leave the shell on a
-            # continuation line that swallows every later poll.  ${XH_EMPTY}
-            # (unset) splits the literal so the echoed command cannot match.
-            # ready_condition (quote-free too): answer only once it holds.
-            condition = f"{ready_condition} && " if ready_condition else ""
-            self.sendline(f"{condition}echo __XH_P${{XH_EMPTY}}{nonce}__")
-            answer = re.compile(r"__XH_P(?:" + "|".join(nonces) + r")__")
+            now = time.monotonic()
+            if now - typed_at >= poll_interval and (
+                    not nonces or self._came_back(nonces[-1])
+                    or now - max(self.last_received, typed_at) >= poll_interval):
+                nonces.append(secrets.token_hex(6))
+                # No quotes in a poll: polls typed while the target still boots can
+                # lose characters, and a lost quote would leave the shell on a
+                # continuation line that swallows every later poll.  ${XH_EMPTY}
+                # (unset) splits the literal so the echoed command cannot match.
+                # ready_condition (quote-free too): answer only once it holds.
+                condition = f"{ready_condition} && " if ready_condition else ""
+                self.sendline(f"{condition}echo __XH_P${{XH_EMPTY}}{nonces[-1]}__")
+                typed_at = time.monotonic()
             left = deadline - time.monotonic()
             try:
-                self._expect([answer], min(poll_interval, max(left, 0)),
+                self._expect([_ANY_POLL_ANSWER], min(poll_interval, max(left, 0)),
                              "a shell answer", check_fatal, True)
+                self._drain_polls(nonces[-1], max(deadline - time.monotonic(), 3 * poll_interval),
+                                  check_fatal)
                 return
             except ConsoleTimeout:
                 silent = time.monotonic() - self.last_received
@@ -169,6 +191,21 @@ class ShellSession:
                         f"({len(nonces)} polls)\n"
                         + self.tail_block(),
                         evidence=self._evidence()) from None
+
+    def _came_back(self, nonce: str) -> bool:
+        """The poll ``nonce`` was echoed or answered: the line took it."""
+        return nonce in self._tail
+
+    def _drain_polls(self, last: str, timeout: float, check_fatal: bool) -> None:
+        """A shell answered: wait for the answer to the last poll typed, so
+        no poll is left queued before the next command.  One that never
+        comes (lost on the way in) ends the wait all the same: the shell
+        answers."""
+        try:
+            self._expect([re.compile(rf"__XH_P{last}__")], timeout,
+                         "the answer to the last poll", check_fatal, True)
+        except ConsoleTimeout:
+            pass
 
     @step("console {self.name}: log in as {user}")
     def login(self, user: str, password: CredentialRef | None = None, *,
