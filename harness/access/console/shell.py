@@ -10,7 +10,7 @@ import time
 from typing import Callable
 
 from xenhil.harness.access.console.errors import ConsoleClosed, ConsoleStalled
-from xenhil.harness.access.console.text import at_continuation_prompt
+from xenhil.harness.access.console.text import at_continuation_prompt, strip_console_noise
 from xenhil.harness import budgets
 from xenhil.harness.errors import ConsoleTimeout
 from xenhil.harness.lab.model import CredentialRef
@@ -193,8 +193,9 @@ class ShellSession:
                         evidence=self._evidence()) from None
 
     def _came_back(self, nonce: str) -> bool:
-        """The poll ``nonce`` was echoed or answered: the line took it."""
-        return nonce in self._tail
+        """The poll ``nonce`` was echoed or answered: the line took it (kernel
+        and Xen log lines can land in the middle of the echo)."""
+        return nonce in strip_console_noise(self._tail)
 
     def _drain_polls(self, last: str, timeout: float, check_fatal: bool) -> None:
         """A shell answered: wait for the answer to the last poll typed, so
