@@ -62,9 +62,9 @@ def _run(tmp_path: Path, server, workers: int, splits=("single",), tests: int = 
     lab = _inventory(run / "lab.yaml", server)
     db = run / "leases.sqlite"
     env = child_env(XH_GUESTS=str(run / "guests"), XH_BOOT_S="0.5", XH_BOOTS=str(run / "boots.jsonl"),
-               XH_DESTROYED=str(run / "destroyed.jsonl"), XH_USES=str(run / "uses.jsonl"),
-               XH_LEASE_DB=f"sqlite://{db}", XH_TESTS=str(tests), PYTHONPATH=str(ROOT),
-               **(env_extra or {}))
+                    XH_DESTROYED=str(run / "destroyed.jsonl"), XH_USES=str(run / "uses.jsonl"),
+                    XH_LEASE_DB=f"sqlite://{db}", XH_TESTS=str(tests), PYTHONPATH=str(ROOT),
+                    **(env_extra or {}))
     xdist = ["-n", str(workers)] if workers > 1 else []
     result = subprocess.run(
         [sys.executable, "-m", "pytest", *xdist, "--lab", str(lab), "--lab-db", f"sqlite://{db}",

@@ -142,8 +142,8 @@ def _interrupted_run(run_dir: Path, signum: int, to_group: bool, workers: int,
             "--alluredir", str(run_dir / "allure"), "--artifacts", str(run_dir / "artifacts"),
             "--run-id", "R1", "--split", "single", "-p", "no:cacheprovider", "-q"]
     env = child_env(XH_MARKS=str(marks), XH_GUESTS=str(run_dir / "guests"),
-               XH_DESTROYED=str(run_dir / "destroyed.jsonl"),
-               XH_LEASE_DB=f"sqlite://{run_dir / 'leases.sqlite'}", PYTHONPATH=str(ROOT))
+                    XH_DESTROYED=str(run_dir / "destroyed.jsonl"),
+                    XH_LEASE_DB=f"sqlite://{run_dir / 'leases.sqlite'}", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(argv, cwd=run_dir / "run", env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             preexec_fn=_as_a_ci_job if signum == signal.SIGTERM
