@@ -429,6 +429,23 @@ def test_polls_slower_to_come_back_than_their_interval_leave_none_queued(
     assert polls <= 3, polls      # at 0.2 s a poll, a wait of 2 s typed ten before
 
 
+def test_a_shell_that_answers_ends_the_wait_not_its_timeout(
+        console_server_factory, transcript, tmp_path):
+    """The wait returns once the shell answered its last poll: it does not sit
+    out the rest of its timeout (CI, stop 27: every wait took its whole
+    timeout, a guest's 900 s ran into the test's limit)."""
+    server = console_server_factory(noisy_shell(noise_every=0, cwd=tmp_path))
+    with tcp_console(server, transcript) as console:
+        began = time.monotonic()
+        console.wait_for_shell(timeout=300, poll_interval=1.0)
+        took = time.monotonic() - began
+        assert took < 60, took
+        # Answered once more right after: the last answer was consumed, the
+        # next wait types its own poll and is answered.
+        console.wait_for_shell(timeout=300, poll_interval=1.0)
+        assert console.run("echo after", timeout=30) == (0, "after\n")
+
+
 def test_a_console_that_falls_silent_mid_command_fails_without_waiting_for_the_stretch(
         console_server_factory, transcript, tmp_path, monkeypatch):
     """Output that stops (here: the command sleeps) is not progress: the wait

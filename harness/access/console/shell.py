@@ -18,7 +18,7 @@ from xenhil.harness.step import step
 
 
 #: A poll's answer (wait_for_shell); its echo, with ${XH_EMPTY} in it, never matches.
-_ANY_POLL_ANSWER = re.compile(r"__XH_P[0-9a-f]{12}__")
+_ANY_POLL_ANSWER = re.compile(r"__XH_P([0-9a-f]{12})__")
 
 
 class ShellSession:
@@ -160,10 +160,10 @@ class ShellSession:
                 typed_at = time.monotonic()
             left = deadline - time.monotonic()
             try:
-                self._expect([_ANY_POLL_ANSWER], min(poll_interval, max(left, 0)),
-                             "a shell answer", check_fatal, True)
-                self._drain_polls(nonces[-1], max(deadline - time.monotonic(), 3 * poll_interval),
-                                  check_fatal)
+                answer = self._expect([_ANY_POLL_ANSWER], min(poll_interval, max(left, 0)),
+                                      "a shell answer", check_fatal, True)
+                if answer.group(1) != nonces[-1]:
+                    self._drain_polls(nonces[-1], poll_interval, check_fatal)
                 return
             except ConsoleTimeout:
                 silent = time.monotonic() - self.last_received
@@ -197,14 +197,18 @@ class ShellSession:
         and Xen log lines can land in the middle of the echo)."""
         return nonce in strip_console_noise(self._tail)
 
-    def _drain_polls(self, last: str, timeout: float, check_fatal: bool) -> None:
-        """A shell answered: wait for the answer to the last poll typed, so
-        no poll is left queued before the next command.  One that never
-        comes (lost on the way in) ends the wait all the same: the shell
-        answers."""
+    def _drain_polls(self, last: str, poll_interval: float, check_fatal: bool) -> None:
+        """A shell answered an earlier poll: wait for the answer to the last
+        poll typed, so no poll is left queued before the next command.  The
+        polls behind the answered one are at most a couple (one is typed
+        only when the last came back), so the wait is three poll intervals,
+        and longer while the console still delivers (a slow line).  One that
+        never comes (lost on the way in) ends the wait all the same: the
+        shell answers."""
         try:
-            self._expect([re.compile(rf"__XH_P{last}__")], timeout,
-                         "the answer to the last poll", check_fatal, True)
+            self._expect_while_receiving([re.compile(rf"__XH_P{last}__")],
+                                         "the answer to the last poll", check_fatal,
+                                         began=time.monotonic(), timeout=3 * poll_interval)
         except ConsoleTimeout:
             pass
 
