@@ -18,6 +18,7 @@ from typing import Callable, Protocol, Sequence, TypeVar
 from xenhil.harness import budgets
 from xenhil.harness.budgets import COMMAND_ECHO_S, CONSOLE_STALL_S
 from xenhil.harness.errors import InfrastructureError, ProductError, XenhilError
+from xenhil.harness.guest_ssh import GuestShell, NoGuestRoute
 from xenhil.harness.step import step
 from xenhil.harness.xen import evidence
 from xenhil.harness.xen.balloon import BalloonSettled, wait_balloon_settled
@@ -68,14 +69,19 @@ class GuestLeak(ProductError):
 
 class Guest:
     def __init__(self, host, config, artifacts_dir: Path, ready_condition: str | None = None,
-                 companions: Sequence[Companion] = (), prompt: str | None = None):
+                 companions: Sequence[Companion] = (), prompt: str | None = None,
+                 address: str | None = None):
         """``ready_condition``: a quote-free shell test that holds once the guest
         is ready for commands (the guest kit's READY_CONDITION).
         ``prompt``: the guest shell's prompt (the kit's GUEST_PROMPT); while
         booting, silence counts as a stalled console only once it was seen
         (None: from the first byte received).
         ``companions``: attached while the domain is paused after create and
-        restore, detached before destroy."""
+        restore, detached before destroy.
+        ``address``: the guest's address on dom0's bridge, given to it on its
+        kernel command line (harness.xen.testguest.guest_model): once it is
+        ready, :meth:`run` goes over SSH there (harness.guest_ssh), and over
+        the console when it cannot."""
         self.host = host
         self.companions = list(companions)
         self.ready_condition = ready_condition
@@ -95,6 +101,14 @@ class Guest:
         self.domids_seen: list[int] = []
         # (domid, what) -> an observation that holds while that domain lives.
         self._observed: dict[tuple[int | None, str], object] = {}
+        self.address = address
+        self._shell = (GuestShell(host, self.name, address,
+                                  self.artifacts_dir / f"{self.name}.commands.log")
+                       if address is not None else None)
+        # Over SSH only while the guest is known to be up with its network:
+        # after wait_ready, adopt and restore; until a route failure.
+        self._shell_usable = False
+        self.route_failures: list[str] = []
 
     def observe(self, what: str, read: Callable[[], T]) -> T:
         """``read()``, once per domain of this guest: what cannot change while
@@ -126,6 +140,11 @@ class Guest:
                 log.debug("closing console of %s", self.name, exc_info=True)
             self._console = None
 
+    def _close_shell(self) -> None:
+        self._shell_usable = False
+        if self._shell is not None:
+            self._shell.close()
+
     def detach_console(self) -> None:
         """Let go of the console: only one `xl console` may attach to a
         domain, and the next holder of the host may be another process."""
@@ -134,8 +153,9 @@ class Guest:
     # -- lifecycle -----------------------------------------------------------
     def record(self) -> dict:
         """What another process needs to take this running guest over
-        (:meth:`adopt`): its companions' state, as JSON."""
-        return {"companions": {c.name: c.record() for c in self.companions}}
+        (:meth:`adopt`): its address and its companions' state, as JSON."""
+        return {"address": self.address,
+                "companions": {c.name: c.record() for c in self.companions}}
 
     def adopt(self, domid: int, record: dict) -> None:
         """Take over this guest, already running as ``domid``: booted by
@@ -145,6 +165,7 @@ class Guest:
         self.domid = int(domid)
         self.domids_seen = [self.domid]
         self.state = GuestState.RUNNING
+        self._shell_usable = self._shell is not None
         states = record.get("companions", {})
         for companion in self.companions:
             companion.adopt(self, states.get(companion.name, {}))
@@ -210,6 +231,7 @@ class Guest:
                                             stall_timeout=CONSOLE_STALL_S,
                                             stall_armed_by=self.prompt,
                                             target_alive=self._domain_lives)
+                self._shell_usable = self._shell is not None
                 return
             except ConsoleClosed as exc:
                 # `xl console` can exit while a loaded host boots the guest, or
@@ -250,7 +272,12 @@ class Guest:
             self.host.ssh.run(f"pkill -f '^[^ ]*xenconsole {int(self.domid)} ' || true", timeout=30)
 
     def run(self, command: str, timeout: float = 120.0, check: bool = True) -> str:
-        """Run a shell command in the guest over its console; its output.
+        """Run a shell command in the guest; its output (stdout and stderr).
+
+        Over SSH when the guest has an address and is ready (harness.guest_ssh:
+        the console of an emulated host passes some 55 bytes a second); over
+        its console otherwise, and from the first time SSH cannot reach it
+        (the command is then run on the console: it must be safe to repeat).
 
         The virtual lab's `xl console` relay sometimes stops passing output on
         or ends (the guest is fine: a fresh `xl console` gets its shell at
@@ -267,6 +294,31 @@ class Guest:
             return self._run(command, timeout, check)
 
     def _run(self, command: str, timeout: float, check: bool) -> str:
+        status, output = self._run_over_ssh(command, timeout) or self._run_on_console(command,
+                                                                                     timeout)
+        if check and status != 0:
+            raise InfrastructureError(
+                f"guest {self.name}: `{command}` exited {status}:\n{output[-2000:]}",
+                help="read the guest's command transcript and console transcript",
+                evidence={"guest commands": str(self.artifacts_dir / f"{self.name}.commands.log"),
+                          "guest console": str(self.artifacts_dir / f"{self.name}.console.log")})
+        return output
+
+    def _run_over_ssh(self, command: str, timeout: float) -> tuple[int, str] | None:
+        """(status, output) over SSH, or None when the guest has no route
+        (then, and for the guest's later commands, the console)."""
+        if not self._shell_usable:
+            return None
+        try:
+            return self._shell.run(command, timeout)
+        except NoGuestRoute as exc:
+            self._shell_usable = False
+            message = f"guest {self.name}: commands go over the console from now on: {exc}"
+            self.route_failures.append(message)
+            log.warning("%s", message)
+            return None
+
+    def _run_on_console(self, command: str, timeout: float) -> tuple[int, str]:
         from xenhil.harness.access.console import ConsoleClosed, ConsoleStalled
         from xenhil.harness.errors import ConsoleTimeout
         try:
@@ -291,12 +343,7 @@ class Guest:
                 except XenhilError as exc:
                     log.warning("re-attaching the console of %s failed: %s", self.name, exc)
             raise
-        if check and status != 0:
-            raise InfrastructureError(
-                f"guest {self.name}: `{command}` exited {status}:\n{output[-2000:]}",
-                help="read the guest console transcript",
-                evidence={"guest console": str(self.artifacts_dir / f"{self.name}.console.log")})
-        return output
+        return status, output
 
     def ssh(self, ssh_config):
         """An SSH connection into the guest through the host (direct-tcpip)."""
@@ -310,6 +357,7 @@ class Guest:
         path = path or self.save_path
         self.wait_balloon_settled()
         self._close_console()
+        self._close_shell()
         self.xl.xl("save", self.name, path, timeout=timeout)
         if self.xl.domain(self.name) is not None:
             raise ProductError(f"guest {self.name} still listed by xl after `xl save`",
@@ -337,6 +385,8 @@ class Guest:
         hold = paused or bool(self.companions)
         self.xl.xl("restore", *(["-p"] if hold else []), path, timeout=timeout)
         self.state = GuestState.PAUSED if hold else GuestState.RUNNING
+        # The restored guest runs on where it was saved, network included.
+        self._shell_usable = self._shell is not None
         domid = self._refresh_domid()
         for companion in self.companions:
             companion.reattach(self, domid)
@@ -347,6 +397,7 @@ class Guest:
     @step("destroy guest {self.name}")
     def destroy(self) -> None:
         self._close_console()
+        self._close_shell()
         for companion in self.companions:
             try:
                 companion.detach(self)
@@ -381,6 +432,7 @@ class Guest:
     def collect_evidence(self, why: str) -> dict[str, str]:
         dest = self.artifacts_dir / f"evidence-{why}"
         extra = {"guest console": self.artifacts_dir / f"{self.name}.console.log",
+                 "guest commands": self.artifacts_dir / f"{self.name}.commands.log",
                  "guest config": self.artifacts_dir / f"{self.name}.cfg"}
         try:
             found = evidence.collect(self.host, dest, extra)

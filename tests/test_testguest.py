@@ -4,10 +4,13 @@ HvmGuest's one xl writer and read back by our parser and by xl's own
 (libxlutil 4.17)."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from xenhil.harness.errors import ConfigError
 from xenhil.harness.lab.virtual import guestkit
+from xenhil.harness.lab.virtual.builder import recipe_dir
 from xenhil.harness.xen.catalog import load_catalog
 from xenhil.harness.xen.testguest import GUEST_CMDLINE, TRACE_EVENTS, guest_model
 from xenhil.harness.xen.xlconfig import HvmGuest, XlConfigError, parse_xl_config
@@ -80,6 +83,27 @@ def test_the_kernel_command_line_is_exact_on_both_kinds_of_host():
         model = guest_model("g1", single, PROFILES[host])
         assert model.boot.cmdline == GUEST_CMDLINE == "console=ttyS0,115200 xen_emul_unplug=never"
         assert model.tsc_mode is None and "tsc_mode" not in parse_xl_config(model.render())
+
+
+def test_the_guest_takes_its_address_from_the_command_line_the_model_renders(tmp_path):
+    """The pool gives each guest of a host its own address (two guests run
+    at once): the kernel command line of the model carries it, and the kit's
+    init takes its static address from there (that part of the init, run by
+    a shell on the rendered command line); without one, the kit's default."""
+    single = load_catalog().get("single")
+    model = guest_model("g1", single, PROFILES["emulated"], address="192.168.100.11")
+    cmdline = parse_xl_config(model.render())["cmdline"]
+    assert cmdline.endswith(" xenhil.addr=192.168.100.11 xenhil.name=g1"), cmdline
+    init = (recipe_dir() / "guest" / "init").read_text()
+    start = init.index("    static=")
+    part = init[start:init.index("    done\n", start) + len("    done\n")]
+    for given, expected in ((cmdline, "192.168.100.11"),
+                            (guest_model("g1", single, PROFILES["emulated"]).boot.cmdline,
+                             guestkit.GUEST_ADDRESS)):
+        (tmp_path / "cmdline").write_text(given + "\n")
+        script = part.replace("/proc/cmdline", str(tmp_path / "cmdline")) + 'echo "$static"\n'
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+        assert out.stdout == expected + "\n"
 
 
 def test_awkward_values_reach_the_config_unchanged():

@@ -316,7 +316,11 @@ class SSHConnection:
                  retries: int = budgets.SSH_CONNECT_ATTEMPTS,
                  retry_delay: float = budgets.SSH_RETRY_DELAY_S, *,
                  via: "SSHConnection | None" = None, channel_timeout: float | None = None,
-                 sftp_timeout: float = budgets.SFTP_REPLY_S):
+                 sftp_timeout: float = budgets.SFTP_REPLY_S,
+                 client_key: paramiko.PKey | None = None):
+        """``client_key``: the key to log in with, already loaded (one read
+        from another host, never written to a file: harness.guest_ssh);
+        otherwise ``config.key_file`` is loaded when first needed."""
         if retries < 1:
             raise ConfigError(f"retries must be at least 1, got {retries}")
         self.config = config
@@ -334,7 +338,7 @@ class SSHConnection:
         self.state = self.DISCONNECTED
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
-        self._pkey: paramiko.PKey | None = None
+        self._pkey: paramiko.PKey | None = client_key
         self._lock = threading.RLock()
         # One SFTP operation at a time: paramiko's SFTPClient matches each
         # reply to the thread reading, so two threads sharing it (guests
@@ -725,12 +729,17 @@ class SSHConnection:
                            help="check that the destination listens, is reachable from the "
                                 "host, and that the host's sshd has AllowTcpForwarding yes") from None
 
-    def guest(self, config: SSHConfig, name: str = "") -> "SSHConnection":
+    def guest(self, config: SSHConfig, name: str = "", *,
+              client_key: paramiko.PKey | None = None,
+              connect_timeout: float | None = None) -> "SSHConnection":
         """A connection to a guest whose ``config.address`` this host can reach;
-        it travels inside this connection and pins the guest's own host key."""
-        return SSHConnection(config, name=name, connect_timeout=self.connect_timeout,
+        it travels inside this connection and pins the guest's own host key.
+        ``client_key``: a loaded key instead of ``config.key_file``."""
+        return SSHConnection(config, name=name,
+                             connect_timeout=connect_timeout or self.connect_timeout,
                              retries=self.retries, retry_delay=self.retry_delay, via=self,
-                             channel_timeout=self.channel_timeout, sftp_timeout=self.sftp_timeout)
+                             channel_timeout=self.channel_timeout, sftp_timeout=self.sftp_timeout,
+                             client_key=client_key)
 
     # -- files ---------------------------------------------------------------------
     def _sftp_client(self) -> paramiko.SFTPClient:

@@ -298,6 +298,7 @@ def save_restore_cycle(guest, *, model_logs: Mapping[str, str] | None = None,
     record = SaveRestoreRecord(domid_before=guest.domid)
     evidence = record.evidence
     evidence["guest console"] = str(Path(guest.artifacts_dir) / f"{guest.name}.console.log")
+    evidence["guest commands"] = str(Path(guest.artifacts_dir) / f"{guest.name}.commands.log")
     checks = _Collector(record)
     split = guest.config.split
     models = list(split.model_names)

@@ -49,14 +49,19 @@ NIC_MODEL = "e1000"
 BRIDGE = "xenbr0"
 
 
-def guest_cmdline(profile: HostProfile) -> str:
-    """The guest kernel's command line on a host of this profile."""
-    return " ".join((GUEST_CMDLINE, *profile.guest_cmdline_options))
+def guest_cmdline(profile: HostProfile, name: str | None = None,
+                  address: str | None = None) -> str:
+    """The guest kernel's command line on a host of this profile; with
+    ``address``, the guest kit's ``xenhil.addr=`` and ``xenhil.name=``."""
+    words = [GUEST_CMDLINE, *profile.guest_cmdline_options]
+    if address is not None:
+        words += [f"xenhil.addr={address}", f"xenhil.name={name}"]
+    return " ".join(words)
 
 
 def guest_model(name: str, entry: CatalogSplit, profile: HostProfile,
                 disk: str | None = None, *, trace_events: Sequence[str] = TRACE_EVENTS,
-                device_model_args: Sequence[str] = ()) -> HvmGuest:
+                device_model_args: Sequence[str] = (), address: str | None = None) -> HvmGuest:
     """The test guest ``name`` for the catalog split ``entry`` on a host of
     this ``profile`` (its ``HostSpec.profile``), checked.
 
@@ -65,6 +70,10 @@ def guest_model(name: str, entry: CatalogSplit, profile: HostProfile,
     that only has to boot does not need one).  ``trace_events``: the QEMU
     trace events to enable (``()``: none).  ``device_model_args``: more QEMU
     arguments after the trace's (e.g. ``-D FILE`` for the trace's own file).
+    ``address``: the guest's IPv4 address on dom0's bridge (the kit's init
+    takes it from ``xenhil.addr=``; None: the kit's GUEST_ADDRESS), given
+    with ``xenhil.name=`` so that a connection can tell which guest answers
+    (harness.guest_ssh).
 
     Raises :class:`~harness.xen.xlconfig.XlConfigError` naming every field that
     cannot be rendered (e.g. a name xl would not take)."""
@@ -75,7 +84,7 @@ def guest_model(name: str, entry: CatalogSplit, profile: HostProfile,
     guest = HvmGuest(
         name=name, memory=MEMORY_MIB, maxmem=MEMORY_MIB, vcpus=1,
         boot=DirectKernelBoot(f"{GUEST_KIT_DIR}/vmlinuz", f"{GUEST_KIT_DIR}/initrd.img",
-                              guest_cmdline(profile)),
+                              guest_cmdline(profile, name, address)),
         vifs=[Vif(id=v, model=NIC_MODEL, bridge=BRIDGE) for v in entry.guest_vifs],
         disks=[Disk(target=disk, vdev="hda", format="raw", access="rw")] if disk is not None else [],
         serial="pty", device_model_args=args, split=entry.split,

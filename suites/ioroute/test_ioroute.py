@@ -14,7 +14,8 @@ from xenhil.harness.lab.virtual.guestkit import NIC_TRAFFIC_COMMAND
 # PCI function, through the guest kernel's drivers and the probe.
 WORKLOADS = {
     "ide": "dd if=/dev/sda of=/dev/null bs=4k count=64 2>&1 || xhprobe inb 0x1f7",
-    "serial": "echo xenhil-serial-routing",
+    # Written to the UART itself: the command may run over SSH.
+    "serial": "echo xenhil-serial-routing > /dev/ttyS0",
     "ui": "xhprobe inb 0x64; xhprobe inb 0x3da",
 }
 

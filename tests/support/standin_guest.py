@@ -87,7 +87,7 @@ class _StandInToolstack:
 
 class StandInGuest:
     def __init__(self, host, config, artifacts_dir: Path, ready_condition=None, companions=(),
-                 prompt=None):
+                 prompt=None, address=None):
         self.host = host
         self.config = config
         self.name = config.name
