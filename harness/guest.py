@@ -12,13 +12,14 @@ import enum
 import logging
 import shlex
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, TypeVar
 
 from xenhil.harness import budgets
 from xenhil.harness.budgets import COMMAND_ECHO_S, CONSOLE_STALL_S
 from xenhil.harness.errors import InfrastructureError, ProductError, XenhilError
-from xenhil.harness.guest_ssh import GuestShell, NoGuestRoute
+from xenhil.harness.guest_ssh import GuestRouteLost, GuestShell, NoGuestRoute
 from xenhil.harness.step import step
 from xenhil.harness.xen import evidence
 from xenhil.harness.xen.balloon import BalloonSettled, wait_balloon_settled
@@ -316,6 +317,9 @@ class Guest:
             message = f"guest {self.name}: commands go over the console from now on: {exc}"
             self.route_failures.append(message)
             log.warning("%s", message)
+            # Counted in the run's warnings summary: a route that always fails
+            # leaves the run right but slow, which nobody would notice otherwise.
+            warnings.warn(GuestRouteLost(message))
             return None
 
     def _run_on_console(self, command: str, timeout: float) -> tuple[int, str]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import paramiko
 
-from xenhil.harness.errors import ConnectionLost, InfrastructureError, SSHError
+from xenhil.harness.errors import ConnectionLost, InfrastructureError, SSHError, XenhilWarning
 from xenhil.harness.lab.model import SSHConfig
 from xenhil.harness.secrets import register_private_key
 
@@ -53,6 +53,10 @@ class NoGuestRoute(InfrastructureError):
     help = ("The guest's commands use its console instead (slower on an emulated host). "
             "Check that the guest kit is installed in dom0 and that the guest's eth0 came up "
             "(its console shows XENHIL-GUEST-READY with addr=).")
+
+
+class GuestRouteLost(XenhilWarning):
+    """A ready guest's commands went back to its console (NoGuestRoute)."""
 
 
 def free_address(taken: set[str]) -> str:

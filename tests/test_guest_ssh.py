@@ -15,7 +15,7 @@ from xenhil.harness.guest import Guest
 from xenhil.harness.lab.profile import HostProfile
 from xenhil.harness.xen.catalog import load_catalog
 from xenhil.harness.xen.testguest import guest_model
-from xenhil.harness.guest_ssh import ADDRESS_POOL, GuestShell, NoGuestRoute, free_address
+from xenhil.harness.guest_ssh import ADDRESS_POOL, GuestRouteLost, GuestShell, NoGuestRoute, free_address
 from xenhil.harness.errors import InfrastructureError
 from xenhil.harness.secrets import MASK, scrub
 from tests.support.sshd import sshd_factory  # noqa: F401  (fixture)
@@ -141,7 +141,8 @@ def test_a_guest_runs_its_commands_over_ssh_once_ready_and_on_its_console_after_
             guest.run("exit 4")
         assert guest.on_console == ["echo a"]
         guest_server.kill()
-        assert guest.run("echo b") == "from the console\n"
+        with pytest.warns(GuestRouteLost, match="commands go over the console from now on"):
+            assert guest.run("echo b") == "from the console\n"
         assert guest.run("echo c") == "from the console\n"   # no second try per command
         assert guest.on_console == ["echo a", "echo b", "echo c"]
         assert len(guest.route_failures) == 1
