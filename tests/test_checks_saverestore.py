@@ -1,9 +1,13 @@
 """Save/restore checks over save files laid out as xl writes them
 (tests/support/savefile_builder.py), recorded-shape rangesets and lspci."""
+import types
+
 import pytest
 
+from xenhil.harness.access.ssh import SSHConnection
 from xenhil.harness.checks.failure import CheckFailed
-from xenhil.harness.checks.saverestore import (check_models_running, check_same_ownership, check_same_pci,
+from xenhil.harness.checks.pci import server_ids_by_model
+from xenhil.harness.checks.saverestore import (_log_offsets, _traces_since, check_models_running, check_same_ownership, check_same_pci,
                                                check_savefile_emulators, check_uptime_continued,
                                                normalise_rangesets, parse_uptime, state_paths)
 from xenhil.harness.xen import savefile as sf
@@ -13,6 +17,7 @@ from xenhil.harness.xen.splits import Split, parse_split
 
 from tests.support.checks import assert_failure_message, data, recorded
 from tests.support.savefile_builder import SaveFileBuilder
+from tests.support.sshd import sshd_factory, sshd_server  # noqa: F401  (fixtures)
 
 QEMU = sf.EMULATOR_QEMU_UPSTREAM
 EV = {"save file": "host:/var/lib/xenhil/guests/xhguest.save"}
@@ -145,3 +150,33 @@ def test_xl_refusing_to_save_is_a_product_failure_quoting_libxls_error():
     # Minimally altered: no libxl error line, the end of xl's output is quoted instead.
     quiet = RemoteCommandFailed("xl save g1 /x.save", 3, "", "xc: progress: Frames: 1/2   50%\nsomething odd\n")
     assert xl_refused("xl save", quiet, EV).seen == "exit status 3: something odd"
+
+
+RESTORED_QALL_LOG = "qemu-dm_qall_restored_qnet_qall_port_417_emulated.log"
+
+
+def test_a_models_log_started_afresh_by_the_restore_is_read_from_its_start(sshd_server, tmp_path):  # noqa: F811
+    """libxl moves a model's log to .log.1 when the restore starts its QEMU.
+    The new file may already be longer than the old one was when the check
+    reads it (main job 2026-12-02, commands over SSH: qall's restored server
+    was read from the old file's size on and missed, "seen live server ids
+    []").  The mark names the file, not only its size."""
+    log = tmp_path / "qemu-dm-g1-qall.log"
+    log.write_text("char device redirected to /dev/pts/1 (label serial0)\n"
+                   "xen_ioreq_server_create id: 7\n")
+    logs = {"qall": str(log)}
+    with SSHConnection(sshd_server.ssh_config(), name="dom0") as conn:
+        host = types.SimpleNamespace(name="dom0", ssh=conn)
+        marks = _log_offsets(host, logs)
+        old_size = log.stat().st_size
+        log.rename(f"{log}.1")
+        restored = recorded(RESTORED_QALL_LOG)
+        assert len(restored) > old_size
+        log.write_text(restored)
+        server_models = server_ids_by_model(_traces_since(host, logs, marks), {})
+        assert server_models == {1: "qall"}
+        # Appended to, the same file is read from the mark on.
+        marks = _log_offsets(host, logs)
+        with log.open("a") as out:
+            out.write("xen_ioreq_server_destroy id: 1\nxen_ioreq_server_create id: 2\n")
+        assert server_ids_by_model(_traces_since(host, logs, marks), {}) == {2: "qall"}

@@ -222,26 +222,39 @@ def _uptime(guest) -> float:
     return parse_uptime(guest.run("cat /proc/uptime", timeout=60))
 
 
-def _log_offsets(host, model_logs: Mapping[str, str]) -> dict[str, int]:
-    out = {}
-    for model, path in model_logs.items():
-        text = host.ssh.run(f"stat -c %s {shlex.quote(path)} 2>/dev/null || echo 0", timeout=30).stdout
-        out[model] = int(text.strip() or 0)
-    return out
+# Where each model's trace log ends: (inode, size).  libxl starts a model's
+# log afresh when it starts the model (the restore's QEMU; the old file
+# becomes .log.1), so a mark of another file means "read it all".  The size
+# alone cannot tell: a new log that grew past the old one's size before it
+# is read looked like the old file, and its xen_ioreq_server_create was
+# skipped (main job 2026-12-02, commands over SSH: the check came sooner).
+LogMark = tuple[int, int]
+_STAT = "stat -c '%i %s' {path} 2>/dev/null || echo '0 0'"
 
 
-def _traces_since(host, model_logs: Mapping[str, str], offsets: Mapping[str, int]) -> dict:
+def _log_mark(host, path: str) -> LogMark:
+    inode, size = host.ssh.run(_STAT.format(path=shlex.quote(path)), timeout=30).stdout.split()
+    return int(inode), int(size)
+
+
+def _log_offsets(host, model_logs: Mapping[str, str]) -> dict[str, LogMark]:
+    return {model: _log_mark(host, path) for model, path in model_logs.items()}
+
+
+def _traces_since(host, model_logs: Mapping[str, str], offsets: Mapping[str, LogMark]) -> dict:
+    """Each model's trace from its mark in ``offsets`` on (no mark, another
+    file, or a shorter one: the whole file)."""
     traces = {}
     for model, path in model_logs.items():
-        size = int(host.ssh.run(f"stat -c %s {shlex.quote(path)} 2>/dev/null || echo 0",
-                                timeout=30).stdout.strip() or 0)
-        start = offsets.get(model, 0) if size >= offsets.get(model, 0) else 0  # rotated: whole file
+        inode, size = _log_mark(host, path)
+        mark_inode, mark_size = offsets.get(model, (None, 0))
+        start = mark_size if (mark_inode == inode and size >= mark_size) else 0
         text = host.ssh.run(f"tail -c +{start + 1} {shlex.quote(path)}", timeout=120, check=True).stdout
         traces[model] = parse_trace_log(text, source=path)
     return traces
 
 
-def _ownership(guest, model_logs: Mapping[str, str] | None, offsets: Mapping[str, int],
+def _ownership(guest, model_logs: Mapping[str, str] | None, offsets: Mapping[str, LogMark],
                evidence: dict, tag: str, out_dir: Path) -> dict[str, ServerRanges]:
     text = guest.xl.rangesets_text()
     evidence[f"rangesets {tag}"] = save_evidence(out_dir, f"rangesets-{tag}.txt", text)
@@ -309,8 +322,7 @@ def save_restore_cycle(guest, *, model_logs: Mapping[str, str] | None = None,
     guest.run(pattern.write_command(pattern_target), timeout=120)
     lspci_before = guest.run("lspci -n", timeout=60)
     evidence["lspci -n before"] = save_evidence(out_dir, "lspci-before.txt", lspci_before)
-    offsets = {m: 0 for m in (model_logs or {})}
-    own_before = _ownership(guest, model_logs, offsets, evidence, "before", out_dir)
+    own_before = _ownership(guest, model_logs, {}, evidence, "before", out_dir)
     old_domid = guest.domid
 
     # save: the domain and all its models must be gone
