@@ -47,9 +47,18 @@ KIT_VERSION = "2"  # bump when the kit's layout changes (part of the hash)
 GUEST_ADDRESS = "192.168.100.10"
 # dom0's own address on xenbr0 (lab/virtual/dom0/overlay/.../30-xenbr0.network).
 DOM0_BRIDGE_ADDRESS = "192.168.100.1"
-# Makes the guest's NIC move frames both ways: a ping to dom0 across the
-# isolated bridge (nothing leaves the host; the guest has no default route).
-NIC_TRAFFIC_COMMAND = f"ip link set eth0 up; ping -c 3 -W 1 {DOM0_BRIDGE_ADDRESS} >/dev/null 2>&1; true"
+# Makes every NIC of the guest move frames both ways, across the isolated
+# bridge to dom0 (nothing leaves the host; the guest has no default route):
+# eth0, which has the guest's address, pings dom0; every NIC, addressed or
+# not, asks for dom0's address in ARP's duplicate-address mode (source
+# 0.0.0.0), which dom0 answers.  A ping alone left a second NIC (a split's
+# qnet2) without any DMA, so its model had nothing for the map-cache check
+# to see (catalog run 2026-12-02, qnet1+qnet2+qall).
+NIC_TRAFFIC_COMMAND = (
+    "for nic in /sys/class/net/eth*; do ip link set \"${nic##*/}\" up; done; "
+    f"ping -c 3 -W 1 {DOM0_BRIDGE_ADDRESS} >/dev/null 2>&1; "
+    "for nic in /sys/class/net/eth*; do "
+    f"arping -D -c 2 -w 2 -I \"${{nic##*/}}\" {DOM0_BRIDGE_ADDRESS} >/dev/null 2>&1; done; true")
 DROPBEAR_HOST_KEY = "etc/dropbear/dropbear_ed25519_host_key"
 MULTIARCH = "x86_64-linux-gnu"
 
