@@ -100,3 +100,26 @@ def test_a_mutant_runs_guests_are_never_shared_with_a_clean_run(tmp_path: Path) 
     assert guest_build("b1", clean.get("single+probe")) == "b1"
     assert guest_build("b1", mutant.get("single+probe")) == "b1 probe-fault=delay=200"
     assert guest_build("b1", mutant.get("qnet+qall")) == "b1"       # no probe, nothing planted
+
+
+class _ProbeHandleStandIn:
+    """Stands in for a ProbeHandle's two reads (a probe in dom0 is not what
+    this test is about: the folder the evidence goes to is)."""
+    def counters(self):
+        return None
+
+    def stderr_tail(self, lines: int) -> str:
+        return "probe: serving\n"
+
+
+def test_the_probes_evidence_is_kept_when_the_checks_folder_does_not_exist_yet(tmp_path: Path) -> None:
+    # The catalog run of 2026-12-02 lost it: "probe evidence incomplete:
+    # [Errno 2] No such file or directory: .../mapcache/probe-counters.json".
+    from xenhil.harness.probe_dm.companion import ProbeCompanion
+    run = _parse(tmp_path, **{"--split": ["single+probe"]})
+    companion = ProbeCompanion(run.catalog.get("single+probe").probe_settings)
+    companion.handle = _ProbeHandleStandIn()
+    folder = tmp_path / "guests" / "g" / "mapcache"
+    evidence = companion.evidence(None, folder)
+    assert set(evidence) == {"probe counters", "probe stderr"}
+    assert (folder / "probe-stderr.txt").read_text() == "probe: serving\n"

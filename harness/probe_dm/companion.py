@@ -10,6 +10,7 @@ import json
 import logging
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from xenhil.harness.errors import XenhilError
 from xenhil.harness.probe_dm.host import ProbeCounters, ProbeHandle, ProbeSpec, install, start_probe
@@ -124,6 +125,10 @@ class ProbeCompanion:
             return {}
         out: dict[str, str] = {}
         try:
+            # The check may ask before it saved any evidence of its own there
+            # (the map-cache check on a guest handed on by save/restore).
+            directory = Path(directory)
+            directory.mkdir(parents=True, exist_ok=True)
             seen = self.handle.counters()
             path = directory / "probe-counters.json"
             path.write_text(json.dumps(seen.raw if seen else None, indent=1))
