@@ -52,8 +52,8 @@ def guest_and_dom0(tmp_path: Path):
             # No IPv6 in the guest: its autoconfiguration would send frames
             # of its own on every NIC that comes up.
             for key in ("all", "default"):
-                subprocess.run(["ip", "netns", "exec", guest, "sysctl", "-qw",
-                                f"net.ipv6.conf.{key}.disable_ipv6=1"], check=True)
+                subprocess.run(["ip", "netns", "exec", guest, "sh", "-c",
+                                f"echo 1 > /proc/sys/net/ipv6/conf/{key}/disable_ipv6"], check=True)
             for index in (0, 1):
                 _ip("-n", guest, "link", "add", f"eth{index}", "type", "veth",
                     "peer", "name", f"vif{index}", "netns", dom0)
