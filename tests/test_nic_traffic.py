@@ -37,7 +37,7 @@ def _counter(netns: str, nic: str, name: str) -> int:
 
 @pytest.fixture
 def guest_and_dom0(tmp_path: Path):
-    """(guest netns, dom0 netns, PATH with busybox's applets)."""
+    """(guest netns, dom0 netns, busybox, a PATH folder of its applets)."""
     busybox = shutil.which("busybox")
     assert busybox, "busybox is missing: scripts/setup installs busybox-static (the guest kit's shell)"
     tag = uuid.uuid4().hex[:6]
@@ -62,7 +62,7 @@ def guest_and_dom0(tmp_path: Path):
             _ip("-n", guest, "addr", "add", f"{GUEST_ADDRESS}/24", "dev", "eth0")
             applets = tmp_path / "bin"
             applets.mkdir()
-            for applet in ("ip", "ping", "arping", "cat"):
+            for applet in ("ip", "ping", "arping"):
                 (applets / applet).symlink_to(busybox)
             yield guest, dom0, busybox, str(applets)
         finally:
