@@ -10,8 +10,8 @@ import json
 import logging
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 
+from xenhil.harness.checks.failure import save_evidence
 from xenhil.harness.errors import XenhilError
 from xenhil.harness.probe_dm.host import ProbeCounters, ProbeHandle, ProbeSpec, install, start_probe
 from xenhil.harness.step import step
@@ -125,17 +125,14 @@ class ProbeCompanion:
             return {}
         out: dict[str, str] = {}
         try:
-            # The check may ask before it saved any evidence of its own there
-            # (the map-cache check on a guest handed on by save/restore).
-            directory = Path(directory)
-            directory.mkdir(parents=True, exist_ok=True)
+            # save_evidence makes the folder: the check may ask before it
+            # saved anything of its own there (the map-cache check on a guest
+            # handed on by save/restore).
             seen = self.handle.counters()
-            path = directory / "probe-counters.json"
-            path.write_text(json.dumps(seen.raw if seen else None, indent=1))
-            out["probe counters"] = str(path)
-            path = directory / "probe-stderr.txt"
-            path.write_text(self.handle.stderr_tail(200))
-            out["probe stderr"] = str(path)
+            out["probe counters"] = save_evidence(directory, "probe-counters.json",
+                                                  json.dumps(seen.raw if seen else None, indent=1))
+            out["probe stderr"] = save_evidence(directory, "probe-stderr.txt",
+                                                self.handle.stderr_tail(200))
         except (XenhilError, OSError) as exc:
             log.warning("probe evidence incomplete: %s", exc)
         return out
