@@ -61,6 +61,9 @@ NUMBERS: dict[str, Range] = {
     # xenhil bisect: runs again of a prefix whose run said nothing (a lab failure, a skip).
     "--retries": Range("runs again of a prefix whose run said nothing", 0, 10, 1, unit="runs",
                        integer=True),
+    # xenhil qualify: a catch repeated (the latency mutant: "5 of 5"); each
+    # run is a guest boot and minutes of tests, so a hundred is a typo.
+    "--repeat": Range("runs of each mutant", 1, 100, 5, unit="runs", integer=True),
     # Suites' options: a count of 0 or less would make their test pass
     # having checked nothing.
     "--saverestore-cycles": Range("save/restore cycles of the repeated-cycles test", 1, 1000, 3,

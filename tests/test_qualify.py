@@ -126,10 +126,45 @@ def test_all_caught_and_a_green_unmutated_build_exit_0(stand_in: Path) -> None:
     assert "1 of 1 mutants caught; unmutated build green" in result.stdout
 
 
+def test_a_repeated_mutant_runs_that_many_times_each_judged_on_its_own(stand_in: Path) -> None:
+    # "Five runs with the delay mutant: 5 caught": each repeat is a run of
+    # its own (run id, outcomes, row); the unmutated build runs once.
+    result = qualify(stand_in, "--mutant", "caught-one", "--mutant", "escaping-one", "--repeat", "2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "caught" in _row(out, "caught-one.1") and "caught" in _row(out, "caught-one.2")
+    assert "escaped" in _row(out, "escaping-one.1") and "escaped" in _row(out, "escaping-one.2")
+    assert "2 of 4 mutant runs (2 mutant(s), repeated) caught; unmutated build green" in out
+    runs = sorted(p.parent.name.split("-", 2)[-1]
+                  for p in (stand_in / "artifacts").glob("q*/run-main.json"))
+    assert runs == ["caught-one.1", "caught-one.2", "escaping-one.1", "escaping-one.2", "unmutated"]
+
+
+def test_a_repeated_patch_mutant_is_built_once(tmp_path: Path) -> None:
+    from xenhil.harness.mutants.qualify import Build, Qualification, plan
+    catalog = load_mutant_catalog()
+    mutant = next(m for m in catalog.mutants if m.patch is not None)
+    built = []
+
+    def build(xen, qemu, log, jobs):
+        built.append(log.name)
+        return Build(f"/builds/{log.name}.tar.gz", seconds=30.0)
+
+    qualification = Qualification(catalog, [mutant], "lab.yaml", tmp_path, REPO, repeat=3,
+                                  qualification_id="q1", build=build, say=lambda _: None)
+    runs = plan([mutant], 3)
+    qualification.builds(runs)
+    assert built == ["build-reference.log", f"build-{mutant.id}.log"]
+    assert [r.name for r in runs[1:]] == [f"{mutant.id}.{i}" for i in (1, 2, 3)]
+    assert {r.build.dist for r in runs[1:]} == {f"/builds/build-{mutant.id}.log.tar.gz"}
+
+
 def test_bad_input_exits_2_before_any_run(stand_in: Path) -> None:
     result = qualify(stand_in, "--mutant", "no-such")
     assert result.returncode == 2
     assert "--mutant no-such: not in the mutant catalog" in result.stderr
+    result = qualify(stand_in, "--repeat", "0")
+    assert result.returncode == 2 and "--repeat '0': out of range" in result.stderr and "runs of each mutant" in result.stderr
     (stand_in / "lab.yaml").write_text("hosts: 3\n")
     result = qualify(stand_in)
     assert result.returncode == 2 and "lab.yaml" in result.stderr

@@ -5,6 +5,7 @@ it on a lab, run the unmutated build on the same tests in the same
 qualification, and print mutant -> caught by -> class -> time.
 
     xenhil qualify --lab lab/virtual.yaml --mutant probe-delay -- -n 2
+    xenhil qualify --lab lab/virtual.yaml --mutant probe-delay --repeat 5
     xenhil qualify --check            # the catalog alone: every problem, exit 2
 
 Exit 0 when every mutant is caught with its failure class and the unmutated
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from xenhil.harness.cli.common import add_build_and_run_options, add_lab_options, lab_path, load_lab
+from xenhil.harness.options import argparse_number
 
 
 def register(subparsers) -> None:
@@ -36,6 +38,10 @@ def register(subparsers) -> None:
                         help="the mutant catalog (default lab/mutants/mutants.yaml)")
     parser.add_argument("--mutant", action="append", default=[], metavar="ID",
                         help="qualify only this mutant (repeatable; default: all)")
+    parser.add_argument("--repeat", type=argparse_number("--repeat"), default=1, metavar="N",
+                        help="run each chosen mutant N times, the unmutated build once (default "
+                             "1): a catch that must hold run after run, e.g. --mutant "
+                             "probe-delay --repeat 5 on a noisy host")
     parser.add_argument("--check", action="store_true",
                         help="only check the catalog and list its mutants (no build, no lab)")
     parser.add_argument("--artifacts", default="artifacts",
@@ -78,9 +84,11 @@ def qualify_command(args: argparse.Namespace) -> int:
         extra += ["--lab-db", args.lab_db]
     qualification = Qualification(catalog, mutants, lab, artifacts, args.suites_root.resolve(),
                                   results_db=args.results_db, extra=extra,
-                                  qualification_id=_qualification_id(), jobs=args.jobs)
-    print(f"qualification {qualification.qualification_id}: {len(mutants)} mutant(s) and the "
-          f"unmutated build, folder {qualification.folder}", flush=True)
+                                  qualification_id=_qualification_id(), jobs=args.jobs,
+                                  repeat=int(args.repeat))
+    times = f" x {int(args.repeat)} runs each" if args.repeat > 1 else ""
+    print(f"qualification {qualification.qualification_id}: {len(mutants)} mutant(s){times} and "
+          f"the unmutated build, folder {qualification.folder}", flush=True)
     started = time.monotonic()
     runs = qualification.execute()
     print()

@@ -73,14 +73,18 @@ class Run:
         return list(dict.fromkeys(node for _, _, node in self.expected))
 
 
-def plan(mutants: Sequence[Mutant]) -> list[Run]:
-    """The unmutated run (every test x split any mutant names), then one
-    run per mutant: the probe faults first, which run on the unmutated
-    build too (a host provisions a build once, not again for each), then
-    the patch mutants, in the catalog's order."""
+def plan(mutants: Sequence[Mutant], repeat: int = 1) -> list[Run]:
+    """The unmutated run (every test x split any mutant names), then
+    ``repeat`` runs per mutant: the probe faults first, which run on the
+    unmutated build too (a host provisions a build once, not again for
+    each), then the patch mutants, in the catalog's order.  A mutant's
+    runs follow each other, named ``<id>.1``, ``<id>.2``... when repeated
+    (each its own run id, so each is judged on its own)."""
     union = list(dict.fromkeys(e for m in mutants for e in m.expected()))
     ordered = sorted(mutants, key=lambda m: m.patch is not None)
-    return [Run(UNMUTATED, None, union)] + [Run(m.id, m, m.expected()) for m in ordered]
+    names = lambda m: [m.id] if repeat == 1 else [f"{m.id}.{i}" for i in range(1, repeat + 1)]
+    return [Run(UNMUTATED, None, union)] + [Run(name, m, m.expected()) for m in ordered
+                                            for name in names(m)]
 
 
 # --------------------------------------------------------------------------
@@ -221,10 +225,14 @@ def verdict(run: Run) -> str:
 
 def rows(runs: Sequence[Run]) -> list[Row]:
     out = []
+    shown: set[int] = set()           # a build's time once, not on every run of a repeated mutant
     for run in runs:
         what = run.mutant.what if run.mutant is not None else "reference series"
+        first = run.build is not None and id(run.build) not in shown
         seconds = f"{run.seconds:.0f} s" + (f" (+build {run.build.seconds:.0f} s)"
-                                            if run.build is not None and run.build.seconds >= 1 else "")
+                                            if first and run.build.seconds >= 1 else "")
+        if run.build is not None:
+            shown.add(id(run.build))
         for i, (test, split, node) in enumerate(run.expected):
             outcome, klass, judged = _test_verdict(run, node)
             out.append(Row(run.name if i == 0 else "", what if i == 0 else "", split,
@@ -252,7 +260,9 @@ def summary(runs: Sequence[Run], wall: float) -> str:
     mutants = [r for r in runs if r.mutant is not None]
     caught = sum(verdict(r) == CAUGHT for r in mutants)
     clean = next((verdict(r) for r in runs if r.mutant is None), NOT_RUN)
-    return (f"{caught} of {len(mutants)} mutants caught; unmutated build {clean}; "
+    distinct = len({r.mutant.id for r in mutants})
+    what = "mutants" if distinct == len(mutants) else f"mutant runs ({distinct} mutant(s), repeated)"
+    return (f"{caught} of {len(mutants)} {what} caught; unmutated build {clean}; "
             f"wall time {wall / 60:.1f} min")
 
 
@@ -271,6 +281,7 @@ class Qualification:
     extra: list[str] = field(default_factory=list)    # more pytest arguments
     qualification_id: str = ""
     jobs: int | None = None
+    repeat: int = 1                   # runs of each mutant
     say: Callable[[str], None] = print
     build: Callable[..., Build] = xenhil_build
 
@@ -294,18 +305,21 @@ class Qualification:
             self.say("build: the reference series")
             reference = self.build(self.catalog.xen_series, self.catalog.qemu_series,
                                    self.folder / "build-reference.log", self.jobs)
+        built: dict[str, Build] = {}      # a repeated mutant is built once
         for run in runs:
             if run.mutant is None or run.mutant.patch is None:
                 run.build = reference
                 continue
-            self.say(f"build: {run.name}")
-            series = mutant_series(self.catalog, run.mutant, self.folder / "series" / run.name)
-            run.build = self.build(series["xen"], series["qemu"],
-                                   self.folder / f"build-{run.name}.log", self.jobs)
+            if run.mutant.id not in built:
+                self.say(f"build: {run.mutant.id}")
+                series = mutant_series(self.catalog, run.mutant, self.folder / "series" / run.mutant.id)
+                built[run.mutant.id] = self.build(series["xen"], series["qemu"],
+                                                  self.folder / f"build-{run.mutant.id}.log", self.jobs)
+            run.build = built[run.mutant.id]
 
     def execute(self) -> list[Run]:
         self.folder.mkdir(parents=True, exist_ok=True)
-        runs = plan(self.mutants)
+        runs = plan(self.mutants, self.repeat)
         self.builds(runs)
         for run in runs:
             run.run_id = f"{self.qualification_id}-{run.name}"
