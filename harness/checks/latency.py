@@ -5,12 +5,14 @@ are harness.results.latency's; rows go to ResultsStore.record_latency.
 """
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from xenhil.harness.checks.failure import Evidence, Mismatch, fail_if, save_evidence
-from xenhil.harness.errors import TestBugError, XenhilWarning
+from xenhil.harness.errors import InfrastructureError, TestBugError, XenhilWarning
+from xenhil.harness.lab.virtual.contention import CpuWait, watch_emulator
 from xenhil.harness.results.latency import BASELINE_SERVER, find_latency_regressions, subsample
 from xenhil.harness.step import step
 from xenhil.harness.xen.parsers.errors import UnexpectedOutput
@@ -136,6 +138,49 @@ def confirmed_latency_regressions(store, run_id: str, host: str, split: str, bui
                  else str(r) for r in again]
     unconfirmed = [str(r) for r in first if r.where not in again_at]
     return LatencyVerdicts(confirmed, unconfirmed, [str(r) for r in first])
+
+
+class LatencyOnContendedHost(InfrastructureError):
+    """A latency regression that both measurements showed while, in both,
+    the host's emulator waited for its machine's CPUs: the product failure
+    refiled as infrastructure, the cause named in the message."""
+
+    help = ("The machine emulating the host was busy with other work during both measurements, "
+            "so they say nothing of Xen or QEMU: run the virtual lab with nothing else on its "
+            "machine (the busiest processes are named above), then rerun the test.")
+
+
+def refile_on_contended_host(confirmed: Sequence[str], waits: Sequence[CpuWait | None],
+                             evidence: Evidence | None = None) -> None:
+    """Raise :class:`LatencyOnContendedHost` when there are ``confirmed``
+    regressions and every measurement's watch (``waits``, one per
+    measurement) saw the emulator contended; return otherwise, the product
+    verdict standing.  A measurement not watched (a host not emulated here)
+    or one that got its CPUs keeps the failure a product one."""
+    if not confirmed or not waits or any(w is None or not w.contended for w in waits):
+        return
+    raise LatencyOnContendedHost(
+        "refiled as infrastructure: the latency regression was measured while the host's emulator "
+        "waited for a CPU of its machine, in each measurement: "
+        + "; ".join(f"measurement {i}: {w}" for i, w in enumerate(waits, 1))
+        + ". The regression as measured: " + "; ".join(confirmed), evidence=dict(evidence or {}))
+
+
+def measure_latency_watched(guest, ports: Mapping[str, int], *, evidence_dir: str = "latency",
+                            **options) -> tuple[list["LatencyRow"], CpuWait | None]:
+    """:func:`measure_latency`, the emulator of the guest's host watched
+    meanwhile when it is a virtual host of this machine (what it got is
+    saved beside the samples, ``emulator-cpu-wait.json``); the wait is None
+    for any other host."""
+    watch = watch_emulator(guest.host)
+    if watch is not None:
+        watch.start()
+    rows = measure_latency(guest, ports, evidence_dir=evidence_dir, **options)
+    wait = watch.stop() if watch is not None else None
+    if wait is not None:
+        save_evidence(guest.artifacts_dir / evidence_dir, "emulator-cpu-wait.json",
+                      json.dumps(wait.to_dict(), indent=2))
+    return rows, wait
 
 
 #: Raw samples brought back over the console per measurement: enough for the

@@ -157,6 +157,25 @@ def qemu_argv(host: VirtualHost) -> list[str]:
             "-qmp", f"unix:{host.qmp_socket},server=on,wait=off"]
 
 
+def find_emulator(name: str, address: str) -> int | None:
+    """The pid of the QEMU process emulating host ``name`` at ``address`` on
+    this machine (the command line :func:`qemu_argv` gives it: its ``-name``
+    and its serial socket's address), or None when none runs here."""
+    wanted_name, wanted_address = f"xenhil-{name}", f"host={address},"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue                  # gone, or not ours to read
+        args = [a.decode(errors="replace") for a in argv]
+        named = any(a == "-name" and b == wanted_name for a, b in zip(args, args[1:]))
+        if named and any(wanted_address in a for a in args):
+            return int(entry.name)
+    return None
+
+
 # --- state ------------------------------------------------------------------
 
 def _state_path(state_dir: Path) -> Path:
