@@ -20,7 +20,7 @@ from xenhil.harness.checks.latency import (LatencyOnContendedHost, measure_laten
 from xenhil.harness.errors import INFRASTRUCTURE
 from xenhil.harness.lab.virtual.contention import BusyProcess, CpuWait, EmulatorCpuWatch
 from xenhil.harness.lab.virtual.launcher import find_emulator
-from xenhil.harness.lab.virtual.quirks import EMULATOR_CPU_WAIT_CONTENDED
+from xenhil.harness.lab.virtual.quirks import EMULATOR_CPU_WAIT_CONTENDED, QEMU_BINARY
 from xenhil.harness.probes import build_xhprobe
 
 SPIN_ON_CPU0 = "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"
@@ -29,11 +29,15 @@ SLEEP = "import time\ntime.sleep(120)"
 
 @pytest.fixture
 def processes():
-    """Start Python processes with an argv tail of our choosing; stopped by pid."""
+    """Start Python processes with an argv of our choosing (``argv0``: what
+    they are called, as bash's ``exec -a`` sets it); stopped by pid."""
     started = []
 
-    def start(code: str, *argv: str) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-c", code, *argv])
+    def start(code: str, *argv: str, argv0: str | None = None) -> subprocess.Popen:
+        command = [sys.executable, "-c", code, *argv]
+        if argv0 is not None:
+            command = ["bash", "-c", 'exec -a "$0" "$@"', argv0, *command]
+        p = subprocess.Popen(command)
         started.append(p)
         return p
 
@@ -51,8 +55,11 @@ def _looks_like_vhost(name: str, address: str) -> list[str]:
 
 
 def test_the_emulator_is_found_by_its_name_and_its_address(processes):
-    ours = processes(SLEEP, *_looks_like_vhost("vtest9", "127.0.0.99"))
-    processes(SLEEP, *_looks_like_vhost("vtest9", "127.0.0.98"))    # another lab's vtest9
+    # The virtual lab's BMC carries QEMU's arguments after its own: found
+    # first on the lab when only the arguments were read.
+    processes(SLEEP, "--pidfile", "x", *_looks_like_vhost("vtest9", "127.0.0.99"))
+    ours = processes(SLEEP, *_looks_like_vhost("vtest9", "127.0.0.99"), argv0=QEMU_BINARY)
+    processes(SLEEP, *_looks_like_vhost("vtest9", "127.0.0.98"), argv0=QEMU_BINARY)   # another lab's
     assert find_emulator("vtest9", "127.0.0.99") == ours.pid
     assert find_emulator("vtest9", "127.0.0.97") is None
     assert find_emulator("vtest8", "127.0.0.99") is None
@@ -138,7 +145,7 @@ class LocalGuestOnEmulatedHost:
 def test_a_measurement_on_a_virtual_host_keeps_its_emulators_wait(tmp_path, processes, emulated):
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed: cannot build xhprobe")
-    emulator = processes(SLEEP, *_looks_like_vhost("vtest9", "127.0.0.99"))
+    emulator = processes(SLEEP, *_looks_like_vhost("vtest9", "127.0.0.99"), argv0=QEMU_BINARY)
     probe = build_xhprobe(tmp_path / "xhprobe")
     guest = LocalGuestOnEmulatedHost(probe, tmp_path / "guest", emulated)
     rows, wait = measure_latency_watched(guest, {"0": 0x64}, count=200, probe=str(probe), check=False)

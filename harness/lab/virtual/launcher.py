@@ -159,9 +159,12 @@ def qemu_argv(host: VirtualHost) -> list[str]:
 
 def find_emulator(name: str, address: str) -> int | None:
     """The pid of the QEMU process emulating host ``name`` at ``address`` on
-    this machine (the command line :func:`qemu_argv` gives it: its ``-name``
-    and its serial socket's address), or None when none runs here."""
+    this machine (the command line :func:`qemu_argv` gives it: the QEMU
+    binary, its ``-name`` and its serial socket's address), or None when
+    none runs here.  The BMC that started it carries the same arguments
+    after its own; its argv[0] is Python's."""
     wanted_name, wanted_address = f"xenhil-{name}", f"host={address},"
+    binary = os.path.basename(quirks.QEMU_BINARY)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -170,6 +173,8 @@ def find_emulator(name: str, address: str) -> int | None:
         except OSError:
             continue                  # gone, or not ours to read
         args = [a.decode(errors="replace") for a in argv]
+        if os.path.basename(args[0]) != binary:
+            continue
         named = any(a == "-name" and b == wanted_name for a, b in zip(args, args[1:]))
         if named and any(wanted_address in a for a in args):
             return int(entry.name)
