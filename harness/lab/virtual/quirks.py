@@ -209,9 +209,10 @@ LATENCY_SHARE_SPREAD_EMULATED = 0.15
 # (harness.lab.virtual.contention): its threads waited in the run queue
 # more than this many seconds per second of a measurement.  Measured on a
 # 2-core machine (2026-12-02) with one virtual host (2 vCPUs) booting a
-# guest or running the catalog's tests: 0.04-0.19 s/s alone; 0.87 s/s with
-# two busy loops beside it, niced to 19 (nice does not save it: the
-# emulator wants more than one core).  A fast-layer run beside the catalog
+# guest or running the catalog's tests: 0.04-0.19 s/s alone, 0.15-0.21 in
+# the seven latency measurements of a qualification (q20261202T153502-0c21);
+# 0.87 s/s with two busy loops beside it, niced to 19 (nice does not save
+# it: the emulator wants more than one core).  A fast-layer run beside the catalog
 # then made one QEMU round trip 5x slower (harness.lab.virtual.contention).
 EMULATOR_CPU_WAIT_CONTENDED = 0.40
 
