@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,6 +40,13 @@ def processes():
             command = ["bash", "-c", 'exec -a "$0" "$@"', argv0, *command]
         p = subprocess.Popen(command)
         started.append(p)
+        # Until bash has exec'd, the process is still called bash: wait for
+        # the command line it will be looked up by.
+        wanted = (argv0 or sys.executable).encode()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")[0] != wanted:
+            assert time.monotonic() < deadline, f"pid {p.pid} never became {wanted!r}"
+            time.sleep(0.01)
         return p
 
     yield start
