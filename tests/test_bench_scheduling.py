@@ -84,7 +84,9 @@ def test_the_figures_follow_from_the_recorded_tests(small_run) -> None:
     for record in records:
         own[record["host"]] = own.get(record["host"], 0.0) + record["hold_s"] + record["ssh_s"]
     slowest = max(own, key=own.get)
-    assert analysis["reference"]["host"] == slowest
+    # Both hosts hold two 1 s tests: a near tie (within the records' 1 ms
+    # rounding) may name either host as the slowest.
+    assert own[analysis["reference"]["host"]] == pytest.approx(own[slowest], abs=0.002)
     assert analysis["reference"]["own_s"] == pytest.approx(own[slowest], abs=0.002)
     assert analysis["ratio"] == pytest.approx(analysis["wall_s"] / own[slowest], rel=1e-3)
     assert analysis["meets_ratio"] == (analysis["ratio"] <= TARGET_RATIO)
