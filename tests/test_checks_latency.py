@@ -17,6 +17,7 @@ from xenhil.harness.results.store import ResultsStore
 from xenhil.harness.xen.parsers.probe_output import TimeIn, parse_single
 
 from tests.support.checks import assert_failure_message
+from tests.support.dry_run_guest import LocalDryRunGuest
 
 HZ = 1e9   # 1 cycle = 1 ns: easy numbers
 
@@ -99,19 +100,6 @@ def test_raw_samples_are_thinned_to_what_a_serial_console_carries(tmp_path):
     assert len(samples) == CONSOLE_SAMPLES
     t = parse_single(out, TimeIn)
     assert t.n == 5000 and len(t.samples) == CONSOLE_SAMPLES  # the summary still covers all 5000
-
-
-class LocalDryRunGuest:
-    """Stands in for a guest's shell: runs the command here, with the real
-    xhprobe in --dry-run (no port is touched; every read is all ones)."""
-
-    def __init__(self, probe: Path, artifacts_dir: Path):
-        self.probe, self.artifacts_dir, self.name = probe, artifacts_dir, "local-dry-run"
-
-    def run(self, command: str, timeout: float) -> str:
-        command = command.replace(f"{self.probe} time-in", f"{self.probe} --dry-run time-in")
-        return subprocess.run(["sh", "-c", command], check=True, capture_output=True, text=True,
-                              timeout=timeout).stdout
 
 
 def test_one_time_in_reads_the_baseline_and_every_server_in_turn(tmp_path):

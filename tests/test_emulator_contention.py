@@ -20,9 +20,11 @@ from xenhil.harness.checks.latency import (LatencyOnContendedHost, measure_laten
                                            refile_on_contended_host)
 from xenhil.harness.errors import INFRASTRUCTURE
 from xenhil.harness.lab.virtual.contention import BusyProcess, CpuWait, EmulatorCpuWatch
-from xenhil.harness.lab.virtual.launcher import find_emulator
+from xenhil.harness.lab.virtual.launcher import VirtualHost, find_emulator, qemu_argv
 from xenhil.harness.lab.virtual.quirks import EMULATOR_CPU_WAIT_CONTENDED, QEMU_BINARY
 from xenhil.harness.probes import build_xhprobe
+
+from tests.support.dry_run_guest import LocalDryRunGuest
 
 SPIN_ON_CPU0 = "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"
 SLEEP = "import time\ntime.sleep(120)"
@@ -57,9 +59,11 @@ def processes():
 
 
 def _looks_like_vhost(name: str, address: str) -> list[str]:
-    # The parts of qemu_argv that find_emulator reads: -name and the serial socket.
-    return ["-name", f"xenhil-{name}", "-chardev",
-            f"socket,id=serial0,host={address},port=5555,server=on,wait=off"]
+    """The arguments the launcher gives a virtual host's QEMU (qemu_argv),
+    without the binary: what find_emulator reads."""
+    host = VirtualHost(name=name, index=9, address=address, ssh_port=22, serial_port=5555,
+                       bmc_port=623, directory=Path("/nonexistent") / name)
+    return qemu_argv(host)[1:]
 
 
 def test_the_emulator_is_found_by_its_name_and_its_address(processes):
@@ -134,28 +138,15 @@ def test_no_regression_is_never_refiled():
     refile_on_contended_host([], [_wait(0.9), _wait(0.9)])
 
 
-class LocalGuestOnEmulatedHost:
-    """Stands in for a guest on a virtual host: the real xhprobe in
-    --dry-run here, its host's emulator a process of this machine."""
-
-    def __init__(self, probe: Path, artifacts_dir: Path, emulated: bool):
-        self.probe, self.artifacts_dir, self.name = probe, artifacts_dir, "local-dry-run"
-        self.host = SimpleNamespace(name="vtest9", spec=SimpleNamespace(
-            address="127.0.0.99", profile=SimpleNamespace(emulated=emulated)))
-
-    def run(self, command: str, timeout: float) -> str:
-        command = command.replace(f"{self.probe} time-in", f"{self.probe} --dry-run time-in")
-        return subprocess.run(["sh", "-c", command], check=True, capture_output=True, text=True,
-                              timeout=timeout).stdout
-
-
 @pytest.mark.parametrize("emulated", [True, False])
 def test_a_measurement_on_a_virtual_host_keeps_its_emulators_wait(tmp_path, processes, emulated):
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed: cannot build xhprobe")
     emulator = processes(SLEEP, *_looks_like_vhost("vtest9", "127.0.0.99"), argv0=QEMU_BINARY)
     probe = build_xhprobe(tmp_path / "xhprobe")
-    guest = LocalGuestOnEmulatedHost(probe, tmp_path / "guest", emulated)
+    host = SimpleNamespace(name="vtest9", spec=SimpleNamespace(
+        address="127.0.0.99", profile=SimpleNamespace(emulated=emulated)))
+    guest = LocalDryRunGuest(probe, tmp_path / "guest", host)
     rows, wait = measure_latency_watched(guest, {"0": 0x64}, count=200, probe=str(probe), check=False)
     assert [r.server for r in rows] == ["xen", "0"]
     saved = tmp_path / "guest" / "latency" / "emulator-cpu-wait.json"
