@@ -168,7 +168,7 @@ def test_a_slow_window_the_second_measurement_does_not_show_is_not_a_regression(
 
     def measure_again():
         measured_again.append(True)
-        return recorded_rows("")          # the second measurement: back to normal
+        return recorded_rows(""), None    # the second measurement: back to normal
 
     verdicts = confirmed_latency_regressions(store, "now", "vhost1", "single", "debian-default-x",
                                              recorded_rows("_slow_window"), measure_again)
@@ -185,12 +185,24 @@ def test_a_slow_window_the_second_measurement_does_not_show_is_not_a_regression(
 def test_a_regression_both_measurements_show_fails_with_both_figures(store_with_a_previous_run):
     verdicts = confirmed_latency_regressions(store_with_a_previous_run, "now", "vhost1", "single",
                                              "debian-default-x", recorded_rows("_slow_window"),
-                                             lambda: recorded_rows("_slow_window"))
+                                             lambda: (recorded_rows("_slow_window"), None))
     [text] = verdicts.confirmed
     assert verdicts.unconfirmed == []
     assert text.startswith("vhost1 split=single server=0 port 0x64: round-trip cost above baseline")
     assert text.count("REGRESSION") == 2 and "; first measurement: round-trip cost" in text
     assert text.endswith("(against 1 run(s) of build class debian, newest before)")
+
+
+def test_the_run_keeps_the_emulator_wait_of_the_measurement_it_keeps(store_with_a_previous_run):
+    """The store carries what the emulator got during the kept (second)
+    measurement: a contended one is then never the history of later runs."""
+    from xenhil.harness.lab.virtual.contention import CpuWait
+    first, second = (CpuWait("vhost1", 4242, 30.0, waited, 1.2, 2) for waited in (0.9, 0.7))
+    store = store_with_a_previous_run
+    confirmed_latency_regressions(store, "now", "vhost1", "single", "debian-default-x",
+                                  recorded_rows("_slow_window"),
+                                  lambda: (recorded_rows("_slow_window"), second), wait=first)
+    assert {r["emulator_cpu_wait"] for r in store.latency_rows("now")} == {0.7}
 
 
 def test_no_regression_measures_once(store_with_a_previous_run):
@@ -230,7 +242,7 @@ def test_the_recorded_interleaved_measurement_against_itself_is_no_regression(tm
                 emulated=True)
     store.record_run("now")
     verdicts = confirmed_latency_regressions(store, "now", "vhost1", "single+probe", "tarball-x",
-                                             interleaved_rows(), lambda: interleaved_rows(),
+                                             interleaved_rows(), lambda: (interleaved_rows(), None),
                                              emulated=True)
     store.close()
     assert verdicts == LatencyVerdicts([], [], [])
@@ -254,7 +266,7 @@ def test_the_same_measurement_with_the_delay_mutants_delay_is_a_share_regression
     store.record_run("now")
     delayed = interleaved_rows(probe_delay_ns=delay_mutant_us() * 1000)
     verdicts = confirmed_latency_regressions(store, "now", "vhost1", "single+probe", "tarball-x",
-                                             delayed, lambda: delayed, emulated=True)
+                                             delayed, lambda: (delayed, None), emulated=True)
     store.close()
     [text] = verdicts.confirmed
     assert text.startswith("vhost1 split=single+probe server=probe port 0x6100: round-trip cost")

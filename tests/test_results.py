@@ -79,7 +79,7 @@ BASE_NS = 1000.0
 
 
 def record_guest(store, run, costs, *, build="tarball-aaaa", slow=1.0, emulated=False,
-                 split="single+probe", seed=None, fault=None):
+                 split="single+probe", seed=None, fault=None, cpu_wait=None):
     rng = random.Random(seed if seed is not None else zlib.crc32(run.encode()))
     store.record_run(run, build=build, facts={"xenhil.probe_fault": fault} if fault else None)
     ports = {"xen": "0x40", "0": "0x64", "probe": "0x6100", "qall": "0x1f7"}
@@ -87,7 +87,8 @@ def record_guest(store, run, costs, *, build="tarball-aaaa", slow=1.0, emulated=
         mean = BASE_NS + cost * slow
         samples = [rng.gauss(mean, mean * 0.05) for _ in range(250)]
         store.record_latency(run, "vhost1", split, build, server, ports[server],
-                             summarize(samples), samples, emulated=emulated)
+                             summarize(samples), samples, emulated=emulated,
+                             emulator_cpu_wait=cpu_wait)
 
 
 @pytest.fixture
@@ -196,6 +197,28 @@ def test_an_emulated_hosts_history_is_its_rows_measured_as_such(store) -> None:
     record_guest(store, "next", {"0": 2_300_000, "probe": 2_950_000}, emulated=True)
     [qemu, probe] = latency_regressions(store, "next")
     assert "the median of 1 run(s)" in qemu and "newest interleaved" in probe
+
+
+def test_a_run_measured_while_the_emulator_waited_for_cpus_is_never_history(store) -> None:
+    """On the virtual lab a fast-layer run beside the catalog made qall's
+    round trip 5x longer on an unchanged build (harness.lab.virtual.quirks).
+    Kept as history, that run would widen the spread-based tolerance past
+    +600 % for the next ten runs and hide a real regression."""
+    for i in range(5):
+        record_guest(store, f"r{i}", {"qall": 1_000_000}, emulated=True, split="qnet+qall",
+                     cpu_wait=0.18, seed=i)
+    record_guest(store, "busy", {"qall": 5_200_000}, emulated=True, split="qnet+qall", cpu_wait=0.87)
+    [text] = latency_regressions(store, "busy")
+    assert text.endswith("measured while the host's emulator waited 0.87 s per second for a CPU "
+                         "(contended above 0.4): the machine's figure, kept out of the history)")
+    record_guest(store, "next", {"qall": 2_300_000}, emulated=True, split="qnet+qall", cpu_wait=0.2)
+    [text] = latency_regressions(store, "next")           # +130 %: past the +100 % floor
+    assert "the median of 5 run(s)" in text and "newest r4" in text and "kept out" not in text
+    # A run nobody watched (NULL) is history like any other.
+    record_guest(store, "unwatched", {"qall": 1_000_000}, emulated=True, split="qnet+qall")
+    record_guest(store, "after", {"qall": 1_000_000}, emulated=True, split="qnet+qall", cpu_wait=0.1)
+    assert store.latency_history("after", "vhost1", "qnet+qall", "built", 10, emulated=True,
+                                 cpu_wait_above=0.4)[0]["run_id"] == "unwatched"
 
 
 def test_build_classes_and_rules() -> None:

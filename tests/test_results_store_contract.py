@@ -387,7 +387,7 @@ def test_a_version_1_store_is_upgraded_keeping_every_row(url, recorded_version):
                                    else None)
 
     store = ResultsStore(url)
-    assert schema_version(url) == ResultsStore.SCHEMA_VERSION == 3
+    assert schema_version(url) == ResultsStore.SCHEMA_VERSION == 4
     for (run_id, started, build, series, facts), seq in zip(V1_RUNS, (1, 2)):
         assert store.run(run_id) == {"seq": seq, "run_id": run_id, "started": started,
                                      "build": build, "series": series, "facts": facts,
@@ -403,9 +403,10 @@ def test_a_version_1_store_is_upgraded_keeping_every_row(url, recorded_version):
     assert store.record_run("v2-c", runner="runner-c") == 3
     [history] = store.latency_history("v2-c", "h1", "single", "built", 10)
     assert history["run_id"] == "v1-a" and history["rows"][0]["emulated"] == 0   # not recorded then
+    assert history["rows"][0]["emulator_cpu_wait"] is None                        # nor watched
     store.close()
     ResultsStore(url).close()       # a second open finds it current
-    assert schema_version(url) == 3
+    assert schema_version(url) == 4
     assert sql(url, "SELECT run_id, runner FROM runs ORDER BY seq") == \
         [("v1-a", ""), ("v1-b", ""), ("v2-c", "runner-c")]
 
@@ -430,7 +431,7 @@ def test_processes_opening_a_new_store_at_once_all_succeed(new_store_url):
         errors = errors_of_processes_at_once(open_and_record,
                                              [(url, f"runner-{i}") for i in range(processes)])
         assert errors == []
-        assert schema_version(url) == 3
+        assert schema_version(url) == 4
         runs = sql(url, "SELECT seq, run_id, runner FROM runs ORDER BY seq")
         assert sorted(runner for _, _, runner in runs) == [f"runner-{i}" for i in range(processes)]
         assert [seq for seq, _, _ in runs] == list(range(1, processes + 1))
@@ -440,13 +441,13 @@ def test_a_store_of_a_newer_xenhil_is_refused_untouched(url):
     store = ResultsStore(url)
     store.record_run("r1", runner="runner-a")
     store.close()
-    set_schema_version(url, 4)
+    set_schema_version(url, 5)
     for create in (True, False):
-        with pytest.raises(ConfigError, match=r"schema version 4, newer than this xenhil "
-                                              r"knows \(3\)") as info:
+        with pytest.raises(ConfigError, match=r"schema version 5, newer than this xenhil "
+                                              r"knows \(4\)") as info:
             ResultsStore(url, create=create)
         assert "upgrade xenhil" in info.value.help
-    assert schema_version(url) == 4
+    assert schema_version(url) == 5
     assert sql(url, "SELECT run_id, runner FROM runs") == [("r1", "runner-a")]
 
 

@@ -109,7 +109,7 @@ def test_a_results_store_that_lost_its_version_is_upgraded_keeping_its_runs(tmp_
     _set_version(str(path), None)
 
     store = ResultsStore(f"sqlite://{path}")
-    assert _version(str(path)) == ResultsStore.SCHEMA_VERSION == 3
+    assert _version(str(path)) == ResultsStore.SCHEMA_VERSION == 4
     assert store.run("r1")["build"] == "b1" and store.run("r1")["runner"] == "runner-1"
     assert store.outcomes("r1")[0]["message"] == "boom"
     store.close()

@@ -86,12 +86,14 @@ def check_latency_rows(rows: Sequence[LatencyRow], evidence: Evidence, *,
 
 
 def record_rows(store, run_id: str, host: str, split: str, build: str, rows: Sequence[LatencyRow],
-                emulated: bool = False) -> None:
+                emulated: bool = False, wait: CpuWait | None = None) -> None:
     """Write the rows with ResultsStore.record_latency (``emulated``: the
-    host is, which sets the floors of the regression rule)."""
+    host is, which sets the floors of the regression rule; ``wait``: what
+    its emulator got from its machine meanwhile, when watched)."""
     for r in rows:
         store.record_latency(run_id, host, split, build, r.server, r.port, r.summary, r.samples,
-                             emulated=emulated)
+                             emulated=emulated,
+                             emulator_cpu_wait=None if wait is None else wait.waited)
 
 
 class LatencyRegressionNotConfirmed(XenhilWarning):
@@ -109,11 +111,12 @@ class LatencyVerdicts:
 
 def confirmed_latency_regressions(store, run_id: str, host: str, split: str, build: str,
                                   rows: Sequence[LatencyRow],
-                                  measure_again: Callable[[], Sequence[LatencyRow]],
-                                  emulated: bool = False) -> LatencyVerdicts:
-    """Record ``rows`` and compare them with the history of the host, split and
-    build class (harness.results.latency); when that shows a regression,
-    measure again (``measure_again``) and record that instead.
+                                  measure_again: Callable[[], tuple[Sequence[LatencyRow], CpuWait | None]],
+                                  emulated: bool = False, wait: CpuWait | None = None) -> LatencyVerdicts:
+    """Record ``rows`` (measured while the emulator got ``wait``) and
+    compare them with the history of the host, split and build class
+    (harness.results.latency); when that shows a regression, measure again
+    (``measure_again``: rows and their wait) and record that instead.
 
     A regression counts only when the second measurement shows it too (the
     first one showed one, perhaps on another server of the guest): on the
@@ -123,11 +126,12 @@ def confirmed_latency_regressions(store, run_id: str, host: str, split: str, bui
     than a guest boot.  A real regression shows twice.  The run keeps the
     second measurement; the first stays in the evidence and in the text.
     """
-    record_rows(store, run_id, host, split, build, rows, emulated)
+    record_rows(store, run_id, host, split, build, rows, emulated, wait)
     first = find_latency_regressions(store, run_id, host, split)
     if not first:
         return LatencyVerdicts([], [], [])
-    record_rows(store, run_id, host, split, build, measure_again(), emulated)
+    again_rows, wait_again = measure_again()
+    record_rows(store, run_id, host, split, build, again_rows, emulated, wait_again)
     again = find_latency_regressions(store, run_id, host, split)
     # The run's figure is the second measurement (the report lists its
     # regressions), so every regression it shows fails the test: the guest

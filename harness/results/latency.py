@@ -17,6 +17,11 @@ not), never a mutant run.  Two comparisons:
   dom0 server shares) while one server's share holds within a few percent;
   a server that alone got slower moves its share.
 
+A run measured while the virtual host's emulator waited for its machine's
+CPUs (harness.lab.virtual.contention, above
+harness.lab.virtual.quirks.EMULATOR_CPU_WAIT_CONTENDED) is never history:
+its figures are the machine's, not the product's.
+
 A comparison finds a regression when BOTH hold:
 
 - the value grew by more than the *tolerance*: the host's floor (+10 % on
@@ -95,6 +100,9 @@ class LatencyRule:
     history_runs: int = 10        # earlier runs of the same host, split and build class
     spread_runs: int = 5          # history runs needed before their spread sets the tolerance
     margin: float = 1.5           # tolerance = margin x the largest deviation in the history
+    #: A run measured while the host's emulator waited longer than this for
+    #: a CPU (s per s) is not history (None: hosts nobody watches).
+    contended_cpu_wait: float | None = None
 
     def tolerance(self, floor: float, history: Sequence[float]) -> tuple[float, str]:
         """The tolerance for values whose history is ``history``, and where it came from."""
@@ -113,9 +121,11 @@ def latency_rule(emulated: bool) -> LatencyRule:
     recorded on the virtual lab (harness.lab.virtual.quirks)."""
     if not emulated:
         return LatencyRule()
-    from xenhil.harness.lab.virtual.quirks import LATENCY_COST_SPREAD_EMULATED, LATENCY_SHARE_SPREAD_EMULATED
+    from xenhil.harness.lab.virtual.quirks import (EMULATOR_CPU_WAIT_CONTENDED, LATENCY_COST_SPREAD_EMULATED,
+                                                   LATENCY_SHARE_SPREAD_EMULATED)
     return replace(LatencyRule(), cost_floor=LATENCY_COST_SPREAD_EMULATED,
-                   share_floor=LATENCY_SHARE_SPREAD_EMULATED)
+                   share_floor=LATENCY_SHARE_SPREAD_EMULATED,
+                   contended_cpu_wait=EMULATOR_CPU_WAIT_CONTENDED)
 
 
 @dataclass(frozen=True)
@@ -253,7 +263,10 @@ def find_latency_regressions(store, run_id: str, host: str | None = None,
         history = [Measurement.of(h["run_id"], h["build"], h["rows"])
                    for h in store.latency_history(run_id, guest_host, guest_split,
                                                   build_class=build_class(build),
-                                                  limit=rule.history_runs, emulated=emulated)]
+                                                  limit=rule.history_runs, emulated=emulated,
+                                                  cpu_wait_above=rule.contended_cpu_wait)]
+        waited = max((r["emulator_cpu_wait"] for r in guest_rows
+                      if r.get("emulator_cpu_wait") is not None), default=None)
         for key in now.servers():
             comparisons = judge(now, history, key, rule)
             if not any(c.regression for c in comparisons):
@@ -262,6 +275,11 @@ def find_latency_regressions(store, run_id: str, host: str | None = None,
             against = f"against {len(runs)} run(s) of build class {build_class(build)}, newest {runs[0].run_id}"
             if runs[0].build != build:
                 against += f"; build changed: {runs[0].build} -> {build}"
+            if rule.contended_cpu_wait is not None and waited is not None \
+                    and waited > rule.contended_cpu_wait:
+                against += (f"; measured while the host's emulator waited {waited:.2f} s per second "
+                            f"for a CPU (contended above {rule.contended_cpu_wait:g}): the machine's "
+                            "figure, kept out of the history")
             found.append(LatencyRegression(guest_host, guest_split, key[0], key[1],
                                            "; ".join(c.text for c in comparisons) + f" ({against})"))
     return found

@@ -38,7 +38,9 @@ from xenhil.harness.secrets import scrub
 #: Version 2 adds ``runs.runner``: in a history several runners share, which
 #: machine wrote each run.  Version 3 adds ``latency.emulated``: the latency
 #: rule's floors and history depend on the kind of host that measured.
-SCHEMA_VERSION = 3
+#: Version 4 adds ``latency.emulator_cpu_wait``: a measurement taken while a
+#: virtual host's emulator waited for its machine's CPUs is never history.
+SCHEMA_VERSION = 4
 
 TABLES = ("runs", "outcomes", "latency", "warnings")
 
@@ -79,6 +81,7 @@ def schema(serial_key: str, real: str) -> list[str]:
     p50_ns {real}, p90_ns {real}, p99_ns {real}, max_ns {real},
     samples TEXT NOT NULL DEFAULT '[]',      -- an evenly spaced subsample in time order, for the statistical tests
     emulated INTEGER NOT NULL DEFAULT 0,     -- 1: measured on an emulated host (its rule's floors; 0 before schema 3)
+    emulator_cpu_wait {real},                -- s per s its emulator waited for a CPU (harness.lab.virtual.contention); NULL: not watched
     PRIMARY KEY (run_id, host, split, server, port)
 )""",
         f"""CREATE TABLE IF NOT EXISTS warnings (
@@ -99,11 +102,12 @@ class AddColumn:
 
     table: str
     column: str
-    ddl: str
+    ddl: str                          # "{real}": the back end's 8-byte float (see :func:`schema`)
 
     def apply(self, backend: "Backend", cur: Any) -> None:
         if self.column not in backend.columns(cur, self.table):
-            cur.execute(f"ALTER TABLE {self.table} ADD COLUMN {self.column} {self.ddl}")
+            ddl = self.ddl.format(real=backend.real)
+            cur.execute(f"ALTER TABLE {self.table} ADD COLUMN {self.column} {ddl}")
 
 
 #: version -> the steps that take a store of that version to the next.
@@ -111,6 +115,7 @@ MIGRATIONS: dict[int, tuple[AddColumn, ...]] = {
     0: (),                                                   # 0 -> 1: the version is recorded
     1: (AddColumn("runs", "runner", "TEXT NOT NULL DEFAULT ''"),),
     2: (AddColumn("latency", "emulated", "INTEGER NOT NULL DEFAULT 0"),),
+    3: (AddColumn("latency", "emulator_cpu_wait", "{real}"),),
 }
 
 
@@ -190,17 +195,22 @@ class ResultsStore:
                  scrub(message)[:2000]))
 
     def record_latency(self, run_id: str, host: str, split: str, build: str, server: str,
-                       port: str, summary: dict, samples: list[float], emulated: bool = False) -> None:
+                       port: str, summary: dict, samples: list[float], emulated: bool = False,
+                       emulator_cpu_wait: float | None = None) -> None:
+        """``emulator_cpu_wait``: seconds per second the host's emulator
+        waited for a CPU of its machine meanwhile (harness.lab.virtual.contention),
+        None when nobody watched (a host not emulated here)."""
         self._x("INSERT INTO latency (run_id, host, split, build, server, port, n, p50_ns, "
-                "p90_ns, p99_ns, max_ns, samples, emulated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "p90_ns, p99_ns, max_ns, samples, emulated, emulator_cpu_wait) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run_id, host, split, server, port) DO UPDATE SET "
                 "build = excluded.build, n = excluded.n, p50_ns = excluded.p50_ns, "
                 "p90_ns = excluded.p90_ns, p99_ns = excluded.p99_ns, max_ns = excluded.max_ns, "
-                "samples = excluded.samples, emulated = excluded.emulated",
+                "samples = excluded.samples, emulated = excluded.emulated, "
+                "emulator_cpu_wait = excluded.emulator_cpu_wait",
                 (run_id, scrub(host), scrub(split), scrub(build), scrub(server), port, summary["n"],
                  summary["p50_ns"], summary["p90_ns"], summary["p99_ns"], summary["max_ns"],
-                 json.dumps(samples), int(bool(emulated))))
+                 json.dumps(samples), int(bool(emulated)), emulator_cpu_wait))
 
     def record_warning(self, run_id: str, kind: str, test: str = "", message: str = "") -> None:
         self._x("INSERT INTO warnings (run_id, kind, test, message) VALUES (?, ?, ?, ?)",
@@ -246,27 +256,36 @@ class ResultsStore:
         return rows
 
     def latency_history(self, run_id: str, host: str, split: str, build_class: str,
-                        limit: int, emulated: bool | None = None) -> list[dict]:
+                        limit: int, emulated: bool | None = None,
+                        cpu_wait_above: float | None = None) -> list[dict]:
         """The ``limit`` newest earlier runs that measured latency on the same
         host and split with a build of ``build_class``
         (harness.results.latency.build_class), whichever runner measured
         them, newest first: ``{"run_id", "build", "rows": [latency rows]}``.
         Mutant runs (a probe fault planted, lab/mutants) are never history:
         a run after the delay mutant would be compared with a slowed server.
-        ``emulated``: only rows measured on a host of that kind."""
+        ``emulated``: only rows measured on a host of that kind.
+        ``cpu_wait_above``: runs whose rows say the host's emulator waited
+        longer than this for a CPU (s per s) are not history either: their
+        figures are the machine's, and one 5x slower run would widen the
+        spread-based tolerance for the next ten."""
         from xenhil.harness.results.latency import build_class as class_of
         seq = self.run_seq(run_id)
-        kind = "" if emulated is None else " AND l.emulated = ?"
+        where, params = "", ()
+        if emulated is not None:
+            where, params = " AND l.emulated = ?", (int(emulated),)
         earlier = self._x(
-            "SELECT DISTINCT r.seq, r.run_id, r.facts, l.build FROM latency l "
+            "SELECT r.seq, r.run_id, r.facts, l.build, MAX(l.emulator_cpu_wait) FROM latency l "
             "JOIN runs r ON r.run_id = l.run_id WHERE l.host = ? AND l.split = ? AND r.seq < ?"
-            + kind + " ORDER BY r.seq DESC",
-            (host, split, seq) + (() if emulated is None else (int(emulated),))).fetchall()
+            + where + " GROUP BY r.seq, r.run_id, r.facts, l.build ORDER BY r.seq DESC",
+            (host, split, seq) + params).fetchall()
         chosen: list[tuple[str, str]] = []
-        for _, earlier_run, facts, build in earlier:
+        for _, earlier_run, facts, build, waited in earlier:
             if len(chosen) == limit:
                 break
             if _mutant_run(facts) or class_of(build) != build_class:
+                continue
+            if cpu_wait_above is not None and waited is not None and waited > cpu_wait_above:
                 continue
             if earlier_run not in (r for r, _ in chosen):
                 chosen.append((earlier_run, build))

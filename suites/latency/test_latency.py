@@ -55,13 +55,13 @@ def test_per_server_latency_has_not_regressed(request, guest, catalog_split, boo
                                                     evidence_dir="latency/measured-again")
         waits.append(wait_again)
         plot_and_attach(again, "latency-measured-again")
-        return again
+        return again, wait_again
 
     # The build id as this host booted it (an emulated host adds Xen
     # options): the one the run record and the host's records carry too.
     verdicts = confirmed_latency_regressions(store, run_id, guest.host.name, split_id,
                                              booted_build.label, rows, measure_again,
-                                             emulated=guest.host.spec.profile.emulated)
+                                             emulated=guest.host.spec.profile.emulated, wait=wait)
     for text in verdicts.unconfirmed:
         warnings.warn(LatencyRegressionNotConfirmed(
             f"{text}; not shown by both measurements, so not a regression "
